@@ -1,0 +1,34 @@
+"""The ``lvsmail`` command: one console script, grouped by role."""
+
+import logging
+
+import click
+
+from lvsmail import __version__
+from lvsmail.commands.config import config
+from lvsmail.commands.director import director
+from lvsmail.commands.lab import lab
+
+
+@click.group()
+@click.version_option(__version__, prog_name="lvsmail")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def cli(verbose: int) -> None:
+    """Run a mail cluster behind Linux Virtual Server."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+@cli.group()
+def realserver() -> None:
+    """Prepare and register a real server (join, leave)."""
+
+
+cli.add_command(director)
+cli.add_command(config)
+cli.add_command(lab)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="lvsmail")

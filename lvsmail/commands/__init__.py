@@ -1,0 +1,1 @@
+"""Command-line groups, one module per role (director, realserver, config, lab)."""

@@ -1,0 +1,76 @@
+"""From a validated cluster spec to the IPVS table it asks for."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+from lvsmail.ipvs.model import (
+    F_PERSISTENT,
+    FAMILIES,
+    PROTOCOLS,
+    DestEntry,
+    DestKey,
+    DestSettings,
+    ServiceEntry,
+    ServiceKey,
+    ServiceSettings,
+    Table,
+    Timeouts,
+    family_of,
+)
+from lvsmail.spec import ClusterSpec, RealServerSpec, ServiceSpec
+
+
+def service_key(svc: ServiceSpec) -> ServiceKey:
+    """The kernel identity of a service spec."""
+    af = FAMILIES[svc.family]
+    if svc.fwmark is not None:
+        return ServiceKey(af=af, fwmark=svc.fwmark)
+    return ServiceKey(af=af, protocol=PROTOCOLS[svc.protocol], addr=svc.vip, port=svc.port)
+
+
+def service_settings(svc: ServiceSpec) -> ServiceSettings:
+    """Scheduler, persistence and persistence netmask as the kernel stores them."""
+    af = FAMILIES[svc.family]
+    if af == socket.AF_INET:
+        netmask = int(ipaddress.IPv4Address(svc.netmask)) if svc.netmask else 0xFFFFFFFF
+    else:
+        netmask = int(svc.netmask) if svc.netmask else 128
+    return ServiceSettings(
+        scheduler=svc.scheduler,
+        flags=F_PERSISTENT if svc.persistent else 0,
+        timeout=svc.persistent,
+        netmask=netmask,
+    )
+
+
+def dest_entry(svc: ServiceSpec, rs: RealServerSpec, weight: int | None = None) -> tuple[DestKey, DestEntry]:
+    """A real server as the kernel stores it; ``weight`` overrides the configured one (health)."""
+    af = family_of(rs.address)
+    settings = DestSettings(
+        forwarding=rs.forwarding,
+        weight=rs.weight if weight is None else weight,
+        af=af if af != FAMILIES[svc.family] else 0,
+    )
+    return DestKey(rs.address, rs.port), DestEntry(settings=settings)
+
+
+def desired_table(spec: ClusterSpec) -> Table:
+    """Every service of the cluster with every configured real server at its configured weight."""
+    table: Table = {}
+    for svc in spec.services:
+        entry = ServiceEntry(settings=service_settings(svc))
+        for rs in svc.realservers:
+            key, dest = dest_entry(svc, rs)
+            entry.dests[key] = dest
+        table[service_key(svc)] = entry
+    return table
+
+
+def desired_timeouts(spec: ClusterSpec) -> Timeouts | None:
+    """The timeouts to set, or None when the file leaves them to the kernel."""
+    t = spec.timeouts
+    if t.tcp is None and t.tcpfin is None and t.udp is None:
+        return None
+    return Timeouts(tcp=t.tcp or 0, tcpfin=t.tcpfin or 0, udp=t.udp or 0)

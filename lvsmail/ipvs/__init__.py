@@ -1,0 +1,1 @@
+"""Everything that knows what the kernel's IPVS table looks like."""

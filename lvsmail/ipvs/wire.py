@@ -1,0 +1,300 @@
+"""Byte-level encoding of IPVS generic-netlink messages (include/uapi/linux/ip_vs.h).
+
+Why not pyroute2's message classes: under the lab's software emulation, importing
+pyroute2's IPVS module costs ~14 s and its per-message encode/decode makes a
+16,000-entry dump take ~15 s against 0.8 s for ``ipvsadm -Sn``. IPVS messages
+are a handful of fixed attributes, so ``struct`` does the whole job at C speed.
+Command numbers and attribute ids are the kernel ABI and are fixed forever.
+
+Pure functions only: no sockets here, so every encoder and decoder is tested
+byte-for-byte in unit tests.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+
+from lvsmail.ipvs.model import (
+    FWD_CODES,
+    FWD_NAMES,
+    Counters,
+    DestEntry,
+    DestKey,
+    DestSettings,
+    ServiceEntry,
+    ServiceKey,
+    ServiceSettings,
+    Timeouts,
+)
+
+# --- netlink framing (include/uapi/linux/netlink.h) ----------------------------------
+NLMSG_HDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+GENL_HDR = struct.Struct("=BBH")  # cmd, version, reserved
+NLA_HDR = struct.Struct("=HH")  # len, type
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x2, 0x4, 0x300
+NLA_F_NESTED = 0x8000
+NLA_TYPE_MASK = 0x3FFF
+GENL_ID_CTRL = 0x10
+CTRL_CMD_GETFAMILY, CTRL_ATTR_FAMILY_ID, CTRL_ATTR_FAMILY_NAME = 3, 1, 2
+
+# --- IPVS generic netlink family "IPVS", version 1 ------------------------------------
+GENL_NAME, GENL_VERSION = "IPVS", 1
+CMD_NEW_SERVICE, CMD_SET_SERVICE, CMD_DEL_SERVICE, CMD_GET_SERVICE = 1, 2, 3, 4
+CMD_NEW_DEST, CMD_SET_DEST, CMD_DEL_DEST, CMD_GET_DEST = 5, 6, 7, 8
+CMD_NEW_DAEMON, CMD_DEL_DAEMON, CMD_GET_DAEMON = 9, 10, 11
+CMD_SET_CONFIG, CMD_GET_CONFIG = 12, 13
+CMD_FLUSH = 17
+
+ATTR_SERVICE, ATTR_DEST, ATTR_DAEMON = 1, 2, 3
+ATTR_TIMEOUT_TCP, ATTR_TIMEOUT_TCP_FIN, ATTR_TIMEOUT_UDP = 4, 5, 6
+
+SVC_AF, SVC_PROTOCOL, SVC_ADDR, SVC_PORT, SVC_FWMARK = 1, 2, 3, 4, 5
+SVC_SCHED_NAME, SVC_FLAGS, SVC_TIMEOUT, SVC_NETMASK = 6, 7, 8, 9
+SVC_STATS, SVC_PE_NAME, SVC_STATS64 = 10, 11, 12
+
+DEST_ADDR, DEST_PORT, DEST_FWD_METHOD, DEST_WEIGHT = 1, 2, 3, 4
+DEST_U_THRESH, DEST_L_THRESH = 5, 6
+DEST_ACTIVE_CONNS, DEST_INACT_CONNS, DEST_PERSIST_CONNS = 7, 8, 9
+DEST_STATS, DEST_ADDR_FAMILY, DEST_STATS64 = 10, 11, 12
+
+_U16, _U32, _U64, _BE16, _BE32 = struct.Struct("=H"), struct.Struct("=I"), struct.Struct("=Q"), struct.Struct("!H"), struct.Struct("!I")
+_FLAGS = struct.Struct("=II")
+_ALL_FLAGS = 0xFFFFFFFF
+_FWD_MASK = 0x7
+_COUNTER_FIELDS = ("conns", "inpkts", "outpkts", "inbytes", "outbytes", "cps", "inpps", "outpps", "inbps", "outbps")
+
+
+# --- encoding --------------------------------------------------------------------------
+
+def attr(kind: int, payload: bytes) -> bytes:
+    """One netlink attribute, padded to 4 bytes."""
+    length = NLA_HDR.size + len(payload)
+    return NLA_HDR.pack(length, kind) + payload + b"\0" * (-length & 3)
+
+
+def nest(kind: int, *attrs: bytes) -> bytes:
+    """A nested attribute (IPVS parses nests without requiring NLA_F_NESTED; we set it anyway)."""
+    return attr(kind | NLA_F_NESTED, b"".join(attrs))
+
+
+def message(family_id: int, cmd: int, body: bytes, seq: int, flags: int = NLM_F_REQUEST) -> bytes:
+    """A whole generic-netlink request."""
+    length = NLMSG_HDR.size + GENL_HDR.size + len(body)
+    return NLMSG_HDR.pack(length, family_id, flags, seq, 0) + GENL_HDR.pack(cmd, GENL_VERSION, 0) + body
+
+
+def addr_bytes(addr: str) -> bytes:
+    """The kernel's ``union nf_inet_addr``: 16 bytes, an IPv4 address in the first four."""
+    return ipaddress.ip_address(addr).packed.ljust(16, b"\0")
+
+
+def service_identity(key: ServiceKey) -> bytes:
+    """Attributes that name a service: AF plus fwmark, or AF plus protocol, address and port."""
+    parts = [attr(SVC_AF, _U16.pack(key.af))]
+    if key.fwmark:
+        parts.append(attr(SVC_FWMARK, _U32.pack(key.fwmark)))
+    else:
+        parts += [
+            attr(SVC_PROTOCOL, _U16.pack(key.protocol)),
+            attr(SVC_ADDR, addr_bytes(key.addr)),
+            attr(SVC_PORT, _BE16.pack(key.port)),
+        ]
+    return b"".join(parts)
+
+
+def netmask_bytes(af: int, netmask: int) -> bytes:
+    """IPv4 persistence mask travels in network order; IPv6 carries a prefix length in host order."""
+    return _BE32.pack(netmask) if af == socket.AF_INET else _U32.pack(netmask)
+
+
+def service_attr(key: ServiceKey, settings: ServiceSettings | None) -> bytes:
+    """The SERVICE nest: identity only (for dest commands and delete) or the full entry."""
+    if settings is None:
+        return nest(ATTR_SERVICE, service_identity(key))
+    return nest(
+        ATTR_SERVICE,
+        service_identity(key),
+        attr(SVC_SCHED_NAME, settings.scheduler.encode() + b"\0"),
+        attr(SVC_FLAGS, _FLAGS.pack(settings.flags, _ALL_FLAGS)),
+        attr(SVC_TIMEOUT, _U32.pack(settings.timeout)),
+        attr(SVC_NETMASK, netmask_bytes(key.af, settings.netmask)),
+    )
+
+
+def dest_attr(key: DestKey, settings: DestSettings | None) -> bytes:
+    """The DEST nest: identity only (delete) or the full entry the kernel requires for add/set."""
+    ident = attr(DEST_ADDR, addr_bytes(key.addr)) + attr(DEST_PORT, _BE16.pack(key.port))
+    if settings is None:
+        return nest(ATTR_DEST, ident)
+    parts = [
+        ident,
+        attr(DEST_FWD_METHOD, _U32.pack(FWD_CODES[settings.forwarding])),
+        attr(DEST_WEIGHT, _U32.pack(settings.weight)),
+        attr(DEST_U_THRESH, _U32.pack(settings.u_threshold)),
+        attr(DEST_L_THRESH, _U32.pack(settings.l_threshold)),
+    ]
+    if settings.af:
+        parts.append(attr(DEST_ADDR_FAMILY, _U16.pack(settings.af)))
+    return nest(ATTR_DEST, *parts)
+
+
+def timeouts_body(t: Timeouts) -> bytes:
+    """Body of SET_CONFIG: every field is sent, 0 meaning "unchanged" as ipvsadm does."""
+    return (
+        attr(ATTR_TIMEOUT_TCP, _U32.pack(t.tcp))
+        + attr(ATTR_TIMEOUT_TCP_FIN, _U32.pack(t.tcpfin))
+        + attr(ATTR_TIMEOUT_UDP, _U32.pack(t.udp))
+    )
+
+
+def family_request(seq: int) -> bytes:
+    """CTRL_CMD_GETFAMILY for "IPVS": the family id is assigned at module load time."""
+    body = attr(CTRL_ATTR_FAMILY_NAME, GENL_NAME.encode() + b"\0")
+    length = NLMSG_HDR.size + GENL_HDR.size + len(body)
+    return NLMSG_HDR.pack(length, GENL_ID_CTRL, NLM_F_REQUEST, seq, 0) + GENL_HDR.pack(CTRL_CMD_GETFAMILY, 1, 0) + body
+
+
+# --- decoding --------------------------------------------------------------------------
+
+def attrs(buf: bytes | memoryview, off: int, end: int) -> dict[int, tuple[int, int]]:
+    """Map attribute type → (payload offset, payload length) for attributes in buf[off:end]."""
+    out: dict[int, tuple[int, int]] = {}
+    unpack = NLA_HDR.unpack_from
+    while off + 4 <= end:
+        length, kind = unpack(buf, off)
+        if length < 4:
+            break
+        out[kind & NLA_TYPE_MASK] = (off + 4, length - 4)
+        off += (length + 3) & ~3
+    return out
+
+
+def iter_messages(buf: bytes | memoryview, size: int):
+    """Yield (type, flags, seq, payload offset, message end) for each netlink message in a datagram."""
+    off = 0
+    unpack = NLMSG_HDR.unpack_from
+    while off + 16 <= size:
+        length, kind, flags, seq, _pid = unpack(buf, off)
+        if length < 16:
+            break
+        yield kind, flags, seq, off + 16, off + length
+        off += (length + 3) & ~3
+
+
+def error_code(buf: bytes | memoryview, payload: int) -> int:
+    """errno from an NLMSG_ERROR payload (the kernel stores it negated; 0 is an ACK)."""
+    return -struct.unpack_from("=i", buf, payload)[0]
+
+
+def family_id(buf: bytes | memoryview, payload: int, end: int) -> int | None:
+    """Family id from a CTRL_CMD_GETFAMILY reply, or None if absent."""
+    a = attrs(buf, payload + GENL_HDR.size, end)
+    if CTRL_ATTR_FAMILY_ID not in a:
+        return None
+    return _U16.unpack_from(buf, a[CTRL_ATTR_FAMILY_ID][0])[0]
+
+
+def _addr(buf, off: int, af: int) -> str:
+    raw = bytes(buf[off:off + (4 if af == socket.AF_INET else 16)])
+    return str(ipaddress.ip_address(raw))
+
+
+def _counters(buf, a: dict[int, tuple[int, int]], k64: int, k32: int) -> Counters:
+    """Prefer the 64-bit statistics nest (kernels since 4.x send both)."""
+    if k64 in a:
+        off, n = a[k64]
+        s = attrs(buf, off, off + n)
+        return Counters(*(_U64.unpack_from(buf, s[i + 1][0])[0] if i + 1 in s else 0 for i in range(10)))
+    if k32 in a:
+        off, n = a[k32]
+        s = attrs(buf, off, off + n)
+        vals = []
+        for i in range(10):
+            if i + 1 not in s:
+                vals.append(0)
+            elif s[i + 1][1] == 8:
+                vals.append(_U64.unpack_from(buf, s[i + 1][0])[0])
+            else:
+                vals.append(_U32.unpack_from(buf, s[i + 1][0])[0])
+        return Counters(*vals)
+    return Counters()
+
+
+def decode_service(buf, payload: int, end: int, counters: bool) -> tuple[ServiceKey, ServiceEntry] | None:
+    """A GET_SERVICE reply message → (key, entry without dests)."""
+    top = attrs(buf, payload + GENL_HDR.size, end)
+    if ATTR_SERVICE not in top:
+        return None
+    off, n = top[ATTR_SERVICE]
+    a = attrs(buf, off, off + n)
+    af = _U16.unpack_from(buf, a[SVC_AF][0])[0]
+    fwmark = _U32.unpack_from(buf, a[SVC_FWMARK][0])[0] if SVC_FWMARK in a else 0
+    if fwmark:
+        key = ServiceKey(af=af, fwmark=fwmark)
+    else:
+        key = ServiceKey(
+            af=af,
+            protocol=_U16.unpack_from(buf, a[SVC_PROTOCOL][0])[0],
+            addr=_addr(buf, a[SVC_ADDR][0], af),
+            port=_BE16.unpack_from(buf, a[SVC_PORT][0])[0],
+        )
+    so, sn = a[SVC_SCHED_NAME]
+    sched = bytes(buf[so:so + sn]).split(b"\0", 1)[0].decode()
+    flags = _FLAGS.unpack_from(buf, a[SVC_FLAGS][0])[0] if SVC_FLAGS in a else 0
+    timeout = _U32.unpack_from(buf, a[SVC_TIMEOUT][0])[0] if SVC_TIMEOUT in a else 0
+    if SVC_NETMASK in a:
+        unpack = _BE32 if af == socket.AF_INET else _U32
+        netmask = unpack.unpack_from(buf, a[SVC_NETMASK][0])[0]
+    else:
+        netmask = 0xFFFFFFFF if af == socket.AF_INET else 128
+    settings = ServiceSettings(scheduler=sched, flags=flags & ~0x2, timeout=timeout, netmask=netmask)
+    entry = ServiceEntry(settings=settings)
+    if counters:
+        entry.counters = _counters(buf, a, SVC_STATS64, SVC_STATS)
+    return key, entry
+
+
+def decode_dest(buf, payload: int, end: int, service_af: int, counters: bool) -> tuple[DestKey, DestEntry] | None:
+    """A GET_DEST reply message → (key, entry).
+
+    The forwarding method is read from the raw attribute (masked with
+    IP_VS_CONN_F_FWD_MASK): pyroute2 0.9.7's IPVSDest reports its default instead.
+    """
+    top = attrs(buf, payload + GENL_HDR.size, end)
+    if ATTR_DEST not in top:
+        return None
+    off, n = top[ATTR_DEST]
+    a = attrs(buf, off, off + n)
+    af = _U16.unpack_from(buf, a[DEST_ADDR_FAMILY][0])[0] if DEST_ADDR_FAMILY in a else service_af
+    key = DestKey(addr=_addr(buf, a[DEST_ADDR][0], af), port=_BE16.unpack_from(buf, a[DEST_PORT][0])[0])
+    u32 = _U32.unpack_from
+    fwd = u32(buf, a[DEST_FWD_METHOD][0])[0] & _FWD_MASK
+    settings = DestSettings(
+        forwarding=FWD_NAMES.get(fwd, "dr"),
+        weight=u32(buf, a[DEST_WEIGHT][0])[0],
+        u_threshold=u32(buf, a[DEST_U_THRESH][0])[0] if DEST_U_THRESH in a else 0,
+        l_threshold=u32(buf, a[DEST_L_THRESH][0])[0] if DEST_L_THRESH in a else 0,
+        af=af if af != service_af else 0,
+    )
+    entry = DestEntry(
+        settings=settings,
+        active=u32(buf, a[DEST_ACTIVE_CONNS][0])[0] if DEST_ACTIVE_CONNS in a else 0,
+        inactive=u32(buf, a[DEST_INACT_CONNS][0])[0] if DEST_INACT_CONNS in a else 0,
+        persistent=u32(buf, a[DEST_PERSIST_CONNS][0])[0] if DEST_PERSIST_CONNS in a else 0,
+    )
+    if counters:
+        entry.counters = _counters(buf, a, DEST_STATS64, DEST_STATS)
+    return key, entry
+
+
+def decode_timeouts(buf, payload: int, end: int) -> Timeouts:
+    """A GET_CONFIG reply → Timeouts."""
+    a = attrs(buf, payload + GENL_HDR.size, end)
+
+    def get(k: int) -> int:
+        return _U32.unpack_from(buf, a[k][0])[0] if k in a else 0
+
+    return Timeouts(tcp=get(ATTR_TIMEOUT_TCP), tcpfin=get(ATTR_TIMEOUT_TCP_FIN), udp=get(ATTR_TIMEOUT_UDP))
