@@ -83,9 +83,23 @@ class Reconciler:
         self.owned: set[ServiceKey] = set(owned or ())
         self.known: Table | None = None  # what the kernel holds for owned services, as far as we know
 
-    async def sync(self, desired: Table, timeouts: Timeouts | None = None, *, refresh: bool = False) -> SyncReport:
-        """Apply the fewest operations to reach ``desired``; read the kernel first if ``refresh``."""
+    async def sync(
+        self,
+        desired: Table,
+        timeouts: Timeouts | None = None,
+        *,
+        refresh: bool = False,
+        only: set[ServiceKey] | None = None,
+    ) -> SyncReport:
+        """Apply the fewest operations to reach ``desired``; read the kernel first if ``refresh``.
+
+        ``only`` limits the diff to the services a decision touched (a health
+        transition changes one service), so its cost does not grow with the
+        size of the table; the other services are neither read nor compared.
+        """
         report = SyncReport()
+        if only is not None and self.known is not None and not refresh:
+            return await self._sync_only(desired, only, report)
         scope = self.owned | set(desired)
         must_read = refresh or self.known is None
         while True:
@@ -95,22 +109,8 @@ class Reconciler:
                 report.dumped = True
             else:
                 actual = self.known
-            ops = plan(desired, actual, scope)
-            if not ops:
+            if await self._attempt(plan(desired, actual, scope), report):
                 break
-            results = await self.backend.execute(ops)
-            failed = [(op, err) for op, err in zip(ops, results) if err]
-            report.applied += [op for op, err in zip(ops, results) if not err]
-            for op, err in zip(ops, results):
-                if not err:
-                    log.info("ipvs: %s", describe(op))
-            if not failed:
-                break
-            real = [IPVSError(op, err) for op, err in failed if not is_race(op, err)]
-            if real or report.attempts >= MAX_ATTEMPTS:
-                self.known = None  # the kernel is in an unknown state now: read it next time
-                raise ReconcileError(real or [IPVSError(op, err) for op, err in failed])
-            log.info("ipvs: table changed under us (%s); re-reading", describe(failed[0][0]))
             must_read = True
         self.known = _copy(desired)
         self.owned = set(desired)
@@ -121,6 +121,44 @@ class Reconciler:
                 report.timeouts_set = timeouts
                 log.info("ipvs: timeouts tcp %s tcpfin %s udp %s", timeouts.tcp, timeouts.tcpfin, timeouts.udp)
         return report
+
+    async def _sync_only(self, desired: Table, only: set[ServiceKey], report: SyncReport) -> SyncReport:
+        """Diff and apply just the services in ``only`` against the cache; fall back to a full sync on a race."""
+        want = {k: desired[k] for k in only if k in desired}
+        have = {k: self.known[k] for k in only if k in self.known}
+        report.attempts = 1
+        if not await self._attempt(plan(want, have, only), report, raise_on_race=False):
+            log.info("ipvs: table changed under us; re-reading")
+            full = await self.sync(desired, refresh=True)
+            full.applied[:0] = report.applied
+            return full
+        for k in only:
+            if k in want:
+                self.known[k] = _copy({k: want[k]})[k]
+                self.owned.add(k)
+            else:
+                self.known.pop(k, None)
+                self.owned.discard(k)
+        return report
+
+    async def _attempt(self, ops: list[Op], report: SyncReport, *, raise_on_race: bool = True) -> bool:
+        """Execute one plan; True when everything applied, False on a race worth a re-read."""
+        if not ops:
+            return True
+        results = await self.backend.execute(ops)
+        failed = [(op, err) for op, err in zip(ops, results) if err]
+        for op, err in zip(ops, results):
+            if not err:
+                report.applied.append(op)
+                log.info("ipvs: %s", describe(op))
+        if not failed:
+            return True
+        real = [IPVSError(op, err) for op, err in failed if not is_race(op, err)]
+        if real or (raise_on_race and report.attempts >= MAX_ATTEMPTS):
+            self.known = None  # the kernel is in an unknown state now: read it next time
+            raise ReconcileError(real or [IPVSError(op, err) for op, err in failed])
+        log.info("ipvs: table changed under us (%s)", describe(failed[0][0]))
+        return False
 
     async def pending(self, desired: Table) -> list[Op]:
         """The plan against the kernel as it is now, without applying it (``--dry-run``)."""

@@ -31,6 +31,7 @@ from lvsmail.ipvs.model import (
     Op,
     ServiceEntry,
     ServiceKey,
+    ServiceSettings,
     Table,
     Timeouts,
 )
@@ -167,6 +168,13 @@ class NetlinkIPVS:
         for key, entry in table.items():
             self._fill_dests(key, entry, counters)
         return table
+
+    def dests_sync(self, key: ServiceKey, counters: bool = False) -> ServiceEntry:
+        """Read one service's real servers (its settings are not fetched); empty if it is gone."""
+        self.open()
+        entry = ServiceEntry(settings=ServiceSettings())
+        self._fill_dests(key, entry, counters)
+        return entry
 
     def get_timeouts_sync(self) -> Timeouts:
         """Blocking form of :meth:`get_timeouts`."""

@@ -1,0 +1,52 @@
+"""Shared benchmark reporting: min/median/max per tool and the ratio to a reference."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Series:
+    """Repeated timings of one tool on one case, in seconds."""
+
+    case: str
+    tool: str
+    samples: list[float] = field(default_factory=list)
+
+    @contextmanager
+    def timed(self):
+        """Time the body and append the sample."""
+        t0 = time.perf_counter()
+        yield
+        self.samples.append(time.perf_counter() - t0)
+
+    @property
+    def median(self) -> float:
+        """Median sample."""
+        return statistics.median(self.samples)
+
+
+def ratio_line(ours: Series, ref: Series, goal: str, met: bool) -> str:
+    """One comparison row: both tools' min/median/max and median ratio."""
+    r = ours.median / ref.median
+    rmin = min(ours.samples) / min(ref.samples)
+    rmax = max(ours.samples) / max(ref.samples)
+    return (
+        f"{ours.case:<34} {ours.tool:<18} {_mmm(ours)}  vs {ref.tool:<20} {_mmm(ref)}"
+        f"  ratio {r:6.3f} (min {rmin:.3f} max {rmax:.3f})  goal {goal}: {'met' if met else 'NOT met'}"
+    )
+
+
+def _mmm(s: Series) -> str:
+    unit, k = ("ms", 1e3) if s.median < 1 else ("s", 1)
+    return f"{min(s.samples) * k:8.2f}/{s.median * k:8.2f}/{max(s.samples) * k:8.2f} {unit:<2}"
+
+
+def write_json(path: str, series: list[Series], verdicts: list[dict]) -> None:
+    """Machine-readable results next to the printed report."""
+    with open(path, "w") as f:
+        json.dump({"series": [s.__dict__ for s in series], "verdicts": verdicts}, f, indent=2)

@@ -1,0 +1,120 @@
+"""``lvsmail director …``: run the director, apply a file once, show the table."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import click
+
+from lvsmail.commands.options import EXIT_CONFIG, EXIT_PENDING, cluster_file, dry_run, json_output
+
+
+@click.group()
+def director() -> None:
+    """Program and watch the kernel's IPVS table (run on the directors)."""
+
+
+@director.command()
+@cluster_file
+@click.option("--repair-interval", default=5.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds between reads of the kernel table to repair drift.")
+@click.option("--flush-on-exit", is_flag=True, help="Remove this file's services on SIGTERM (default: leave them).")
+@click.option("--state-dir", default="/run/lvsmail", show_default=True, type=click.Path(file_okay=False),
+              help="Where the director remembers which services it owns.")
+def start(config_path: str, repair_interval: float, flush_on_exit: bool, state_dir: str) -> None:
+    """Run the director in the foreground (SIGHUP reloads, SIGTERM exits)."""
+    import logging
+
+    from lvsmail.config import ConfigError
+    from lvsmail.director.daemon import Director, serve
+    from lvsmail.ipvs.netlink import IPVSUnavailable, NetlinkIPVS
+
+    if logging.getLogger().level > logging.INFO:
+        logging.getLogger().setLevel(logging.INFO)  # a daemon reports what it does
+    d = Director(config_path, NetlinkIPVS(), repair_interval=repair_interval,
+                 flush_on_exit=flush_on_exit, state_dir=state_dir)
+    try:
+        asyncio.run(serve(d))
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_CONFIG)
+    except IPVSUnavailable as exc:
+        click.echo(f"lvsmail: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+
+
+@director.command()
+@cluster_file
+@dry_run
+def apply(config_path: str, dry_run: bool) -> None:
+    """Make the kernel table match the file once, then exit (``--dry-run``: only show the plan)."""
+    from lvsmail.config import ConfigError, load_cluster
+    from lvsmail.director.desired import desired_table, desired_timeouts
+    from lvsmail.director.reconcile import Reconciler, ReconcileError
+    from lvsmail.ipvs.model import describe
+    from lvsmail.ipvs.netlink import IPVSUnavailable, NetlinkIPVS
+
+    try:
+        spec = load_cluster(config_path)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_CONFIG)
+
+    async def go() -> list:
+        backend = NetlinkIPVS()
+        try:
+            r = Reconciler(backend)
+            if dry_run:
+                return await r.pending(desired_table(spec))
+            report = await r.sync(desired_table(spec), desired_timeouts(spec), refresh=True)
+            return report.applied
+        finally:
+            await backend.close()
+
+    try:
+        ops = asyncio.run(go())
+    except (IPVSUnavailable, ReconcileError) as exc:
+        click.echo(f"lvsmail: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+    for op in ops:
+        click.echo(("would " if dry_run else "") + describe(op))
+    if not ops:
+        click.echo("in sync: nothing to do")
+    if dry_run and ops:
+        sys.exit(EXIT_PENDING)
+
+
+@director.command()
+@json_output
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
+              help="Show only the services of this cluster file.")
+def status(as_json: bool, config_path: str | None) -> None:
+    """Show virtual services, real servers, connections and traffic counters from the kernel."""
+    from lvsmail.director import status as fmt
+    from lvsmail.ipvs.netlink import IPVSUnavailable, NetlinkIPVS
+
+    backend = NetlinkIPVS()
+    try:
+        table = backend.dump_sync(counters=True)
+        timeouts = backend.get_timeouts_sync()
+    except IPVSUnavailable as exc:
+        click.echo(f"lvsmail: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+    finally:
+        backend.close_sync()
+    if config_path:
+        from lvsmail.config import ConfigError, load_cluster
+        from lvsmail.director.desired import service_key
+
+        try:
+            keys = {service_key(s) for s in load_cluster(config_path).services}
+        except ConfigError as exc:
+            click.echo(str(exc), err=True)
+            sys.exit(EXIT_CONFIG)
+        table = {k: v for k, v in table.items() if k in keys}
+    if as_json:
+        click.echo(json.dumps(fmt.as_json(table, timeouts), indent=2))
+    else:
+        click.echo(fmt.as_text(table, timeouts))

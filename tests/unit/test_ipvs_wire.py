@@ -1,0 +1,97 @@
+"""Byte-level checks of the IPVS netlink codec against the kernel ABI (include/uapi/linux/ip_vs.h)."""
+
+import socket
+import struct
+
+from lvsmail.ipvs import wire
+from lvsmail.ipvs.model import DestKey, DestSettings, ServiceKey, ServiceSettings, F_PERSISTENT
+
+TCP = socket.IPPROTO_TCP
+
+
+def test_attr_is_padded_to_four_bytes():
+    a = wire.attr(6, b"wlc\0")
+    assert a == struct.pack("=HH", 8, 6) + b"wlc\0"
+    b = wire.attr(4, b"\x00\x19")
+    assert len(b) == 8 and struct.unpack_from("=HH", b) == (6, 4)
+
+
+def test_ipv4_address_is_a_16_byte_union_with_the_address_first():
+    assert wire.addr_bytes("192.0.2.33") == bytes([192, 0, 2, 33]) + b"\0" * 12
+
+
+def test_port_is_big_endian_and_netmask_v4_network_order_v6_prefix_length():
+    key = ServiceKey(socket.AF_INET, TCP, "192.0.2.33", 25)
+    body = wire.service_attr(key, ServiceSettings("wlc", F_PERSISTENT, 120, 0xFFFFFF00))
+    top = wire.attrs(body, 0, len(body))
+    off, n = top[wire.ATTR_SERVICE]
+    a = wire.attrs(body, off, off + n)
+    assert body[a[wire.SVC_PORT][0]:a[wire.SVC_PORT][0] + 2] == b"\x00\x19"
+    assert body[a[wire.SVC_NETMASK][0]:a[wire.SVC_NETMASK][0] + 4] == bytes([255, 255, 255, 0])
+    assert struct.unpack_from("=II", body, a[wire.SVC_FLAGS][0]) == (F_PERSISTENT, 0xFFFFFFFF)
+    assert struct.unpack_from("=I", body, a[wire.SVC_TIMEOUT][0]) == (120,)
+    assert wire.netmask_bytes(socket.AF_INET6, 64) == struct.pack("=I", 64)
+
+
+def test_fwmark_service_identity_has_no_address_or_port():
+    body = wire.service_identity(ServiceKey(socket.AF_INET, fwmark=7))
+    a = wire.attrs(body, 0, len(body))
+    assert set(a) == {wire.SVC_AF, wire.SVC_FWMARK}
+
+
+def test_dest_identity_for_delete_and_full_entry_for_add():
+    ident = wire.dest_attr(DestKey("198.51.100.20", 25), None)
+    off, n = wire.attrs(ident, 0, len(ident))[wire.ATTR_DEST]
+    assert set(wire.attrs(ident, off, off + n)) == {wire.DEST_ADDR, wire.DEST_PORT}
+    full = wire.dest_attr(DestKey("198.51.100.20", 25), DestSettings("tun", 3))
+    off, n = wire.attrs(full, 0, len(full))[wire.ATTR_DEST]
+    a = wire.attrs(full, off, off + n)
+    # The kernel requires all of these for a full entry (ip_vs_genl_parse_dest).
+    assert {wire.DEST_FWD_METHOD, wire.DEST_WEIGHT, wire.DEST_U_THRESH, wire.DEST_L_THRESH} <= set(a)
+    assert struct.unpack_from("=I", full, a[wire.DEST_FWD_METHOD][0]) == (2,)  # IP_VS_CONN_F_TUNNEL
+    assert struct.unpack_from("=I", full, a[wire.DEST_WEIGHT][0]) == (3,)
+
+
+def _reply(cmd_attr: bytes) -> bytes:
+    return wire.message(0x22, wire.CMD_GET_DEST, cmd_attr, seq=9)
+
+
+def test_decode_dest_reads_the_kernels_forwarding_method_not_a_default():
+    # As the kernel sends it: fwd method with extra flag bits above the mask.
+    inner = b"".join([
+        wire.attr(wire.DEST_ADDR, wire.addr_bytes("198.51.100.36")),
+        wire.attr(wire.DEST_PORT, struct.pack("!H", 25)),
+        wire.attr(wire.DEST_FWD_METHOD, struct.pack("=I", 0x0100 | 3)),
+        wire.attr(wire.DEST_WEIGHT, struct.pack("=I", 60)),
+        wire.attr(wire.DEST_ACTIVE_CONNS, struct.pack("=I", 4)),
+        wire.attr(wire.DEST_INACT_CONNS, struct.pack("=I", 2)),
+        wire.attr(wire.DEST_ADDR_FAMILY, struct.pack("=H", socket.AF_INET)),
+    ])
+    msg = _reply(wire.attr(wire.ATTR_DEST, inner))
+    (kind, flags, seq, payload, end), = list(wire.iter_messages(msg, len(msg)))
+    key, entry = wire.decode_dest(msg, payload, end, socket.AF_INET, counters=False)
+    assert key == DestKey("198.51.100.36", 25)
+    assert entry.settings == DestSettings("dr", 60)
+    assert (entry.active, entry.inactive) == (4, 2)
+
+
+def test_decode_service_round_trips_what_we_encode_and_drops_the_hashed_flag():
+    key = ServiceKey(socket.AF_INET6, TCP, "2001:db8::33", 993)
+    settings = ServiceSettings("sh", F_PERSISTENT, 300, 64)
+    body = wire.service_attr(key, ServiceSettings("sh", F_PERSISTENT | 0x2, 300, 64))
+    msg = wire.message(0x22, wire.CMD_GET_SERVICE, body, seq=3)
+    (_, _, _, payload, end), = list(wire.iter_messages(msg, len(msg)))
+    got_key, entry = wire.decode_service(msg, payload, end, counters=False)
+    assert got_key == key and entry.settings == settings
+
+
+def test_error_code_is_the_negated_errno():
+    payload = struct.pack("=i", -17) + b"\0" * 16
+    msg = struct.pack("=IHHII", 16 + len(payload), wire.NLMSG_ERROR, 0, 5, 0) + payload
+    (kind, _, seq, off, _), = list(wire.iter_messages(msg, len(msg)))
+    assert (kind, seq, wire.error_code(msg, off)) == (wire.NLMSG_ERROR, 5, 17)
+
+
+def test_several_messages_in_one_datagram_are_all_seen():
+    data = b"".join(wire.message(0x22, wire.CMD_GET_CONFIG, b"", seq=s) for s in (1, 2, 3))
+    assert [seq for _, _, seq, _, _ in wire.iter_messages(data, len(data))] == [1, 2, 3]
