@@ -1,0 +1,159 @@
+"""The director loop against the in-memory kernel: start, reload, repair, exit."""
+
+import asyncio
+import socket
+
+import pytest
+
+from lvsmail.config import ConfigError
+from lvsmail.director.daemon import Director
+from lvsmail.ipvs.fake import FakeIPVS
+from lvsmail.ipvs.model import DestEntry, DestKey, DestSettings, ServiceEntry, ServiceKey, ServiceSettings
+
+SMTP = ServiceKey(socket.AF_INET, socket.IPPROTO_TCP, "192.0.2.33", 25)
+HTTP = ServiceKey(socket.AF_INET, socket.IPPROTO_TCP, "192.0.2.33", 80)
+FOREIGN = ServiceKey(socket.AF_INET, socket.IPPROTO_TCP, "203.0.113.9", 53)
+
+CLUSTER = """\
+cluster: test
+vips: [192.0.2.33]
+services:
+  - name: smtp
+    vip: 192.0.2.33
+    port: 25
+    persistent: 120
+    forwarding: tun
+    realservers: [198.51.100.20, 198.51.100.32]
+{extra}"""
+HTTP_SERVICE = """\
+  - name: http
+    vip: 192.0.2.33
+    port: 80
+    realservers: [198.51.100.20]
+"""
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    path = tmp_path / "cluster.yaml"
+    path.write_text(CLUSTER.format(extra=HTTP_SERVICE))
+    return path
+
+
+def director(path, kernel, tmp_path, **kw):
+    return Director(str(path), kernel, repair_interval=0.05, state_dir=str(tmp_path / "state"), **kw)
+
+
+async def started(d: Director) -> asyncio.Task:
+    task = asyncio.create_task(d.run())
+    await asyncio.wait_for(d.ready.wait(), 5)
+    return task
+
+
+async def until(cond, timeout=5.0):
+    """Poll a condition (the loop acts asynchronously) instead of sleeping a fixed time."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not cond():
+        assert loop.time() < end, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+def test_start_programs_the_file_and_exit_leaves_the_table(cluster, tmp_path):
+    kernel = FakeIPVS()
+
+    async def go():
+        d = director(cluster, kernel, tmp_path)
+        task = await started(d)
+        assert set(kernel.table) == {SMTP, HTTP}
+        assert kernel.table[SMTP].settings.timeout == 120
+        assert {k.addr for k in kernel.table[SMTP].dests} == {"198.51.100.20", "198.51.100.32"}
+        d.request_stop()
+        await task
+
+    asyncio.run(go())
+    assert set(kernel.table) == {SMTP, HTTP}  # hitless restart: table kept
+
+
+def test_flush_on_exit_removes_only_owned_services(cluster, tmp_path):
+    foreign = ServiceEntry(ServiceSettings("rr"), {DestKey("198.51.100.9", 53): DestEntry(DestSettings("nat"))})
+    kernel = FakeIPVS({FOREIGN: foreign})
+
+    async def go():
+        d = director(cluster, kernel, tmp_path, flush_on_exit=True)
+        task = await started(d)
+        d.request_stop()
+        await task
+
+    asyncio.run(go())
+    assert set(kernel.table) == {FOREIGN}
+
+
+def test_bad_initial_file_never_touches_the_kernel(tmp_path):
+    path = tmp_path / "cluster.yaml"
+    path.write_text(CLUSTER.format(extra="").replace("persistent: 120", "scheduler: wlcc"))
+    kernel = FakeIPVS()
+    with pytest.raises(ConfigError, match="wlcc"):
+        asyncio.run(director(path, kernel, tmp_path).run())
+    assert kernel.table == {} and kernel.executed == []
+
+
+def test_reload_with_bad_file_keeps_the_running_table(cluster, tmp_path):
+    kernel = FakeIPVS()
+
+    async def go():
+        d = director(cluster, kernel, tmp_path)
+        task = await started(d)
+        before = len(kernel.executed)
+        cluster.write_text("cluster: test\nservices: [{name: x, vip: nonsense}]\n")
+        d.request_reload()
+        await asyncio.sleep(0.2)
+        assert set(kernel.table) == {SMTP, HTTP} and len(kernel.executed) == before
+        d.request_stop()
+        await task
+
+    asyncio.run(go())
+
+
+def test_reload_applies_a_changed_file(cluster, tmp_path):
+    kernel = FakeIPVS()
+
+    async def go():
+        d = director(cluster, kernel, tmp_path)
+        task = await started(d)
+        cluster.write_text(CLUSTER.format(extra=""))  # http service removed
+        d.request_reload()
+        await until(lambda: set(kernel.table) == {SMTP})
+        d.request_stop()
+        await task
+
+    asyncio.run(go())
+
+
+def test_drift_is_repaired_within_one_repair_period(cluster, tmp_path):
+    kernel = FakeIPVS()
+
+    async def go():
+        d = director(cluster, kernel, tmp_path)
+        task = await started(d)
+        kernel.table.clear()  # ipvsadm -C by someone else
+        await until(lambda: set(kernel.table) == {SMTP, HTTP}, timeout=1.0)
+        d.request_stop()
+        await task
+
+    asyncio.run(go())
+
+
+def test_service_dropped_while_director_was_down_is_removed_on_start(cluster, tmp_path):
+    kernel = FakeIPVS()
+
+    async def run_once():
+        d = director(cluster, kernel, tmp_path)
+        task = await started(d)
+        d.request_stop()
+        await task
+
+    asyncio.run(run_once())
+    cluster.write_text(CLUSTER.format(extra=""))
+    asyncio.run(run_once())
+    assert set(kernel.table) == {SMTP}
