@@ -59,12 +59,21 @@ def ipvsadm_rules(n_services: int) -> str:
 
 def ipvsadm(*args: str, stdin: str | None = None) -> str:
     """Run ipvsadm (the reference tool), failing loudly."""
-    return subprocess.run(["ipvsadm", *args], input=stdin, capture_output=True, text=True, check=True).stdout
+    done = subprocess.run(["ipvsadm", *args], input=stdin, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"ipvsadm {' '.join(args)}: exit {done.returncode}: {done.stderr.strip()[:300]}")
+    return done.stdout
 
 
 def count_dests(backend: NetlinkIPVS) -> int:
     """Real servers in the kernel, to check every tool really built the table."""
     return sum(len(s.dests) for s in backend.dump_sync().values())
+
+
+def emit(lines: list[str], line: str) -> None:
+    """Print a result as soon as it is measured (a long run may be cut short) and keep it for the summary."""
+    print(line, flush=True)
+    lines.append(line)
 
 
 def main() -> int:
@@ -80,6 +89,9 @@ def main() -> int:
         subprocess.run(["modprobe", "-a", "ip_vs", "ip_vs_wlc"], check=False)
         return subprocess.run(["unshare", "--net", sys.executable, *sys.argv], env=env).returncode
 
+    # Without lo up a new namespace has no local routing table, and IPVS refuses every
+    # real server with EINVAL ("address not unicast").
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     backend = NetlinkIPVS()
     series: list[Series] = []
     verdicts: list[dict] = []
@@ -101,7 +113,7 @@ def main() -> int:
                 asyncio.run(r.sync(want, refresh=True))
             assert count_dests(backend) == n * DESTS, "lvsmail did not build the table"
         ok = ours.median <= 1.5 * ref.median
-        lines.append(ratio_line(ours, ref, "<= 1.5x", ok))
+        emit(lines, ratio_line(ours, ref, "<= 1.5x", ok))
         verdicts.append({"case": ours.case, "ratio": ours.median / ref.median, "goal": 1.5, "met": ok})
         series += [ours, ref]
 
@@ -115,14 +127,15 @@ def main() -> int:
                 table = backend.dump_sync()
         assert out.count("\n-a ") == n * DESTS and sum(len(s.dests) for s in table.values()) == n * DESTS
         ok = read.median <= 2 * read_ref.median
-        lines.append(ratio_line(read, read_ref, "<= 2x", ok))
+        emit(lines, ratio_line(read, read_ref, "<= 2x", ok))
         verdicts.append({"case": read.case, "ratio": read.median / read_ref.median, "goal": 2.0, "met": ok})
         series += [read, read_ref]
 
         if n == max(sizes):
-            lines += weight_change(backend, r, want, n, args.weight_repeat, series, verdicts)
+            for line in weight_change(backend, r, want, n, args.weight_repeat, series, verdicts):
+                emit(lines, line)
     backend.close_sync()
-    print("\n".join(["", "IPVS table benchmark (min/median/max)"] + lines))
+    print("\n".join(["", "IPVS table benchmark (min/median/max)"] + lines), flush=True)
     if args.json:
         write_json(args.json, series, verdicts)
     return 0
@@ -139,21 +152,19 @@ def weight_change(backend, r: Reconciler, want: Table, n: int, repeat: int, seri
     ipvs = IPVS()
     svc = IPVSService(addr=VIP, port=key.port, protocol=socket.IPPROTO_TCP)
 
-    async def changes() -> None:
-        # One event loop for all changes, as in the running director.
-        for i in range(repeat):
-            w = 2 + i % 50
-            with ours.timed():
-                want[key].dests[dkey] = DestEntry(DestSettings("tun", w))  # the decision
-                await r.sync(want, only={key})
-            assert backend.dests_sync(key).dests[dkey].settings.weight == w
-            with bare.timed():
-                ipvs.dest("set", service=svc, dest=IPVSDest(addr=dkey.addr, port=dkey.port, weight=w + 1, fwd_method=2))
-            with cli.timed():
-                ipvsadm("-e", "-t", f"{VIP}:{key.port}", "-r", f"{dkey.addr}:{dkey.port}", "-i", "-w", str(w + 2))
-            assert backend.dests_sync(key).dests[dkey].settings.weight == w + 2
-
-    asyncio.run(changes())
+    loop = asyncio.new_event_loop()  # one loop for all changes, as in the running director
+    for i in range(repeat):
+        w = 2 + i % 50
+        with ours.timed():
+            want[key].dests[dkey] = DestEntry(DestSettings("tun", w))  # the decision
+            loop.run_until_complete(r.sync(want, only={key}))
+        assert backend.dests_sync(key).dests[dkey].settings.weight == w
+        with bare.timed():
+            ipvs.dest("set", service=svc, dest=IPVSDest(addr=dkey.addr, port=dkey.port, weight=w + 1, fwd_method=2))
+        with cli.timed():
+            ipvsadm("-e", "-t", f"{VIP}:{key.port}", "-r", f"{dkey.addr}:{dkey.port}", "-i", "-w", str(w + 2))
+        assert backend.dests_sync(key).dests[dkey].settings.weight == w + 2
+    loop.close()
     ipvs.close()
     ok1 = ours.median <= 1.5 * bare.median
     ok2 = ours.median * 10 <= cli.median

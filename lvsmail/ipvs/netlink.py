@@ -69,6 +69,7 @@ class NetlinkIPVS:
         self._family = 0
         self._seq = 0
         self._buf = bytearray(1 << 20)
+        self._dests = wire.DestDecoder()
         self._lock = asyncio.Lock()
 
     # -- public, async --------------------------------------------------------------
@@ -261,7 +262,7 @@ class NetlinkIPVS:
     def _fill_dests(self, key: ServiceKey, entry: ServiceEntry, counters: bool) -> None:
         try:
             for buf, payload, end in self._dump(wire.CMD_GET_DEST, wire.service_attr(key, None)):
-                decoded = wire.decode_dest(buf, payload, end, key.af, counters)
+                decoded = self._dests.decode(buf, payload, end, key.af, counters)
                 if decoded:
                     entry.dests[decoded[0]] = decoded[1]
         except OSError as exc:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
+from operator import itemgetter
 
 from lvsmail.ipvs.model import (
     FWD_CODES,
@@ -198,8 +199,9 @@ def family_id(buf: bytes | memoryview, payload: int, end: int) -> int | None:
 
 
 def _addr(buf, off: int, af: int) -> str:
-    raw = bytes(buf[off:off + (4 if af == socket.AF_INET else 16)])
-    return str(ipaddress.ip_address(raw))
+    if af == socket.AF_INET:
+        return socket.inet_ntop(af, bytes(buf[off:off + 4]))
+    return socket.inet_ntop(af, bytes(buf[off:off + 16]))
 
 
 def _counters(buf, a: dict[int, tuple[int, int]], k64: int, k32: int) -> Counters:
@@ -298,3 +300,90 @@ def decode_timeouts(buf, payload: int, end: int) -> Timeouts:
         return _U32.unpack_from(buf, a[k][0])[0] if k in a else 0
 
     return Timeouts(tcp=get(ATTR_TIMEOUT_TCP), tcpfin=get(ATTR_TIMEOUT_TCP_FIN), udp=get(ATTR_TIMEOUT_UDP))
+
+
+# --- fast path for large dumps -----------------------------------------------------------
+
+# Payload formats of the dest attributes the fast path reads; others are skipped by size.
+_FAST_FIELDS = {
+    DEST_ADDR: (16, "16s"), DEST_PORT: (2, "H2x"), DEST_FWD_METHOD: (4, "I"), DEST_WEIGHT: (4, "I"),
+    DEST_U_THRESH: (4, "I"), DEST_L_THRESH: (4, "I"), DEST_ACTIVE_CONNS: (4, "I"),
+    DEST_INACT_CONNS: (4, "I"), DEST_PERSIST_CONNS: (4, "I"), DEST_ADDR_FAMILY: (2, "H2x"),
+}
+_FAST_ORDER = (DEST_ADDR, DEST_PORT, DEST_FWD_METHOD, DEST_WEIGHT, DEST_U_THRESH, DEST_L_THRESH,
+               DEST_ACTIVE_CONNS, DEST_INACT_CONNS, DEST_PERSIST_CONNS, DEST_ADDR_FAMILY)
+_STATS_KINDS = (DEST_STATS, DEST_STATS64)
+
+
+class DestDecoder:
+    """Decodes dest messages, learning the running kernel's layout from the first one.
+
+    A kernel always emits a real server's attributes in the same order and sizes
+    (ip_vs_genl_fill_dest), so after the first message the fixed part before the
+    statistics is read with a single ``struct`` call. Every attribute header is
+    compared with the learnt one first; any difference (another kernel, another
+    attribute) sends that message through the general parser instead. Settings
+    objects are interned: most real servers share the same few.
+    """
+
+    def __init__(self) -> None:
+        self._layout: tuple[struct.Struct, itemgetter, tuple, itemgetter] | None = None
+        self._learnt = False
+        self._settings: dict[tuple, DestSettings] = {}
+        self._addrs: dict[bytes, str] = {}
+
+    def decode(self, buf, payload: int, end: int, service_af: int, counters: bool) -> tuple[DestKey, DestEntry] | None:
+        """One GET_DEST reply message → (key, entry)."""
+        nest_off = payload + GENL_HDR.size + NLA_HDR.size  # the DEST nest's first attribute
+        if counters:
+            return decode_dest(buf, payload, end, service_af, counters)
+        if not self._learnt:
+            self._learnt = True
+            self._layout = _learn_layout(buf, nest_off, end)
+        layout = self._layout
+        if layout is None or nest_off + layout[0].size > end:
+            return decode_dest(buf, payload, end, service_af, counters)
+        shape, headers, expected, fields = layout
+        vals = shape.unpack_from(buf, nest_off)
+        if headers(vals) != expected or NLA_HDR.unpack_from(buf, payload + GENL_HDR.size)[1] & NLA_TYPE_MASK != ATTR_DEST:
+            return decode_dest(buf, payload, end, service_af, counters)
+        raw, port, fwd, weight, uth, lth, active, inactive, persist, af = fields(vals)
+        addr = self._addrs.get(raw)
+        if addr is None:
+            addr = socket.inet_ntop(af, raw[:4] if af == socket.AF_INET else raw)
+            self._addrs[raw] = addr
+        skey = (fwd & _FWD_MASK, weight, uth, lth, af, service_af)
+        settings = self._settings.get(skey)
+        if settings is None:
+            settings = DestSettings(forwarding=FWD_NAMES.get(fwd & _FWD_MASK, "dr"), weight=weight,
+                                    u_threshold=uth, l_threshold=lth, af=af if af != service_af else 0)
+            self._settings[skey] = settings
+        return DestKey(addr, socket.ntohs(port)), DestEntry(settings, active, inactive, persist)
+
+
+def _learn_layout(buf, off: int, end: int):
+    """The struct, header check and field picker for the fixed part of a dest message, or None."""
+    fmt, headers, where = ["="], [], {}
+    count = 0  # values produced so far by the struct
+    while off + 4 <= end:
+        length, kind = NLA_HDR.unpack_from(buf, off)
+        kind_id = kind & NLA_TYPE_MASK
+        if length < 4 or kind_id in _STATS_KINDS:
+            break
+        padded = (length + 3) & ~3
+        fmt.append("HH")
+        headers += [count, count + 1]
+        count += 2
+        known = _FAST_FIELDS.get(kind_id)
+        if known and known[0] == length - 4 and kind_id not in where:
+            fmt.append(known[1] + "x" * (padded - 4 - struct.calcsize("=" + known[1])))
+            where[kind_id] = count
+            count += 1
+        else:
+            fmt.append(f"{padded - 4}x")
+        off += padded
+    if any(k not in where for k in _FAST_ORDER):
+        return None
+    shape = struct.Struct("".join(fmt))
+    expected = tuple(shape.unpack_from(buf, off - shape.size)[i] for i in headers)
+    return shape, itemgetter(*headers), expected, itemgetter(*(where[k] for k in _FAST_ORDER))

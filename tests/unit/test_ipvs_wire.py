@@ -95,3 +95,50 @@ def test_error_code_is_the_negated_errno():
 def test_several_messages_in_one_datagram_are_all_seen():
     data = b"".join(wire.message(0x22, wire.CMD_GET_CONFIG, b"", seq=s) for s in (1, 2, 3))
     assert [seq for _, _, seq, _, _ in wire.iter_messages(data, len(data))] == [1, 2, 3]
+
+
+def _kernel_dest(addr: str, weight: int, *, with_tun: bool = True, af: int = socket.AF_INET) -> bytes:
+    """A dest reply shaped like ip_vs_genl_fill_dest's (6.1): tunnel attrs, counters, stats nests."""
+    u32 = lambda k, v: wire.attr(k, struct.pack("=I", v))  # noqa: E731
+    tun = [wire.attr(13, b"\0"), wire.attr(14, b"\0\0"), wire.attr(15, b"\0\0")] if with_tun else []
+    stats = wire.nest(wire.DEST_STATS64, *(wire.attr(k, struct.pack("=Q", k)) for k in range(1, 11)))
+    inner = b"".join([
+        wire.attr(wire.DEST_ADDR, wire.addr_bytes(addr)), wire.attr(wire.DEST_PORT, struct.pack("!H", 25)),
+        u32(wire.DEST_FWD_METHOD, 2), u32(wire.DEST_WEIGHT, weight), *tun,
+        u32(wire.DEST_U_THRESH, 0), u32(wire.DEST_L_THRESH, 0), u32(wire.DEST_ACTIVE_CONNS, weight * 2),
+        u32(wire.DEST_INACT_CONNS, 1), u32(wire.DEST_PERSIST_CONNS, 0),
+        wire.attr(wire.DEST_ADDR_FAMILY, struct.pack("=H", af)), stats,
+    ])
+    return wire.message(0x22, wire.CMD_GET_DEST, wire.nest(wire.ATTR_DEST, inner), seq=1, flags=2)
+
+
+def _both(decoder, msg, af=socket.AF_INET):
+    (_, _, _, payload, end), = list(wire.iter_messages(msg, len(msg)))
+    return decoder.decode(msg, payload, end, af, False), wire.decode_dest(msg, payload, end, af, False)
+
+
+def _same(a, b):
+    return a[0] == b[0] and a[1].settings == b[1].settings and (a[1].active, a[1].inactive, a[1].persistent) == (
+        b[1].active, b[1].inactive, b[1].persistent)
+
+
+def test_fast_dest_decoder_agrees_with_the_general_parser():
+    d = wire.DestDecoder()
+    for i, addr in enumerate(["198.51.100.20", "198.51.100.32", "198.51.100.35"]):
+        fast, slow = _both(d, _kernel_dest(addr, i + 1))
+        assert _same(fast, slow) and fast[0] == DestKey(addr, 25) and fast[1].active == 2 * (i + 1)
+
+
+def test_fast_dest_decoder_falls_back_when_a_message_has_another_layout():
+    d = wire.DestDecoder()
+    _both(d, _kernel_dest("198.51.100.20", 1))  # learns the 6.1 layout
+    # An older kernel without the tunnel attributes: header check fails, general parser answers.
+    fast, slow = _both(d, _kernel_dest("198.51.100.32", 7, with_tun=False))
+    assert _same(fast, slow) and fast[1].settings.weight == 7
+
+
+def test_fast_dest_decoder_handles_a_mixed_family_tunnel_dest():
+    d = wire.DestDecoder()
+    _both(d, _kernel_dest("198.51.100.20", 1))
+    fast, slow = _both(d, _kernel_dest("198.51.100.20", 1), af=socket.AF_INET6)  # IPv4 dest, IPv6 service
+    assert _same(fast, slow) and fast[1].settings.af == socket.AF_INET
