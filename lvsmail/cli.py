@@ -19,11 +19,6 @@ def cli(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
-@cli.group()
-def realserver() -> None:
-    """Prepare and register a real server (join, leave)."""
-
-
 cli.add_command(director)
 cli.add_command(config)
 cli.add_command(lab)
