@@ -7,8 +7,9 @@ from pathlib import Path
 import click
 
 from lvsmail.commands.options import EXIT_CONFIG
-from lvsmail.config import ConfigError, dump_cluster, load_cluster
-from lvsmail.config.ldirectord import import_ldirectord
+
+# The loader and importer are imported inside each command: every ``lvsmail`` start
+# would otherwise pay for them, and in the emulated lab that costs seconds.
 
 
 @click.group(name="config")
@@ -20,6 +21,8 @@ def config() -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 def validate(file: str) -> None:
     """Check FILE and report every problem at once (exit 2 if there is any)."""
+    from lvsmail.config import ConfigError, load_cluster
+
     try:
         spec = load_cluster(file)
     except ConfigError as exc:
@@ -39,6 +42,9 @@ def import_ldirectord_cmd(file: str, output: str | None, name: str | None) -> No
     Directives lvsmail cannot express are listed on standard error with their
     line; the conversion still succeeds (exit 0).  Exit 2 if FILE is broken.
     """
+    from lvsmail.config import ConfigError, dump_cluster
+    from lvsmail.config.ldirectord import import_ldirectord
+
     try:
         result = import_ldirectord(Path(file), name=name)
     except ConfigError as exc:
@@ -52,7 +58,7 @@ def import_ldirectord_cmd(file: str, output: str | None, name: str | None) -> No
         click.echo(text, nl=False)
 
 
-def _fail(exc: ConfigError) -> None:
+def _fail(exc) -> None:
     """Print every problem on standard error and exit with the config-error code."""
     for problem in exc.problems:
         click.echo(str(problem), err=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import sys
 
 import click
@@ -25,6 +23,7 @@ def director() -> None:
               help="Where the director remembers which services it owns.")
 def start(config_path: str, repair_interval: float, flush_on_exit: bool, state_dir: str) -> None:
     """Run the director in the foreground (SIGHUP reloads, SIGTERM exits)."""
+    import asyncio
     import logging
 
     from lvsmail.config import ConfigError
@@ -50,6 +49,8 @@ def start(config_path: str, repair_interval: float, flush_on_exit: bool, state_d
 @dry_run
 def apply(config_path: str, dry_run: bool) -> None:
     """Make the kernel table match the file once, then exit (``--dry-run``: only show the plan)."""
+    import asyncio
+
     from lvsmail.config import ConfigError, load_cluster
     from lvsmail.director.desired import desired_table, desired_timeouts
     from lvsmail.director.reconcile import Reconciler, ReconcileError
@@ -92,6 +93,8 @@ def apply(config_path: str, dry_run: bool) -> None:
               help="Show only the services of this cluster file.")
 def status(as_json: bool, config_path: str | None) -> None:
     """Show virtual services, real servers, connections and traffic counters from the kernel."""
+    import json
+
     from lvsmail.director import status as fmt
     from lvsmail.ipvs.netlink import IPVSUnavailable, NetlinkIPVS
 
