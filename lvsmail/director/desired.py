@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Mapping
 
 from lvsmail.ipvs.model import (
     F_PERSISTENT,
@@ -56,16 +57,35 @@ def dest_entry(svc: ServiceSpec, rs: RealServerSpec, weight: int | None = None) 
     return DestKey(rs.address, rs.port), DestEntry(settings=settings)
 
 
-def desired_table(spec: ClusterSpec) -> Table:
-    """Every service of the cluster with every configured real server at its configured weight."""
-    table: Table = {}
-    for svc in spec.services:
-        entry = ServiceEntry(settings=service_settings(svc))
-        for rs in svc.realservers:
-            key, dest = dest_entry(svc, rs)
+#: Health as the director sees it: (service name, real server address, port) → up?
+Health = Mapping[tuple[str, str, int], bool]
+
+
+def service_entry(svc: ServiceSpec, health: Health | None = None) -> ServiceEntry:
+    """One service's desired entry given the health of its real servers.
+
+    A real server with no health verdict (no check, or not checked yet) counts
+    as up. A down server leaves the service, or stays with weight 0 when the
+    service is ``quiescent`` so its established sessions drain (ldirectord's
+    meaning). When no real server is up, the ``fallback`` server is installed.
+    """
+    entry = ServiceEntry(settings=service_settings(svc))
+    any_up = False
+    for rs in svc.realservers:
+        up = True if health is None else health.get((svc.name, rs.address, rs.port), True)
+        any_up |= up
+        if up or svc.quiescent:
+            key, dest = dest_entry(svc, rs, None if up else 0)
             entry.dests[key] = dest
-        table[service_key(svc)] = entry
-    return table
+    if not any_up and svc.fallback is not None:
+        key, dest = dest_entry(svc, svc.fallback)
+        entry.dests[key] = dest
+    return entry
+
+
+def desired_table(spec: ClusterSpec, health: Health | None = None) -> Table:
+    """Every service of the cluster, with real servers as their health allows (all up if no health)."""
+    return {service_key(svc): service_entry(svc, health) for svc in spec.services}
 
 
 def desired_timeouts(spec: ClusterSpec) -> Timeouts | None:
