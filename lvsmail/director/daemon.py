@@ -18,12 +18,15 @@ import logging
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 
 from lvsmail.config import ConfigError, load_cluster
-from lvsmail.director.desired import desired_table, desired_timeouts
+from lvsmail.director.desired import desired_table, desired_timeouts, service_key
 from lvsmail.director.reconcile import Reconciler, ReconcileError
-from lvsmail.ipvs.model import IPVSBackend, ServiceKey
+from lvsmail.health.engine import HealthEngine, Target
+from lvsmail.health.state import TransitionEvent
+from lvsmail.ipvs.model import IPVSBackend, ServiceKey, Table
 from lvsmail.spec import ClusterSpec
 
 log = logging.getLogger("lvsmail.director")
@@ -42,6 +45,7 @@ class Director:
         repair_interval: float = 5.0,
         flush_on_exit: bool = False,
         state_dir: str = DEFAULT_STATE_DIR,
+        engine_options: dict | None = None,
     ) -> None:
         self.config_path = config_path
         self.backend = backend
@@ -50,6 +54,9 @@ class Director:
         self.state_dir = Path(state_dir)
         self.spec: ClusterSpec | None = None
         self.reconciler: Reconciler | None = None
+        self.engine: HealthEngine | None = None
+        self.engine_options = engine_options or {}
+        self._kernel = asyncio.Lock()  # one reconcile at a time: the loop's and health transitions'
         self._reload = asyncio.Event()
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()
@@ -69,19 +76,25 @@ class Director:
         """
         self.spec = load_cluster(self.config_path)
         self.reconciler = Reconciler(self.backend, owned=self._load_owned())
+        self.engine = HealthEngine(self.spec, self._on_transition, **self.engine_options)
         await self._sync(refresh=True, why="start")
+        self.engine.start()
         self.ready.set()
         _sd_notify("READY=1")
         log.info("director: %s in sync: %s", self.spec.name, _summary(self.spec))
-        while not self._stop.is_set():
-            woke = await _first(self._reload.wait(), self._stop.wait(), timeout=self.repair_interval)
-            if self._stop.is_set():
-                break
-            if woke and self._reload.is_set():
-                self._reload.clear()
-                await self._do_reload()
-            else:
-                await self._sync(refresh=True, why="repair")
+        try:
+            while not self._stop.is_set():
+                woke = await _first(self._reload.wait(), self._stop.wait(), timeout=self.repair_interval)
+                if self._stop.is_set():
+                    break
+                if woke and self._reload.is_set():
+                    self._reload.clear()
+                    await self._do_reload()
+                else:
+                    await self._sync(refresh=True, why="repair")
+                self._save_health()
+        finally:
+            await self.engine.stop()
         if self.flush_on_exit:
             ops = await self.reconciler.release()
             self._save_owned(set())
@@ -96,13 +109,31 @@ class Director:
             log.error("director: reload rejected, running table kept:\n%s", exc)
             return
         self.spec = new
+        self.engine.update(new)
         await self._sync(refresh=True, why="reload")
         log.info("director: reloaded %s: %s", new.name, _summary(new))
+
+    def desired(self) -> Table:
+        """The table the file asks for, with real servers as their health allows."""
+        return desired_table(self.spec, self.engine.health() if self.engine else None)
+
+    async def _on_transition(self, target: Target, event: TransitionEvent) -> None:
+        """A real server went up or down: change just its service in the kernel, at once."""
+        svc = next((s for s in self.spec.services if s.name == target.service), None)
+        if svc is None:  # removed by a reload while the check was running
+            return
+        async with self._kernel:
+            try:
+                await self.reconciler.sync(self.desired(), only={service_key(svc)})
+            except ReconcileError as exc:
+                log.error("director: health %s of %s: kernel refused: %s", event.word, target.key, exc)
+        self._save_health()
 
     async def _sync(self, *, refresh: bool, why: str) -> None:
         assert self.spec is not None and self.reconciler is not None
         try:
-            report = await self.reconciler.sync(desired_table(self.spec), desired_timeouts(self.spec), refresh=refresh)
+            async with self._kernel:
+                report = await self.reconciler.sync(self.desired(), desired_timeouts(self.spec), refresh=refresh)
         except ReconcileError as exc:
             # Keep running: the next repair period retries, and an operator sees why.
             log.error("director: %s: kernel refused: %s", why, exc)
@@ -110,6 +141,31 @@ class Director:
         if report.applied and why == "repair":
             log.warning("director: repaired drift with %d operations", len(report.applied))
         self._save_owned(self.reconciler.owned)
+
+    # -- health for `lvsmail director status` -------------------------------------------
+
+    def health_file(self) -> Path:
+        """Where the running director publishes its real servers' health."""
+        return self.state_dir / (Path(self.config_path).stem + ".health.json")
+
+    def _save_health(self) -> None:
+        if self.engine is None or self.spec is None:
+            return
+        now_wall, now_mono = time.time(), self.engine.clock()
+        entries = []
+        for svc in self.spec.services:
+            for rs in svc.realservers:
+                st = self.engine.states.get((svc.name, rs.address, rs.port))
+                if st is None:
+                    continue
+                entries.append({
+                    "service": str(service_key(svc)), "name": svc.name, "address": rs.address, "port": rs.port,
+                    "check": svc.check.type, "up": st.up, "since": now_wall - (now_mono - st.since),
+                    "latency": st.last_latency, "last_failure": st.last_failure, "checks": st.checks,
+                    "transitions": st.transitions, "weight": rs.weight, "quiescent": svc.quiescent,
+                    "verify": svc.check.verify,
+                })
+        _write_json(self.health_file(), {"cluster": self.spec.name, "written": now_wall, "realservers": entries})
 
     # -- ownership across restarts ---------------------------------------------------
 
@@ -127,14 +183,18 @@ class Director:
         return {ServiceKey(**item) for item in data}
 
     def _save_owned(self, owned: set[ServiceKey]) -> None:
-        path = self._state_file()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps([_key_json(k) for k in sorted(owned)]))
-            os.replace(tmp, path)
-        except OSError as exc:
-            log.warning("director: cannot record owned services in %s: %s", path, exc)
+        _write_json(self._state_file(), [_key_json(k) for k in sorted(owned)])
+
+
+def _write_json(path: Path, data) -> None:
+    """Replace a state file atomically; a failure is logged, the director keeps running."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("director: cannot write %s: %s", path, exc)
 
 
 async def serve(director: Director) -> None:

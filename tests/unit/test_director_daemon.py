@@ -1,6 +1,7 @@
-"""The director loop against the in-memory kernel: start, reload, repair, exit."""
+"""The director loop against the in-memory kernel: start, reload, repair, exit, health."""
 
 import asyncio
+import json
 import socket
 
 import pytest
@@ -157,3 +158,67 @@ def test_service_dropped_while_director_was_down_is_removed_on_start(cluster, tm
     cluster.write_text(CLUSTER.format(extra=""))
     asyncio.run(run_once())
     assert set(kernel.table) == {SMTP}
+
+
+HEALTH_CLUSTER = """\
+cluster: test
+vips: [192.0.2.33]
+services:
+  - name: smtp
+    vip: 192.0.2.33
+    port: 25
+    forwarding: tun
+    quiescent: {quiescent}
+    fallback: 203.0.113.99:25
+    realservers: [{{address: 198.51.100.20, weight: 3}}, 198.51.100.32]
+    check: {{type: smtp, interval: 0.05, timeout: 0.5}}
+"""
+
+
+class ScriptedChecks:
+    """A checker whose verdict per real server the test flips."""
+
+    def __init__(self):
+        self.down: set[str] = set()
+
+    async def __call__(self, spec, address, port, creds, virtual=None):
+        from lvsmail.health.result import Result
+
+        if address in self.down:
+            return Result(False, f"smtp {address}:{port}: connect: connection refused", 0.001, "connect")
+        return Result(True, f"smtp {address}:{port}: ok", 0.001, "done")
+
+
+def weights(kernel):
+    return {k.addr: d.settings.weight for k, d in kernel.table[SMTP].dests.items()}
+
+
+@pytest.mark.parametrize("quiescent", [False, True])
+def test_failed_real_server_leaves_the_kernel_and_returns_on_recovery(tmp_path, quiescent):
+    path = tmp_path / "cluster.yaml"
+    path.write_text(HEALTH_CLUSTER.format(quiescent=str(quiescent).lower()))
+    kernel, checks = FakeIPVS(), ScriptedChecks()
+
+    async def go():
+        d = Director(str(path), kernel, repair_interval=30, state_dir=str(tmp_path / "state"),
+                     engine_options={"checker": checks})
+        task = await started(d)
+        assert weights(kernel) == {"198.51.100.20": 3, "198.51.100.32": 1}
+        dumps = kernel.dumps
+        checks.down.add("198.51.100.20")
+        want = {"198.51.100.20": 0, "198.51.100.32": 1} if quiescent else {"198.51.100.32": 1}
+        await until(lambda: weights(kernel) == want)
+        assert kernel.dumps == dumps  # the decision reached the kernel without reading the table
+        checks.down.add("198.51.100.32")
+        fallback = {"203.0.113.99": 1, **({"198.51.100.20": 0, "198.51.100.32": 0} if quiescent else {})}
+        await until(lambda: weights(kernel) == fallback)
+        checks.down.clear()
+        await until(lambda: weights(kernel) == {"198.51.100.20": 3, "198.51.100.32": 1})
+        health = json.loads(d.health_file().read_text())
+        assert {(r["address"], r["up"], r["transitions"]) for r in health["realservers"]} == {
+            ("198.51.100.20", True, 2), ("198.51.100.32", True, 2)}
+        assert all("connection refused" in r["last_failure"] for r in health["realservers"])
+        d.request_stop()
+        await task
+
+    asyncio.run(go())

@@ -1,0 +1,189 @@
+"""The health engine: when to check which real server, and what to do with the verdicts.
+
+Checkers only check and the state machine only decides; this module owns time.
+Each real server of each checked service gets one task:
+
+* its first check waits a random fraction of the interval (warm-up jitter), so
+  a thousand servers are spread over the interval instead of probed at once;
+* later checks start at a fixed rate (start + interval), not interval after
+  the previous one ended, so a slow server does not drift its own schedule;
+* a semaphore bounds how many checks are in flight, and a hung server only
+  holds its own task until the check's timeout;
+* while a transition is pending the next check comes sooner (``next_interval``).
+
+Transitions are handed to a callback (the director turns them into one scoped
+IPVS change). On reload, a target whose address, port and check settings did
+not change keeps its task and state, so a reload never flaps a server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+
+from lvsmail.health.checkers import run_check
+from lvsmail.health.credentials import Credentials, CredentialsError, load_credentials
+from lvsmail.health.result import Result
+from lvsmail.health.state import HealthState, TransitionEvent, next_interval, step
+from lvsmail.spec import CheckSpec, ClusterSpec
+
+log = logging.getLogger("lvsmail.health")
+
+#: Default bound on checks in flight at once (1,000 servers at a 2 s interval need ~500/s).
+DEFAULT_CONCURRENCY = 512
+
+Key = tuple[str, str, int]  # (service name, real server address, port)
+Checker = Callable[..., Awaitable[Result]]
+OnTransition = Callable[["Target", TransitionEvent], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One real server under one service's check."""
+
+    service: str
+    address: str
+    port: int
+    check: CheckSpec
+    virtual: tuple[str, int | None]  # (VIP or "fwmark N", port) for external commands
+
+    @property
+    def key(self) -> Key:
+        """How the director names this server's health."""
+        return (self.service, self.address, self.port)
+
+
+def targets(cluster: ClusterSpec) -> dict[Key, Target]:
+    """Every (service, real server) pair that has a check; the fallback server is never checked."""
+    out: dict[Key, Target] = {}
+    for svc in cluster.services:
+        if svc.check is None:
+            continue
+        virtual = (svc.vip if svc.vip else f"fwmark {svc.fwmark}", svc.port)
+        for rs in svc.realservers:
+            t = Target(svc.name, rs.address, rs.port, svc.check, virtual)
+            out[t.key] = t
+    return out
+
+
+class HealthEngine:
+    """Runs every check of a cluster and reports up/down transitions."""
+
+    def __init__(
+        self,
+        cluster: ClusterSpec,
+        on_transition: OnTransition,
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        checker: Checker = run_check,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.on_transition = on_transition
+        self.checker = checker
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.states: dict[Key, HealthState] = {}
+        self.checks_done = 0
+        self._sem = asyncio.Semaphore(concurrency)
+        self._targets: dict[Key, Target] = {}
+        self._tasks: dict[Key, asyncio.Task] = {}
+        self._credentials: dict[str, Credentials | CredentialsError] = {}
+        self._running = False
+        self._pending = targets(cluster)
+        for key, t in self._pending.items():
+            self.states[key] = HealthState.initial(t.check, self.clock())
+
+    def health(self) -> dict[Key, bool]:
+        """Up or down per checked real server (unchecked ones are in their ``start`` state)."""
+        return {k: s.up for k, s in self.states.items()}
+
+    def start(self) -> None:
+        """Start one task per target (call from the running event loop)."""
+        self._running = True
+        self._apply_targets(self._pending)
+
+    def update(self, cluster: ClusterSpec) -> None:
+        """Follow a reloaded cluster: keep unchanged targets, start new ones, stop removed ones."""
+        new = targets(cluster)
+        if not self._running:
+            self._pending = new
+        self._apply_targets(new)
+
+    async def stop(self) -> None:
+        """Cancel every check task and wait for them (their sockets close on cancellation)."""
+        self._running = False
+        tasks = list(self._tasks.values())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    def _apply_targets(self, new: dict[Key, Target]) -> None:
+        now = self.clock()
+        for key in list(self._targets):
+            if key not in new or new[key] != self._targets[key]:
+                old = self._targets.pop(key)
+                task = self._tasks.pop(key, None)
+                if task:
+                    task.cancel()
+                if key in new and _same_probe(old.check, new[key].check):
+                    # Only rise/fall/interval-like settings changed: keep the verdict.
+                    self.states[key] = self.states[key].retuned(new[key].check)
+                else:
+                    self.states.pop(key, None)
+        for key, t in new.items():
+            if key in self._targets:
+                continue
+            self._targets[key] = t
+            if key not in self.states:
+                self.states[key] = HealthState.initial(t.check, now)
+            if self._running:
+                self._tasks[key] = asyncio.get_running_loop().create_task(self._watch(t), name=f"check {key}")
+
+    async def _watch(self, t: Target) -> None:
+        """Check one target forever at its interval."""
+        await asyncio.sleep(self.rng.uniform(0, t.check.interval))  # warm-up jitter
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            creds = self._creds(t.check)
+            if isinstance(creds, CredentialsError):
+                # Probing without the configured login would pass a server whose logins fail.
+                result = Result(False, f"{t.check.type} {t.address}:{t.port}: {creds}", 0.0, "credentials")
+            else:
+                async with self._sem:
+                    result = await self.checker(t.check, t.address, t.port, creds, virtual=t.virtual)
+            self.checks_done += 1
+            state, event = step(self.states[t.key], result, self.clock())
+            self.states[t.key] = state
+            if event is not None:
+                log.warning("health: %s %s:%s %s: %s", t.service, t.address, t.port, event.word, event.reason)
+                try:
+                    await self.on_transition(t, event)
+                except Exception:  # the director's problem must not stop this server's checks
+                    log.exception("health: acting on %s transition of %s failed", event.word, t.key)
+            delay = next_interval(state, t.check) - (loop.time() - started)
+            await asyncio.sleep(max(0.0, delay))
+
+    def _creds(self, check: CheckSpec) -> Credentials | CredentialsError | None:
+        """Credentials are read once per file and engine; an unusable file fails its checks, not the engine."""
+        if check.credentials is None:
+            return None
+        if check.credentials not in self._credentials:
+            try:
+                self._credentials[check.credentials] = load_credentials(check.credentials)
+            except CredentialsError as exc:
+                log.error("health: %s", exc)
+                self._credentials[check.credentials] = exc
+        return self._credentials[check.credentials]
+
+
+def _same_probe(a: CheckSpec, b: CheckSpec) -> bool:
+    """True when two checks probe the same way (only thresholds or timing differ)."""
+    neutral = dict(interval=0.0, rise=1, fall=1, start="up")
+    return replace(a, **neutral) == replace(b, **neutral)

@@ -1,0 +1,19 @@
+"""The outcome of one health check of one real server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Result:
+    """One check's verdict: ``ok``, a reason naming protocol, peer and step, its latency and last step."""
+
+    ok: bool
+    reason: str
+    latency: float = 0.0  # seconds from the start of the check to the verdict
+    step: str = ""  # the step the dialogue reached: "connect", "greeting", "EHLO", ..., "done"
+
+    def __str__(self) -> str:
+        """The reason with the verdict, as a log line would show it."""
+        return f"{'up' if self.ok else 'down'}: {self.reason}"

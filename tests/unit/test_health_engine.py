@@ -1,0 +1,170 @@
+"""The health engine with a scripted checker: scheduling, transitions, reload."""
+
+import asyncio
+import os
+
+from lvsmail.config import parse_cluster
+from lvsmail.health.engine import HealthEngine
+from lvsmail.health.result import Result
+
+CLUSTER = """\
+cluster: t
+vips: [192.0.2.33]
+services:
+  - name: smtp
+    vip: 192.0.2.33
+    port: 25
+    realservers: [198.51.100.20, 198.51.100.32]
+    check: {{type: smtp, interval: {interval}, timeout: 0.5, fall: {fall}{extra}}}
+"""
+
+
+def cluster(interval=0.05, fall=1, extra=""):
+    return parse_cluster(CLUSTER.format(interval=interval, fall=fall, extra=extra))
+
+
+class Script:
+    """A checker whose verdict per address the test sets; counts calls."""
+
+    def __init__(self):
+        self.ok = {"198.51.100.20": True, "198.51.100.32": True}
+        self.calls = {a: 0 for a in self.ok}
+        self.hang = set()
+
+    async def __call__(self, spec, address, port, creds, virtual=None):
+        self.calls[address] += 1
+        if address in self.hang:
+            await asyncio.sleep(spec.timeout)
+            return Result(False, f"smtp {address}:{port}: timeout after {spec.timeout} s waiting for greeting", spec.timeout)
+        ok = self.ok[address]
+        return Result(ok, f"smtp {address}:{port}: {'ok' if ok else 'connect: connection refused'}", 0.001)
+
+
+async def settle(cond, timeout=3.0):
+    end = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        assert asyncio.get_running_loop().time() < end, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+def test_failure_is_reported_once_and_recovery_too():
+    script, seen = Script(), []
+
+    async def on_transition(target, event):
+        seen.append((target.address, event.word, event.reason))
+
+    async def go():
+        engine = HealthEngine(cluster(), on_transition, checker=script)
+        engine.start()
+        script.ok["198.51.100.20"] = False
+        await settle(lambda: seen)
+        assert engine.health()[("smtp", "198.51.100.20", 25)] is False
+        assert engine.health()[("smtp", "198.51.100.32", 25)] is True
+        script.ok["198.51.100.20"] = True
+        await settle(lambda: len(seen) == 2)
+        await engine.stop()
+
+    asyncio.run(go())
+    assert seen == [("198.51.100.20", "down", "smtp 198.51.100.20:25: connect: connection refused"),
+                    ("198.51.100.20", "up", "smtp 198.51.100.20:25: ok")]
+
+
+def test_a_hung_server_does_not_delay_the_others():
+    script = Script()
+    script.hang.add("198.51.100.20")
+
+    async def go():
+        engine = HealthEngine(cluster(interval=0.05), lambda t, e: asyncio.sleep(0), checker=script)
+        engine.start()
+        await asyncio.sleep(0.6)  # one hung check lasts 0.5 s
+        await engine.stop()
+
+    asyncio.run(go())
+    assert script.calls["198.51.100.20"] <= 2
+    assert script.calls["198.51.100.32"] >= 6  # kept its 50 ms schedule meanwhile
+
+
+def test_reload_with_unchanged_check_keeps_state_and_does_not_flap():
+    script, seen = Script(), []
+
+    async def on_transition(target, event):
+        seen.append(event.word)
+
+    async def go():
+        engine = HealthEngine(cluster(), on_transition, checker=script)
+        engine.start()
+        script.ok["198.51.100.20"] = False
+        await settle(lambda: seen == ["down"])
+        engine.update(cluster(fall=3))  # thresholds changed, probe unchanged: keep the verdict
+        assert engine.health()[("smtp", "198.51.100.20", 25)] is False
+        engine.update(cluster(fall=3))  # identical: nothing restarts
+        await asyncio.sleep(0.2)
+        assert engine.states[("smtp", "198.51.100.20", 25)].fall == 3
+        await engine.stop()
+
+    asyncio.run(go())
+    assert seen == ["down"]
+
+
+def test_reload_with_a_different_probe_starts_that_server_afresh():
+    script = Script()
+
+    async def go():
+        engine = HealthEngine(cluster(), lambda t, e: asyncio.sleep(0), checker=script)
+        engine.start()
+        script.ok["198.51.100.20"] = False
+        await settle(lambda: not engine.health()[("smtp", "198.51.100.20", 25)])
+        engine.update(cluster(extra=", port: 2525"))
+        assert engine.states[("smtp", "198.51.100.20", 25)].checks == 0  # new probe, fresh state (start: up)
+        await engine.stop()
+
+    asyncio.run(go())
+
+
+def test_first_checks_are_spread_over_the_interval():
+    starts = []
+
+    async def checker(spec, address, port, creds, virtual=None):
+        starts.append(asyncio.get_running_loop().time())
+        return Result(True, "ok")
+
+    big = "cluster: t\nservices:\n  - name: s\n    fwmark: 1\n    realservers: [" + ", ".join(
+        f"198.51.100.{i}" for i in range(1, 101)) + "]\n    check: {type: connect, interval: 1.0}\n"
+
+    async def go():
+        engine = HealthEngine(parse_cluster(big), lambda t, e: asyncio.sleep(0), checker=checker)
+        t0 = asyncio.get_running_loop().time()
+        engine.start()
+        await asyncio.sleep(0.99)
+        await engine.stop()
+        return t0
+
+    t0 = asyncio.run(go())
+    offsets = sorted(s - t0 for s in starts)
+    assert len(offsets) >= 90
+    halves = sum(1 for o in offsets if o < 0.5), sum(1 for o in offsets if o >= 0.5)
+    assert min(halves) >= 25  # not all at once
+
+
+def test_unusable_credentials_fail_the_check_without_probing(tmp_path):
+    creds = tmp_path / "imap.cred"
+    creds.write_text("user=probe\npassword=x\n")
+    os.chmod(creds, 0o644)  # group/other readable: refused
+    script, seen = Script(), []
+
+    async def on_transition(target, event):
+        seen.append(event.reason)
+
+    text = CLUSTER.format(interval=0.05, fall=1, extra="") .replace(
+        "check: {type: smtp", "check: {type: imap, port: 143, credentials: " + str(creds))
+    text = text.replace("timeout: 0.5, fall: 1", "timeout: 0.5, fall: 1")
+
+    async def go():
+        engine = HealthEngine(parse_cluster(text), on_transition, checker=script)
+        engine.start()
+        await settle(lambda: len(seen) == 2)
+        await engine.stop()
+
+    asyncio.run(go())
+    assert script.calls == {"198.51.100.20": 0, "198.51.100.32": 0}
+    assert all("credentials" in r and str(creds) in r for r in seen)
