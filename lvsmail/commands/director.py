@@ -91,7 +91,9 @@ def apply(config_path: str, dry_run: bool) -> None:
 @json_output
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
               help="Show only the services of this cluster file.")
-def status(as_json: bool, config_path: str | None) -> None:
+@click.option("--state-dir", default="/run/lvsmail", show_default=True, type=click.Path(file_okay=False),
+              help="Where running directors publish real-server health.")
+def status(as_json: bool, config_path: str | None, state_dir: str) -> None:
     """Show virtual services, real servers, connections and traffic counters from the kernel."""
     import json
 
@@ -117,7 +119,8 @@ def status(as_json: bool, config_path: str | None) -> None:
             click.echo(str(exc), err=True)
             sys.exit(EXIT_CONFIG)
         table = {k: v for k, v in table.items() if k in keys}
+    health = fmt.read_health(state_dir)
     if as_json:
-        click.echo(json.dumps(fmt.as_json(table, timeouts), indent=2))
+        click.echo(json.dumps(fmt.as_json(table, timeouts, health), indent=2))
     else:
-        click.echo(fmt.as_text(table, timeouts))
+        click.echo(fmt.as_text(table, timeouts, health))

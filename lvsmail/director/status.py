@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import socket
+import time
 from dataclasses import asdict
+from pathlib import Path
 
 from lvsmail.ipvs.model import FWD_IPVSADM, PROTOCOL_NAMES, ServiceKey, Table, Timeouts, hostport
 
@@ -16,8 +19,39 @@ def netmask_text(key: ServiceKey, netmask: int) -> str:
     return str(netmask)
 
 
-def as_json(table: Table, timeouts: Timeouts | None = None) -> dict:
+#: Health published by running directors: (service key text, address, port) → entry.
+Health = dict[tuple[str, str, int], dict]
+
+
+def read_health(state_dir: str) -> Health:
+    """Health of every real server from the running directors' files (empty when none run)."""
+    out: Health = {}
+    for path in sorted(Path(state_dir).glob("*.health.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # being replaced right now, or not ours: status shows the kernel alone
+        for e in data.get("realservers", []):
+            out[(e["service"], e["address"], e["port"])] = e
+    return out
+
+
+def _health_of(service: str, addr: str, port: int, health: Health, effective: int | None) -> dict | None:
+    """Health badge and details for one real server, or None if it is not checked."""
+    e = health.get((service, addr, port))
+    if e is None:
+        return None
+    badge = "up" if e["up"] else ("quiescent" if e["quiescent"] and effective == 0 else "down")
+    return {
+        "health": badge, "since": e["since"], "latency": e["latency"], "last_failure": e["last_failure"],
+        "configured_weight": e["weight"], "effective_weight": effective, "check": e["check"],
+        "verify": e.get("verify", True),
+    }
+
+
+def as_json(table: Table, timeouts: Timeouts | None = None, health: Health | None = None) -> dict:
     """The table as plain data; stable field names for scripts and tests."""
+    health = health or {}
     services = []
     for key in sorted(table):
         entry = table[key]
@@ -43,8 +77,13 @@ def as_json(table: Table, timeouts: Timeouts | None = None) -> dict:
                     "inactive": d.inactive,
                     "persistent": d.persistent,
                     "stats": asdict(d.counters),
+                    "health": _health_of(str(key), dk.addr, dk.port, health, d.settings.weight),
                 }
                 for dk, d in sorted(entry.dests.items())
+            ] + [
+                {"address": addr, "port": port, "forwarding": None, "weight": None, "active": 0, "inactive": 0,
+                 "persistent": 0, "stats": None, "health": _health_of(str(key), addr, port, health, None)}
+                for addr, port in _absent(key, entry, health)
             ],
         })
     out: dict = {"services": services}
@@ -53,8 +92,21 @@ def as_json(table: Table, timeouts: Timeouts | None = None) -> dict:
     return out
 
 
-def as_text(table: Table, timeouts: Timeouts | None = None) -> str:
-    """ipvsadm's familiar layout with connection counts and traffic counters side by side."""
+def _absent(key, entry, health: Health) -> list[tuple[str, int]]:
+    """Checked real servers of this service that are not in the kernel (down, not quiescent)."""
+    from lvsmail.ipvs.model import DestKey
+
+    return sorted((a, p) for (svc, a, p) in health if svc == str(key) and DestKey(a, p) not in entry.dests)
+
+
+def as_text(table: Table, timeouts: Timeouts | None = None, health: Health | None = None) -> str:
+    """ipvsadm's familiar layout with connection counts and traffic counters side by side.
+
+    With health from a running director, each real server gets a line with its
+    badge, since when, last check latency and configured weight, plus the last
+    failure reason; checked servers removed from the kernel are listed too.
+    """
+    health = health or {}
     lines = [
         f"{'Prot LocalAddress:Port Scheduler Flags':<52} {'Conns':>8} {'InPkts':>9} {'OutPkts':>9} {'InBytes':>10} {'OutBytes':>10}",
         f"  -> {'RemoteAddress:Port':<24} {'Forward':<7} {'Weight':>6} {'Active':>6} {'InAct':>6}"
@@ -75,9 +127,36 @@ def as_text(table: Table, timeouts: Timeouts | None = None) -> str:
                 f"  -> {hostport(dk.addr, dk.port):<24} {FWD_IPVSADM[d.settings.forwarding]:<7} {d.settings.weight:>6}"
                 f" {d.active:>6} {d.inactive:>6} {_counts(d.counters)}"
             )
+            lines += _health_lines(_health_of(str(key), dk.addr, dk.port, health, d.settings.weight))
+        for addr, port in _absent(key, entry, health):
+            lines.append(f"  -> {hostport(addr, port):<24} {'-':<7} {'-':>6}")
+            lines += _health_lines(_health_of(str(key), addr, port, health, None))
     if timeouts is not None:
         lines.append(f"Timeout (tcp tcpfin udp): {timeouts.tcp} {timeouts.tcpfin} {timeouts.udp}")
     return "\n".join(lines)
+
+
+def _health_lines(h: dict | None) -> list[str]:
+    if h is None:
+        return []
+    age = _age(time.time() - h["since"])
+    latency = "-" if h["latency"] is None else f"{h['latency'] * 1000:.0f} ms"
+    tls = "" if h["verify"] else ", TLS not verified"
+    line = (f"     {h['health']} for {age}, {h['check']} check {latency}{tls},"
+            f" weight {h['configured_weight']} configured / {'-' if h['effective_weight'] is None else h['effective_weight']} in kernel")
+    out = [line]
+    if h["last_failure"]:
+        out.append(f"     last failure: {h['last_failure']}")
+    return out
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def _counts(c) -> str:

@@ -46,3 +46,29 @@ def test_json_is_stable_plain_data():
     fwm = next(s for s in data["services"] if s["fwmark"] == 3)
     assert (fwm["family"], fwm["protocol"], fwm["address"], fwm["port"], fwm["netmask"]) == ("inet6", None, None, None, "128")
     assert data["timeouts"] == {"tcp": 900, "tcpfin": 120, "udp": 300}
+
+
+def test_health_is_shown_and_removed_servers_are_listed():
+    import time as _t
+
+    from lvsmail.director.status import as_json, as_text
+
+    now = _t.time()
+    key = "TCP 192.0.2.33:25"
+    health = {
+        (key, "198.51.100.35", 25): {"up": True, "since": now - 30, "latency": 0.012, "last_failure": "",
+                                      "weight": 1, "quiescent": False, "check": "smtp", "verify": True},
+        (key, "198.51.100.36", 25): {"up": False, "since": now - 300, "latency": 2.0,
+                                      "last_failure": "smtp 198.51.100.36:25: greeting 421 4.3.2 busy",
+                                      "weight": 4, "quiescent": False, "check": "smtp", "verify": False},
+    }
+    text = as_text(table(), None, health)
+    assert "up for 30s, smtp check 12 ms, weight 1 configured / 1 in kernel" in text
+    assert "198.51.100.36:25" in text and "down for 5m" in text and "TLS not verified" in text
+    assert "last failure: smtp 198.51.100.36:25: greeting 421 4.3.2 busy" in text
+    data = as_json(table(), None, health)
+    rs = {r["address"]: r for r in data["services"][0]["realservers"]} if data["services"][0]["key"] == key else \
+        {r["address"]: r for r in data["services"][1]["realservers"]}
+    assert rs["198.51.100.36"]["weight"] is None and rs["198.51.100.36"]["health"]["health"] == "down"
+    assert rs["198.51.100.35"]["health"]["effective_weight"] == 1
+    assert rs["198.51.100.20"]["health"] is None  # not checked
