@@ -111,6 +111,18 @@ class TimeoutsSpec:
 
 
 @dataclass(frozen=True)
+class AlertsSpec:
+    """Where health transitions are announced (ldirectord's emailalert, plus a webhook)."""
+
+    email: tuple[str, ...] = ()
+    email_from: str = "lvsmail@localhost"
+    smtp_host: str = "localhost"  # the relay that takes the alert mail
+    smtp_port: int = 25
+    repeat: int = 0  # seconds between reminders while a server stays down; 0 = only on transitions
+    webhook: str | None = None  # URL that receives a JSON POST per transition
+
+
+@dataclass(frozen=True)
 class ClusterSpec:
     """A whole cluster file, validated."""
 
@@ -118,6 +130,8 @@ class ClusterSpec:
     vips: tuple[str, ...] = ()
     services: tuple[ServiceSpec, ...] = ()
     timeouts: TimeoutsSpec = field(default_factory=TimeoutsSpec)
+    maintenance_dir: str | None = None  # a file named after a real server here forces it down
+    alerts: AlertsSpec | None = None
     source: str = "<memory>"
 
 

@@ -121,7 +121,7 @@ class _Importer:
             if key in globals_:
                 yes_no(self.notes, globals_[key])
         for key, d in sorted(globals_.items(), key=lambda kv: kv[1].line):
-            if key in UNSUPPORTED:
+            if key in UNSUPPORTED and key not in GLOBAL_MAPPED:
                 self.notes.cannot(d, UNSUPPORTED[key])
 
     # -- building the cluster tree ---------------------------------------------
@@ -139,7 +139,34 @@ class _Importer:
         if not vips and virtuals:
             self.notes.warnings.append(f"{self.source}: the file defines only fwmark services; list the "
                                        "addresses your firewall marks under vips so failover moves them")
-        return node({"cluster": name, "vips": list(vips.values()), "services": services}, 1)
+        top = {"cluster": name, "vips": list(vips.values())}
+        if "maintenancedir" in globals_:
+            d = globals_["maintenancedir"]
+            top["maintenance_dir"] = node(d.value, d.line)
+        if "emailalert" in globals_:
+            top["alerts"] = _alerts(globals_)
+        top["services"] = services
+        return node(top, 1)
+
+
+#: Global directives the cluster file expresses at its top level (maintenance_dir, alerts).
+GLOBAL_MAPPED = frozenset({"maintenancedir", "emailalert", "emailalertfreq", "emailalertfrom", "smtp"})
+
+
+def _alerts(globals_: dict[str, Directive]) -> Node:
+    """ldirectord's global mail alerts as an ``alerts:`` block (emailalertfreq → repeat)."""
+    first = globals_["emailalert"]
+    block: dict = {"email": node([a.strip() for a in first.value.split(",") if a.strip()], first.line)}
+    if "emailalertfrom" in globals_:
+        d = globals_["emailalertfrom"]
+        block["email_from"] = node(d.value, d.line)
+    if "smtp" in globals_:
+        d = globals_["smtp"]
+        block["smtp"] = node(d.value, d.line)
+    if "emailalertfreq" in globals_:
+        d = globals_["emailalertfreq"]
+        block["repeat"] = node(int(d.value) if d.value.isdigit() else d.value, d.line)
+    return node(block, first.line)
 
 
 def _unquote(value: str) -> str:

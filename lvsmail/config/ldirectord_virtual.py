@@ -28,7 +28,8 @@ VIRTUAL_ONLY = frozenset({"real", "real6", "request", "receive", "checktype", "c
                           "login", "passwd", "database", "secret", "load", "scheduler", "persistent",
                           "netmask", "protocol", "ops", "service", "httpmethod", "virtualhost", "monitorfile"})
 
-_ALERTS = "lvsmail has no e-mail alerts yet; watch the director's log or metrics instead"
+_ALERTS = ("lvsmail's alerts are cluster-wide (alerts: at the top of the cluster file, from the global "
+           "emailalert); a per-virtual setting is not kept")
 #: Why each directive without an lvsmail equivalent is left out.
 UNSUPPORTED = {
     "autoreload": "lvsmail never watches the cluster file; reload the director after editing it",
@@ -39,13 +40,13 @@ UNSUPPORTED = {
     "supervised": "running in the foreground is the service manager's choice, not the cluster file's",
     "readdquiescent": "not configurable in lvsmail",
     "cleanstop": "what happens to the IPVS table when lvsmail stops is not a cluster-file setting",
-    "maintenancedir": "there is no maintenance directory; set a real server's weight to 0 to drain it",
     "connecttimeout": "ldirectord itself no longer accepts it; negotiatetimeout/checktimeout apply",
     "checkcount": "ldirectord deprecated it (ping checks only); failurecount maps to fall",
     "fallbackcommand": "lvsmail runs no command when all real servers are down",
     "monitorfile": "check results go to the director's log",
-    "emailalert": _ALERTS, "emailalertfreq": _ALERTS, "emailalertstatus": _ALERTS,
-    "emailalertfrom": _ALERTS, "smtp": _ALERTS,
+    "emailalert": _ALERTS, "emailalertfreq": _ALERTS, "emailalertfrom": _ALERTS, "smtp": _ALERTS,
+    "emailalertstatus": "lvsmail mails every up/down transition (and reminders with alerts.repeat); "
+                        "ldirectord's own start/stop/reload states are not mailed",
     "login": "credentials must not be in the cluster file: put them in a root-only file and set "
              "check.credentials to its path",
     "passwd": "credentials must not be in the cluster file: put them in a root-only file and set "

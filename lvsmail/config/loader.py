@@ -21,17 +21,19 @@ from lvsmail.config.errors import ConfigError, Problem
 from lvsmail.config.fields import Reader, join
 from lvsmail.config.tree import Node, from_yaml
 from lvsmail.spec import (
-    FORWARDING, FORWARDING_ALIASES, SCHEDULERS, CheckSpec, ClusterSpec, RealServerSpec, ServiceSpec,
+    FORWARDING, FORWARDING_ALIASES, SCHEDULERS, AlertsSpec, CheckSpec, ClusterSpec, RealServerSpec, ServiceSpec,
     TimeoutsSpec,
 )
 
 #: Keys allowed at each level of the cluster file, in the order they are documented.
-TOP_KEYS = ("cluster", "vips", "timeouts", "services")
+TOP_KEYS = ("cluster", "vips", "timeouts", "maintenance_dir", "alerts", "services")
+ALERT_KEYS = ("email", "email_from", "smtp", "repeat", "webhook")
 SERVICE_KEYS = ("name", "vip", "protocol", "port", "fwmark", "family", "scheduler", "persistent", "netmask",
                 "forwarding", "quiescent", "fallback", "realservers", "check")
 REAL_KEYS = ("address", "port", "weight", "forwarding", "name")
 TIMEOUT_KEYS = ("tcp", "tcpfin", "udp")
 #: Cluster, service and real-server names: safe in logs, file names and command lines.
+EMAIL_RE = re.compile(r"[^@\s<>]+@[^@\s<>]+\Z")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
 _FAMILY_NAME = {"inet": "IPv4", "inet6": "IPv6"}
 
@@ -80,6 +82,8 @@ def _cluster(r: Reader, tree: Node | None) -> ClusterSpec | None:
     name = _name(r, top["cluster"], "cluster") if "cluster" in top else None
     vips = _vips(r, top["vips"]) if "vips" in top else ()
     timeouts = _timeouts(r, top["timeouts"]) if "timeouts" in top else TimeoutsSpec()
+    maintenance = _absolute_path(r, top["maintenance_dir"], "maintenance_dir") if "maintenance_dir" in top else None
+    alerts = _alerts(r, top["alerts"]) if "alerts" in top else None
     services: list[ServiceSpec] = []
     items = r.sequence(top["services"], "services") if "services" in top else None
     for index, item in enumerate(items or ()):
@@ -89,7 +93,8 @@ def _cluster(r: Reader, tree: Node | None) -> ClusterSpec | None:
             _unique_service(r, service, item, f"services[{index}]", services[:-1], items)
     if r.problems:
         return None
-    return ClusterSpec(name=name, vips=tuple(vips), services=tuple(services), timeouts=timeouts, source=r.source)
+    return ClusterSpec(name=name, vips=tuple(vips), services=tuple(services), timeouts=timeouts,
+                       maintenance_dir=maintenance, alerts=alerts, source=r.source)
 
 
 def _name(r: Reader, node: Node, path: str) -> str | None:
@@ -121,6 +126,53 @@ def _timeouts(r: Reader, node: Node) -> TimeoutsSpec:
     entries = r.mapping(node, "timeouts", TIMEOUT_KEYS) or {}
     values = {key: r.integer(value, join("timeouts", key), 1) for key, value in entries.items()}
     return TimeoutsSpec(**values)
+
+
+def _absolute_path(r: Reader, node: Node, path: str) -> str | None:
+    """A file-system path; absolute, because the director's working directory is not the admin's."""
+    text = r.string(node, path)
+    if text is not None and not text.startswith("/"):
+        r.error(node, path, f"{text!r} is not an absolute path")
+        return None
+    return text
+
+
+def _alerts(r: Reader, node: Node) -> AlertsSpec | None:
+    """Mail (ldirectord's emailalert, emailalertfreq) and webhook announcements of transitions."""
+    e = r.mapping(node, "alerts", ALERT_KEYS)
+    if e is None:
+        return None
+    values: dict = {}
+    if "email" in e:
+        items = (r.sequence(e["email"], "alerts.email") or []) if isinstance(e["email"].value, list) else [e["email"]]
+        addrs = [r.string(item, f"alerts.email[{i}]") for i, item in enumerate(items)]
+        for i, (item, addr) in enumerate(zip(items, addrs)):
+            if addr is not None and not EMAIL_RE.match(addr):
+                r.error(item, f"alerts.email[{i}]", f"{addr!r} is not a mail address")
+        values["email"] = tuple(a for a in addrs if a)
+    if "email_from" in e:
+        sender = r.string(e["email_from"], "alerts.email_from")
+        if sender is not None and not EMAIL_RE.match(sender):
+            r.error(e["email_from"], "alerts.email_from", f"{sender!r} is not a mail address")
+        values["email_from"] = sender
+    if "smtp" in e:
+        text = r.string(e["smtp"], "alerts.smtp")
+        if text is not None:
+            host, _, port = text.rpartition(":") if text.count(":") == 1 or text.startswith("[") else (text, "", "")
+            host = host.strip("[]") or text
+            if port and not port.isdigit():
+                r.error(e["smtp"], "alerts.smtp", f"{text!r}: expected host or host:port")
+            values["smtp_host"], values["smtp_port"] = host, int(port) if port.isdigit() else 25
+    if "repeat" in e:
+        values["repeat"] = r.integer(e["repeat"], "alerts.repeat", 0)
+    if "webhook" in e:
+        url = r.string(e["webhook"], "alerts.webhook")
+        if url is not None and not url.startswith(("http://", "https://")):
+            r.error(e["webhook"], "alerts.webhook", f"{url!r} is not an http(s) URL")
+        values["webhook"] = url
+    if "email" in values and not values["email"] and "webhook" not in values:
+        r.error(node, "alerts", "no recipients: give email addresses or a webhook")
+    return AlertsSpec(**{k: v for k, v in values.items() if v is not None})
 
 
 def _unique_service(r: Reader, service: ServiceSpec, node: Node, path: str,
@@ -352,8 +404,29 @@ def dump_cluster(spec: ClusterSpec) -> str:
     timeouts = {key: getattr(spec.timeouts, key) for key in TIMEOUT_KEYS if getattr(spec.timeouts, key) is not None}
     if timeouts:
         doc["timeouts"] = timeouts
+    if spec.maintenance_dir:
+        doc["maintenance_dir"] = spec.maintenance_dir
+    if spec.alerts:
+        doc["alerts"] = _dump_alerts(spec.alerts)
     doc["services"] = [_dump_service(s) for s in spec.services]
     return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, allow_unicode=True, width=100)
+
+
+def _dump_alerts(a: AlertsSpec) -> dict:
+    out: dict = {}
+    if a.email:
+        out["email"] = list(a.email)
+    default = AlertsSpec()
+    if a.email_from != default.email_from:
+        out["email_from"] = a.email_from
+    if (a.smtp_host, a.smtp_port) != (default.smtp_host, default.smtp_port):
+        host = f"[{a.smtp_host}]" if ":" in a.smtp_host else a.smtp_host
+        out["smtp"] = f"{host}:{a.smtp_port}"
+    if a.repeat:
+        out["repeat"] = a.repeat
+    if a.webhook:
+        out["webhook"] = a.webhook
+    return out
 
 
 def _dump_service(s: ServiceSpec) -> dict:

@@ -24,6 +24,7 @@ from pathlib import Path
 from lvsmail.config import ConfigError, load_cluster
 from lvsmail.director.desired import desired_table, desired_timeouts, service_key
 from lvsmail.director.reconcile import Reconciler, ReconcileError
+from lvsmail.health.alerts import Alerter
 from lvsmail.health.engine import HealthEngine, Target
 from lvsmail.health.state import TransitionEvent
 from lvsmail.ipvs.model import IPVSBackend, ServiceKey, Table
@@ -46,6 +47,7 @@ class Director:
         flush_on_exit: bool = False,
         state_dir: str = DEFAULT_STATE_DIR,
         engine_options: dict | None = None,
+        alerter_options: dict | None = None,
     ) -> None:
         self.config_path = config_path
         self.backend = backend
@@ -56,6 +58,8 @@ class Director:
         self.reconciler: Reconciler | None = None
         self.engine: HealthEngine | None = None
         self.engine_options = engine_options or {}
+        self.alerter: Alerter | None = None
+        self.alerter_options = alerter_options or {}
         self._kernel = asyncio.Lock()  # one reconcile at a time: the loop's and health transitions'
         self._reload = asyncio.Event()
         self._stop = asyncio.Event()
@@ -77,6 +81,7 @@ class Director:
         self.spec = load_cluster(self.config_path)
         self.reconciler = Reconciler(self.backend, owned=self._load_owned())
         self.engine = HealthEngine(self.spec, self._on_transition, **self.engine_options)
+        self._set_alerter()
         await self._sync(refresh=True, why="start")
         self.engine.start()
         self.ready.set()
@@ -93,8 +98,12 @@ class Director:
                 else:
                     await self._sync(refresh=True, why="repair")
                 self._save_health()
+                if self.alerter:
+                    self.alerter.remind({k: st.last_failure for k, st in self.engine.states.items() if not st.up})
         finally:
             await self.engine.stop()
+            if self.alerter:
+                await self.alerter.drain()
         if self.flush_on_exit:
             ops = await self.reconciler.release()
             self._save_owned(set())
@@ -110,6 +119,7 @@ class Director:
             return
         self.spec = new
         self.engine.update(new)
+        self._set_alerter()
         await self._sync(refresh=True, why="reload")
         log.info("director: reloaded %s: %s", new.name, _summary(new))
 
@@ -127,7 +137,17 @@ class Director:
                 await self.reconciler.sync(self.desired(), only={service_key(svc)})
             except ReconcileError as exc:
                 log.error("director: health %s of %s: kernel refused: %s", event.word, target.key, exc)
+        if self.alerter:
+            self.alerter.transition(target.key, event.up, event.reason)
         self._save_health()
+
+    def _set_alerter(self) -> None:
+        """(Re)create the alerter when the file's alerts block is new or changed."""
+        alerts = self.spec.alerts
+        if alerts is None:
+            self.alerter = None
+        elif self.alerter is None or self.alerter.spec != alerts:
+            self.alerter = Alerter(alerts, self.spec.name, **self.alerter_options)
 
     async def _sync(self, *, refresh: bool, why: str) -> None:
         assert self.spec is not None and self.reconciler is not None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -50,6 +51,7 @@ class Target:
     port: int
     check: CheckSpec
     virtual: tuple[str, int | None]  # (VIP or "fwmark N", port) for external commands
+    names: tuple[str, ...] = ()  # file names that put it in maintenance: address, address:port, name
 
     @property
     def key(self) -> Key:
@@ -58,14 +60,22 @@ class Target:
 
 
 def targets(cluster: ClusterSpec) -> dict[Key, Target]:
-    """Every (service, real server) pair that has a check; the fallback server is never checked."""
+    """Every (service, real server) pair to watch; the fallback server is never checked.
+
+    With a maintenance directory, services without a check are watched too
+    (an ``on`` check, no network), so maintenance files work for every service.
+    """
     out: dict[Key, Target] = {}
     for svc in cluster.services:
-        if svc.check is None:
-            continue
+        check = svc.check
+        if check is None:
+            if cluster.maintenance_dir is None:
+                continue
+            check = CheckSpec(type="on")
         virtual = (svc.vip if svc.vip else f"fwmark {svc.fwmark}", svc.port)
         for rs in svc.realservers:
-            t = Target(svc.name, rs.address, rs.port, svc.check, virtual)
+            names = (rs.address, f"{rs.address}:{rs.port}") + ((rs.name,) if rs.name else ())
+            t = Target(svc.name, rs.address, rs.port, check, virtual, names)
             out[t.key] = t
     return out
 
@@ -94,6 +104,7 @@ class HealthEngine:
         self._tasks: dict[Key, asyncio.Task] = {}
         self._credentials: dict[str, Credentials | CredentialsError] = {}
         self._running = False
+        self.maintenance_dir = cluster.maintenance_dir
         self._pending = targets(cluster)
         for key, t in self._pending.items():
             self.states[key] = HealthState.initial(t.check, self.clock())
@@ -110,6 +121,7 @@ class HealthEngine:
     def update(self, cluster: ClusterSpec) -> None:
         """Follow a reloaded cluster: keep unchanged targets, start new ones, stop removed ones."""
         new = targets(cluster)
+        self.maintenance_dir = cluster.maintenance_dir
         if not self._running:
             self._pending = new
         self._apply_targets(new)
@@ -152,7 +164,11 @@ class HealthEngine:
         while True:
             started = loop.time()
             creds = self._creds(t.check)
-            if isinstance(creds, CredentialsError):
+            flag = self._maintenance_file(t)
+            if flag:
+                result = Result(False, f"{t.check.type} {t.address}:{t.port}: in maintenance ({flag} exists)",
+                                0.0, "maintenance")
+            elif isinstance(creds, CredentialsError):
                 # Probing without the configured login would pass a server whose logins fail.
                 result = Result(False, f"{t.check.type} {t.address}:{t.port}: {creds}", 0.0, "credentials")
             else:
@@ -169,6 +185,16 @@ class HealthEngine:
                     log.exception("health: acting on %s transition of %s failed", event.word, t.key)
             delay = next_interval(state, t.check) - (loop.time() - started)
             await asyncio.sleep(max(0.0, delay))
+
+    def _maintenance_file(self, t: Target) -> str | None:
+        """The maintenance file that forces this server down (ldirectord's maintenancedir), if any."""
+        if self.maintenance_dir is None:
+            return None
+        for name in t.names:
+            path = os.path.join(self.maintenance_dir, name)
+            if os.path.exists(path):
+                return path
+        return None
 
     def _creds(self, check: CheckSpec) -> Credentials | CredentialsError | None:
         """Credentials are read once per file and engine; an unusable file fails its checks, not the engine."""

@@ -209,7 +209,7 @@ def test_unknown_key_names_file_line_path_and_the_valid_keys():
 
 def test_unknown_top_level_key():
     assert one_problem("cluster: t\nservices: []\ndirectors: 2\n").startswith(
-        "cluster.yaml:3: directors: unknown key; expected one of cluster, vips, timeouts, services")
+        "cluster.yaml:3: directors: unknown key; expected one of cluster, vips, timeouts, maintenance_dir, alerts, services")
 
 
 def test_bad_scheduler_exact_message():
@@ -617,3 +617,28 @@ def test_cli_validate_prints_every_problem_and_exits_2(tmp_path):
     lines = result.stderr.splitlines()
     assert len(lines) == 2 and all(line.startswith(f"{path}:4: services[0].") for line in lines)
     assert result.stdout == ""
+
+
+def test_alerts_and_maintenance_dir_are_read_and_round_trip():
+    from lvsmail.config import dump_cluster, parse_cluster
+
+    text = ("cluster: t\nmaintenance_dir: /etc/lvsmail/maintenance\nalerts:\n  email: [postmaster@example.org]\n"
+            "  smtp: \"[127.0.0.1]:2525\"\n  repeat: 600\n  webhook: https://hooks.example.org/lvs\nservices: []\n")
+    spec = parse_cluster(text)
+    assert spec.maintenance_dir == "/etc/lvsmail/maintenance"
+    a = spec.alerts
+    assert (a.email, a.smtp_host, a.smtp_port, a.repeat, a.webhook) == (
+        ("postmaster@example.org",), "127.0.0.1", 2525, 600, "https://hooks.example.org/lvs")
+    assert parse_cluster(dump_cluster(spec)).alerts == a
+
+
+def test_bad_alerts_are_each_reported():
+    from lvsmail.config import ConfigError, parse_cluster
+
+    try:
+        parse_cluster("cluster: t\nmaintenance_dir: maint\nalerts:\n  email: [nobody]\n  webhook: ftp://x\nservices: []\n")
+    except ConfigError as exc:
+        text = str(exc)
+    assert "<string>:2: maintenance_dir: 'maint' is not an absolute path" in text
+    assert "alerts.email[0]: 'nobody' is not a mail address" in text
+    assert "alerts.webhook: 'ftp://x' is not an http(s) URL" in text

@@ -168,3 +168,53 @@ def test_unusable_credentials_fail_the_check_without_probing(tmp_path):
     asyncio.run(go())
     assert script.calls == {"198.51.100.20": 0, "198.51.100.32": 0}
     assert all("credentials" in r and str(creds) in r for r in seen)
+
+
+def test_maintenance_file_forces_a_server_down_without_probing(tmp_path):
+    maint = tmp_path / "maint"
+    maint.mkdir()
+    script, seen = Script(), []
+
+    async def on_transition(target, event):
+        seen.append((target.address, event.word, event.reason))
+
+    text = CLUSTER.format(interval=0.05, fall=1, extra="").replace("cluster: t\n", f"cluster: t\nmaintenance_dir: {maint}\n")
+
+    async def go():
+        engine = HealthEngine(parse_cluster(text), on_transition, checker=script)
+        engine.start()
+        (maint / "198.51.100.32:25").write_text("")
+        await settle(lambda: seen)
+        calls = script.calls["198.51.100.32"]
+        await asyncio.sleep(0.2)
+        assert script.calls["198.51.100.32"] == calls  # no probes while in maintenance
+        (maint / "198.51.100.32:25").unlink()
+        await settle(lambda: len(seen) == 2)
+        await engine.stop()
+
+    asyncio.run(go())
+    assert seen[0][:2] == ("198.51.100.32", "down") and "in maintenance" in seen[0][2]
+    assert seen[1][:2] == ("198.51.100.32", "up")
+
+
+def test_maintenance_applies_to_services_without_a_check(tmp_path):
+    maint = tmp_path / "maint"
+    maint.mkdir()
+    (maint / "198.51.100.20").write_text("")
+    text = (f"cluster: t\nmaintenance_dir: {maint}\nservices:\n  - name: web\n    fwmark: 1\n"
+            "    realservers: [198.51.100.20, 198.51.100.32]\n")
+    seen = []
+
+    async def on_transition(target, event):
+        seen.append((target.address, event.word))
+
+    async def go():
+        engine = HealthEngine(parse_cluster(text), on_transition)
+        engine.start()
+        await settle(lambda: seen, timeout=5)
+        await engine.stop()
+        return engine.health()
+
+    health = asyncio.run(go())
+    assert seen == [("198.51.100.20", "down")]
+    assert health == {("web", "198.51.100.20", 0): False, ("web", "198.51.100.32", 0): True}

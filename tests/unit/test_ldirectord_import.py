@@ -349,14 +349,29 @@ def test_per_real_request_receive_override_warns():
                      "overrides are not supported; this real server gets the service's check"]
 
 
-def test_emailalert_global_and_per_virtual_warn():
+def test_global_emailalert_and_maintenancedir_become_cluster_settings():
+    result = imported("""\
+        emailalert="ops@example.org, noc@example.org"
+        emailalertfreq=600
+        smtp=127.0.0.1:2525
+        maintenancedir=/etc/ha.d/maintenance
+        virtual=192.0.2.33:25
+            real=198.51.100.20:25 gate
+        """)
+    a = result.spec.alerts
+    assert (a.email, a.repeat, a.smtp_host, a.smtp_port) == (("ops@example.org", "noc@example.org"), 600, "127.0.0.1", 2525)
+    assert result.spec.maintenance_dir == "/etc/ha.d/maintenance"
+    assert result.warnings == []
+
+
+def test_per_virtual_emailalert_warns_that_alerts_are_cluster_wide():
     found = warnings_for("""\
         emailalert="ops@example.org"
         virtual=192.0.2.33:25
             real=198.51.100.20:25 gate
             emailalertfreq=60
         """)
-    assert [w.split(": directive ")[1].split(" ")[0] for w in found] == ["'emailalert'", "'emailalertfreq'"]
+    assert len(found) == 1 and "directive 'emailalertfreq' cannot be expressed: lvsmail's alerts are cluster-wide" in found[0]
 
 
 def test_directive_with_no_effect_for_the_check_type_warns():
