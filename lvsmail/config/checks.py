@@ -17,7 +17,7 @@ from lvsmail.spec import CHECK_TYPES, CheckSpec
 #: Keys every probing check accepts; TLS_KEYS for checks that can speak TLS.
 COMMON_KEYS = ("type", "interval", "timeout", "rise", "fall", "start", "port", "via")
 TLS_KEYS = ("tls", "verify", "ca_file", "server_name")
-_SMTP = COMMON_KEYS + ("helo",) + TLS_KEYS
+_SMTP = COMMON_KEYS + ("helo", "credentials") + TLS_KEYS  # credentials: AUTH (submission, RFC 4954)
 _IMAP = COMMON_KEYS + ("credentials", "mailbox") + TLS_KEYS
 _POP3 = COMMON_KEYS + ("credentials",) + TLS_KEYS
 _HTTP = COMMON_KEYS + ("path", "host", "method", "status", "receive", "receive_regex")

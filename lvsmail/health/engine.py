@@ -50,7 +50,7 @@ class Target:
     address: str
     port: int
     check: CheckSpec
-    virtual: tuple[str, int | None]  # (VIP or "fwmark N", port) for external commands
+    virtual: tuple[str, int | None]  # (VIP or fwmark number, port) for external commands
     names: tuple[str, ...] = ()  # file names that put it in maintenance: address, address:port, name
 
     @property
@@ -72,7 +72,8 @@ def targets(cluster: ClusterSpec) -> dict[Key, Target]:
             if cluster.maintenance_dir is None:
                 continue
             check = CheckSpec(type="on")
-        virtual = (svc.vip if svc.vip else f"fwmark {svc.fwmark}", svc.port)
+        # External commands get ldirectord's arguments: the VIP (or the bare mark) and the port (0 for fwmark).
+        virtual = (svc.vip, svc.port) if svc.vip else (str(svc.fwmark), 0)
         for rs in svc.realservers:
             names = (rs.address, f"{rs.address}:{rs.port}") + ((rs.name,) if rs.name else ())
             t = Target(svc.name, rs.address, rs.port, check, virtual, names)

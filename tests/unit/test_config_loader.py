@@ -204,7 +204,7 @@ def test_unknown_key_names_file_line_path_and_the_valid_keys():
         """)
     assert one_problem(text) == (
         "cluster.yaml:9: services[0].check.intervall: unknown key; expected one of type, interval, timeout, "
-        "rise, fall, start, port, via, helo, tls, verify, ca_file, server_name (did you mean 'interval'?)")
+        "rise, fall, start, port, via, helo, credentials, tls, verify, ca_file, server_name (did you mean 'interval'?)")
 
 
 def test_unknown_top_level_key():
@@ -642,3 +642,11 @@ def test_bad_alerts_are_each_reported():
     assert "<string>:2: maintenance_dir: 'maint' is not an absolute path" in text
     assert "alerts.email[0]: 'nobody' is not a mail address" in text
     assert "alerts.webhook: 'ftp://x' is not an http(s) URL" in text
+
+
+def test_submission_check_accepts_credentials_for_auth(tmp_path):
+    from lvsmail.config import parse_cluster
+
+    spec = parse_cluster("cluster: t\nservices:\n  - name: sub\n    fwmark: 2\n    realservers: [198.51.100.20]\n"
+                         "    check: {type: submission, port: 587, credentials: /etc/lvsmail/submission.cred}\n")
+    assert spec.services[0].check.credentials == "/etc/lvsmail/submission.cred"
