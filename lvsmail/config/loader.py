@@ -232,6 +232,10 @@ def _service(r: Reader, node: Node, path: str, vips: set[str] | None) -> Service
     fallback = _realserver(r, e["fallback"], join(path, "fallback"), frame) if "fallback" in e else None
     forwardings = {rs.forwarding for rs in reals} | ({forwarding} if forwarding else set())
     check = read_check(r, e["check"], join(path, "check"), forwardings) if "check" in e else None
+    if check is not None and check.via == "vip" and (vip is None or family != "inet"):
+        node_via = e["check"].value["via"].node if e["check"].is_mapping and "via" in e["check"].value else e["check"]
+        r.error(node_via, join(path, "check.via"),
+                "checks through the VIP need an IPv4 VIP service (not fwmark, not IPv6)")
     if len(r.problems) > before:
         return None
     return ServiceSpec(name=name, family=family, vip=vip, protocol=protocol, port=port, fwmark=fwmark,

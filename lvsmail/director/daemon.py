@@ -27,6 +27,7 @@ from lvsmail.director.reconcile import Reconciler, ReconcileError
 from lvsmail.health.alerts import Alerter
 from lvsmail.health.engine import HealthEngine, Target
 from lvsmail.health.state import TransitionEvent
+from lvsmail.health.via_vip import prepare_kernel
 from lvsmail.ipvs.model import IPVSBackend, ServiceKey, Table
 from lvsmail.spec import ClusterSpec
 
@@ -82,6 +83,7 @@ class Director:
         self.reconciler = Reconciler(self.backend, owned=self._load_owned())
         self.engine = HealthEngine(self.spec, self._on_transition, **self.engine_options)
         self._set_alerter()
+        prepare_kernel(self.spec)
         await self._sync(refresh=True, why="start")
         self.engine.start()
         self.ready.set()
@@ -120,6 +122,7 @@ class Director:
         self.spec = new
         self.engine.update(new)
         self._set_alerter()
+        prepare_kernel(new)
         await self._sync(refresh=True, why="reload")
         log.info("director: reloaded %s: %s", new.name, _summary(new))
 

@@ -84,8 +84,13 @@ def service_entry(svc: ServiceSpec, health: Health | None = None) -> ServiceEntr
 
 
 def desired_table(spec: ClusterSpec, health: Health | None = None) -> Table:
-    """Every service of the cluster, with real servers as their health allows (all up if no health)."""
-    return {service_key(svc): service_entry(svc, health) for svc in spec.services}
+    """Every service of the cluster, with real servers as their health allows (all up if no health),
+    plus the probe services that checks through the VIP need."""
+    from lvsmail.health.via_vip import probe_services
+
+    table = {service_key(svc): service_entry(svc, health) for svc in spec.services}
+    table.update(probe_services(spec))
+    return table
 
 
 def desired_timeouts(spec: ClusterSpec) -> Timeouts | None:

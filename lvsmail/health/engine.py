@@ -30,6 +30,7 @@ from lvsmail.health.checkers import run_check
 from lvsmail.health.credentials import Credentials, CredentialsError, load_credentials
 from lvsmail.health.result import Result
 from lvsmail.health.state import HealthState, TransitionEvent, next_interval, step
+from lvsmail.health.via_vip import probe_marks, source_towards
 from lvsmail.spec import CheckSpec, ClusterSpec
 
 log = logging.getLogger("lvsmail.health")
@@ -52,6 +53,7 @@ class Target:
     check: CheckSpec
     virtual: tuple[str, int | None]  # (VIP or fwmark number, port) for external commands
     names: tuple[str, ...] = ()  # file names that put it in maintenance: address, address:port, name
+    mark: int | None = None  # via: vip — probe the VIP with this socket mark
 
     @property
     def key(self) -> Key:
@@ -65,6 +67,7 @@ def targets(cluster: ClusterSpec) -> dict[Key, Target]:
     With a maintenance directory, services without a check are watched too
     (an ``on`` check, no network), so maintenance files work for every service.
     """
+    marks = probe_marks(cluster)
     out: dict[Key, Target] = {}
     for svc in cluster.services:
         check = svc.check
@@ -76,7 +79,8 @@ def targets(cluster: ClusterSpec) -> dict[Key, Target]:
         virtual = (svc.vip, svc.port) if svc.vip else (str(svc.fwmark), 0)
         for rs in svc.realservers:
             names = (rs.address, f"{rs.address}:{rs.port}") + ((rs.name,) if rs.name else ())
-            t = Target(svc.name, rs.address, rs.port, check, virtual, names)
+            t = Target(svc.name, rs.address, rs.port, check, virtual, names,
+                       marks.get((svc.name, rs.address, rs.port)))
             out[t.key] = t
     return out
 
@@ -174,7 +178,7 @@ class HealthEngine:
                 result = Result(False, f"{t.check.type} {t.address}:{t.port}: {creds}", 0.0, "credentials")
             else:
                 async with self._sem:
-                    result = await self.checker(t.check, t.address, t.port, creds, virtual=t.virtual)
+                    result = await self._probe(t, creds)
             self.checks_done += 1
             state, event = step(self.states[t.key], result, self.clock())
             self.states[t.key] = state
@@ -186,6 +190,20 @@ class HealthEngine:
                     log.exception("health: acting on %s transition of %s failed", event.word, t.key)
             delay = next_interval(state, t.check) - (loop.time() - started)
             await asyncio.sleep(max(0.0, delay))
+
+    async def _probe(self, t: Target, creds: Credentials | None) -> Result:
+        """Run the check: at the real server, or at the VIP with the server's probe mark."""
+        if t.mark is None:
+            return await self.checker(t.check, t.address, t.port, creds, virtual=t.virtual)
+        vip, vport = t.virtual
+        port = t.check.port or vport
+        try:
+            source = source_towards(t.address)
+        except OSError as exc:
+            return Result(False, f"{t.check.type} {t.address}:{t.port} via {vip}:{port}: no route: {exc.strerror}",
+                          0.0, "route")
+        return await self.checker(t.check, vip, vport, creds, virtual=t.virtual, mark=t.mark, source=source,
+                                  peer=f"{t.address}:{port} via {vip}:{port}")
 
     def _maintenance_file(self, t: Target) -> str | None:
         """The maintenance file that forces this server down (ldirectord's maintenancedir), if any."""

@@ -72,16 +72,19 @@ def seconds(value: float) -> str:
 
 
 async def run_check(spec: CheckSpec, address: str, port: int, credentials: Credentials | None = None, *,
-                    virtual: tuple[str, int | None] | None = None, mark: int | None = None) -> Result:
+                    virtual: tuple[str, int | None] | None = None, mark: int | None = None,
+                    source: str | None = None, peer: str | None = None) -> Result:
     """Check one real server once and return the Result; never raises for network or protocol trouble.
 
     ``port`` is the real server's port; the check's ``port`` (ldirectord's
     ``checkport``) overrides it. ``virtual`` is the virtual service
     (VIP or fwmark, port) for external commands. ``mark`` sets ``SO_MARK`` on
-    the probe's socket (checks routed through the VIP; needs CAP_NET_ADMIN).
+    the probe's socket (checks routed through the VIP; needs CAP_NET_ADMIN) and
+    ``source`` binds it to a local address; ``peer`` names the server in reasons
+    when the address connected to is not the server's own (the VIP).
     """
     port = spec.port or port
-    peer = hostport(address, port)
+    peer = peer or hostport(address, port)
     if spec.type == "off":
         return Result(False, f"off {peer}: checks are off, the server is kept down", 0.0, "off")
     if spec.type == "on":
@@ -90,7 +93,7 @@ async def run_check(spec: CheckSpec, address: str, port: int, credentials: Crede
     if credentials is not None and tls == "none" and spec.type != "external" and not cleartext_allowed(address):
         return Result(False, f"{spec.type} {peer}: refusing to send credentials in clear text to a non-loopback "
                              f"address (set tls: starttls)", 0.0, "policy")
-    dlg = Dialogue(spec.type, address, port, mark)
+    dlg = Dialogue(spec.type, address, port, mark, source)
     if tls != "none":
         try:
             dlg.tls_context = tlsconf.client_context(spec)

@@ -43,11 +43,12 @@ def clip(text: str, limit: int = 200) -> str:
 class Dialogue:
     """The connection a checker talks over, and the step it is at."""
 
-    def __init__(self, label: str, address: str, port: int, mark: int | None = None):
+    def __init__(self, label: str, address: str, port: int, mark: int | None = None, source: str | None = None):
         self.label = label  # the check type, first word of every reason
         self.address = address
         self.port = port
         self.mark = mark
+        self.source = source  # local address to connect from (checks through the VIP)
         self.step = "connect"
         self.decided = False  # the verdict is in; later steps (QUIT, LOGOUT) cannot fail the check
         self.note = ""  # appended to an ok reason, e.g. "QUIT answered 421"
@@ -76,6 +77,8 @@ class Dialogue:
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)  # needs CAP_NET_ADMIN
+            if self.source:
+                sock.bind((self.source, 0))
             sock.setblocking(False)
             await asyncio.get_running_loop().sock_connect(sock, (self.address, self.port))
         except BaseException:
