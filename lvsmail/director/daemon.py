@@ -181,12 +181,13 @@ class Director:
                 st = self.engine.states.get((svc.name, rs.address, rs.port))
                 if st is None:
                     continue
+                check = svc.check  # None: watched only for maintenance files (an "on" check)
                 entries.append({
                     "service": str(service_key(svc)), "name": svc.name, "address": rs.address, "port": rs.port,
-                    "check": svc.check.type, "up": st.up, "since": now_wall - (now_mono - st.since),
+                    "check": check.type if check else "on", "up": st.up, "since": now_wall - (now_mono - st.since),
                     "latency": st.last_latency, "last_failure": st.last_failure, "checks": st.checks,
                     "transitions": st.transitions, "weight": rs.weight, "quiescent": svc.quiescent,
-                    "verify": svc.check.verify,
+                    "verify": check.verify if check else True,
                 })
         _write_json(self.health_file(), {"cluster": self.spec.name, "written": now_wall, "realservers": entries})
 

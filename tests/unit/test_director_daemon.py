@@ -222,3 +222,24 @@ def test_failed_real_server_leaves_the_kernel_and_returns_on_recovery(tmp_path, 
         await task
 
     asyncio.run(go())
+
+
+def test_maintenance_file_takes_an_unchecked_server_out_and_status_file_says_why(tmp_path):
+    maint = tmp_path / "maint"
+    maint.mkdir()
+    path = tmp_path / "cluster.yaml"
+    path.write_text(CLUSTER.format(extra="").replace("cluster: test\n", f"cluster: test\nmaintenance_dir: {maint}\n"))
+    kernel = FakeIPVS()
+
+    async def go():
+        d = director(path, kernel, tmp_path)
+        task = await started(d)
+        (maint / "198.51.100.20").write_text("")
+        await until(lambda: {k.addr for k in kernel.table[SMTP].dests} == {"198.51.100.32"})
+        d.request_stop()
+        await task
+        return json.loads(d.health_file().read_text())
+
+    health = asyncio.run(go())
+    rs = next(r for r in health["realservers"] if r["address"] == "198.51.100.20")
+    assert (rs["check"], rs["up"]) == ("on", False) and "in maintenance" in rs["last_failure"]
