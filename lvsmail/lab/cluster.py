@@ -33,6 +33,11 @@ class LabService:
     scheduler: str = "wlc"
     check: bool = False  # an SMTP health check (RFC 5321 greeting, EHLO, QUIT)
     check_interval: float = 2
+    check_timeout: float = 5
+    check_rise: int | None = None  # None: the cluster file's default
+    check_fall: int | None = None
+    quiescent: bool = False  # a failed real server stays with weight 0 so its sessions drain
+    fallback: str | None = None  # sorry server ("address:port") installed when every real server is down
 
     def __hash__(self) -> int:
         return hash((self.name, self.port, self.family))
@@ -56,15 +61,22 @@ def cluster_yaml(topo: Topology, services: list[LabService], name: str = "lab", 
             f"    scheduler: {svc.scheduler}",
             f"    persistent: {svc.persistent}",
             f"    forwarding: {topo.mode}",
-            "    realservers:",
         ]
+        if svc.quiescent:
+            lines.append("    quiescent: true")
+        if svc.fallback:
+            lines.append(f'    fallback: "{svc.fallback}"')
+        lines.append("    realservers:")
         for rs in topo.reals:
             if rs.role in svc.weights:
                 addr = rs.address6 if six else rs.address
                 lines += [f'      - address: "{addr}"', f"        port: {svc.port}",
                           f"        weight: {svc.weights[rs.role]}", f"        name: {rs.role}"]
         if svc.check:
-            lines += ["    check:", "      type: smtp", f"      interval: {svc.check_interval}", "      timeout: 5"]
+            lines += ["    check:", "      type: smtp", f"      interval: {svc.check_interval}",
+                      f"      timeout: {svc.check_timeout}"]
+            lines += [f"      {key}: {value}" for key, value in (("rise", svc.check_rise), ("fall", svc.check_fall))
+                      if value is not None]
     return "\n".join(lines) + "\n"
 
 

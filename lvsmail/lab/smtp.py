@@ -5,7 +5,9 @@ server's namespace, listening on every address (so packets delivered with the VI
 as destination, by TUN or DR, are accepted as well as NAT's rewritten ones). Its
 greeting names the real server (``220 rs2 ...``), which is how a client learns
 where the director sent it. One process hosts every sink: under emulation each
-extra Python process costs seconds to start.
+extra Python process costs seconds to start. A sink can stop and resume accepting
+on its own (``stop_listening``/``start_listening``), which is how health-check
+tests make one real server fail.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ class SmtpSinks:
         self._threads: list[threading.Thread] = []
         self._ready: dict[str, threading.Event] = {}
         self._errors: dict[str, BaseException] = {}
+        self._listeners: dict[str, dict[int, asyncio.AbstractServer]] = {}
+        self._handlers: dict[str, _Handler] = {}
 
     def start(self, timeout: float = 60) -> "SmtpSinks":
         """Start every server and wait until all listen."""
@@ -82,24 +86,65 @@ class SmtpSinks:
 
     async def _main(self, name: str) -> None:
         """Listen on every port, signal readiness, wait for stop."""
-        from aiosmtpd.smtp import SMTP
-
         loop = asyncio.get_running_loop()
-        handler = _Handler(self, name)
-        servers = []
-        for port in self.ports:
-            servers.append(await loop.create_server(
-                lambda: SMTP(handler, hostname=name, ident="lvsmail lab sink", timeout=60, loop=loop),
-                host=None, port=port, reuse_address=True))
+        self._handlers[name] = _Handler(self, name)
+        self._listeners[name] = {}
+        await self._listen(name, self.ports)
         self._loops[name] = loop
         self._stops[name] = stop = asyncio.Event()
         self._ready[name].set()
         try:
             await stop.wait()
         finally:
-            for s in servers:
+            for s in self._listeners.pop(name).values():
                 s.close()
                 await s.wait_closed()
+
+    async def _listen(self, name: str, ports: Iterable[int]) -> None:
+        """Open the listening sockets of ``name`` on ``ports`` (those not open already)."""
+        from aiosmtpd.smtp import SMTP
+
+        loop = asyncio.get_running_loop()
+        handler, listeners = self._handlers[name], self._listeners[name]
+        for port in ports:
+            if port not in listeners:
+                listeners[port] = await loop.create_server(
+                    lambda: SMTP(handler, hostname=name, ident="lvsmail lab sink", timeout=60, loop=loop),
+                    host=None, port=port, reuse_address=True)
+
+    async def _unlisten(self, name: str, ports: Iterable[int]) -> None:
+        """Close the listening sockets of ``name`` on ``ports``; accepted sessions stay open.
+
+        No ``wait_closed()``: since Python 3.12.1 it waits for those sessions to end.
+        """
+        for port in ports:
+            server = self._listeners[name].pop(port, None)
+            if server is not None:
+                server.close()
+
+    def _in_loop(self, name: str, coro, timeout: float) -> None:
+        """Run ``coro`` in the loop of server ``name`` and wait for it."""
+        if name not in self._loops:
+            coro.close()
+            raise KeyError(f"no running SMTP sink named {name!r}")
+        asyncio.run_coroutine_threadsafe(coro, self._loops[name]).result(timeout)
+
+    def stop_listening(self, name: str, ports: Iterable[int] | None = None, timeout: float = 10) -> None:
+        """Stop accepting on one server (all its ports by default).
+
+        New connections are refused with a TCP RST, as by a mail server that was
+        shut down; sessions already accepted go on, so a quiescent real server's
+        draining can be observed.
+        """
+        self._in_loop(name, self._unlisten(name, self.ports if ports is None else ports), timeout)
+
+    def start_listening(self, name: str, ports: Iterable[int] | None = None, timeout: float = 10) -> None:
+        """Accept again on ports closed by :meth:`stop_listening` (all of the server's by default)."""
+        self._in_loop(name, self._listen(name, self.ports if ports is None else ports), timeout)
+
+    def listening(self, name: str) -> tuple[int, ...]:
+        """Ports on which server ``name`` accepts connections now."""
+        return tuple(sorted(self._listeners.get(name, {})))
 
     def stop(self) -> None:
         """Stop every server."""
