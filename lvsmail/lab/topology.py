@@ -27,6 +27,7 @@ Everything is torn down on exit, also after a failure.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import signal
@@ -39,6 +40,8 @@ from typing import Any, Callable, Sequence
 from lvsmail.net import netns
 from lvsmail.net.realserver import RealServerNetSpec, Step
 from lvsmail.net.sysctl import ProcSysctl
+
+log = logging.getLogger("lvsmail.lab")
 
 MODES = ("tun", "dr", "nat")
 
@@ -251,8 +254,8 @@ class Topology(AbstractContextManager):
         for name in reversed(self._created):
             try:
                 netns.remove_netns(name)
-            except OSError:
-                pass
+            except OSError as exc:  # teardown goes on; a leftover namespace is named, not hidden
+                log.warning("lab: could not remove namespace %s: %s", name, exc)
         self._created.clear()
 
     # -- running things in the namespaces ------------------------------------
