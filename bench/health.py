@@ -30,13 +30,13 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.report import in_private_netns  # noqa: E402
 from bench.health_tools import (  # noqa: E402
     CHECKERS, Job, LvsmailBoundedChecker, LvsmailChecker, KeepalivedChecker, Responder, addresses, build_responder,
     dest_weight, dest_weights, ipvsadm, preseed_rules, proc_hex, raise_nofile, read_ip_vs, system_busy,
@@ -347,15 +347,9 @@ def main() -> int:
     ap.add_argument("--out", help="directory for configurations, logs and the responder (default: the lab's out dir)")
     ap.add_argument("--json", help="write results here too")
     args = ap.parse_args()
-    if os.environ.get("LVSMAIL_BENCH_NETNS") != "1":
-        # A private network namespace has its own, empty IPVS table and its own 127/8.
-        env = dict(os.environ, LVSMAIL_BENCH_NETNS="1")
-        subprocess.run(["modprobe", "-a", "ip_vs", "ip_vs_wlc"], check=False)
-        return subprocess.run(["unshare", "--net", sys.executable, *sys.argv], env=env).returncode
-
-    # Without lo up a new namespace has no local routing table, and IPVS refuses every
-    # real server with EINVAL ("address not unicast").
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    status = in_private_netns()
+    if status is not None:
+        return status
     # 1,000 listeners plus the connections in flight need more than the usual 1,024 descriptors.
     raise_nofile()
     out = Path(args.out or os.path.join(os.environ.get("LVSMAIL_LAB_OUT", "/tmp"), "health-bench"))

@@ -23,7 +23,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.report import Series, ratio_line, write_json  # noqa: E402
+from bench.report import Series, in_private_netns, ratio_line, write_json  # noqa: E402
 from lvsmail.director.reconcile import Reconciler  # noqa: E402
 from lvsmail.ipvs.model import (  # noqa: E402
     DestEntry, DestKey, DestSettings, ServiceEntry, ServiceKey, ServiceSettings, Table,
@@ -83,15 +83,9 @@ def main() -> int:
     ap.add_argument("--weight-repeat", type=int, default=30)
     ap.add_argument("--json", help="write results here too")
     args = ap.parse_args()
-    if os.environ.get("LVSMAIL_BENCH_NETNS") != "1":
-        # A private network namespace has its own, empty IPVS table.
-        env = dict(os.environ, LVSMAIL_BENCH_NETNS="1")
-        subprocess.run(["modprobe", "-a", "ip_vs", "ip_vs_wlc"], check=False)
-        return subprocess.run(["unshare", "--net", sys.executable, *sys.argv], env=env).returncode
-
-    # Without lo up a new namespace has no local routing table, and IPVS refuses every
-    # real server with EINVAL ("address not unicast").
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    status = in_private_netns()
+    if status is not None:
+        return status
     backend = NetlinkIPVS()
     series: list[Series] = []
     verdicts: list[dict] = []
