@@ -133,6 +133,7 @@ class ClusterSpec:
     maintenance_dir: str | None = None  # a file named after a real server here forces it down
     alerts: AlertsSpec | None = None
     source: str = "<memory>"
+    # Optional sections, each owned by one part of lvsmail (see the loader's SECTIONS).
 
 
 def _hostport(address: str, port: int | None) -> str:

@@ -13,6 +13,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
@@ -25,8 +26,13 @@ from lvsmail.spec import (
     TimeoutsSpec,
 )
 
+#: Optional top-level sections that belong to one part of lvsmail each, validated by that part's own
+#: module: key -> (read(reader, node) -> spec or None, dump(spec) -> plain data). ClusterSpec has a field
+#: of the same name, None when the section is absent.
+SECTIONS: dict[str, tuple[Callable[[Reader, Node], object], Callable[[object], object]]] = {}
+
 #: Keys allowed at each level of the cluster file, in the order they are documented.
-TOP_KEYS = ("cluster", "vips", "timeouts", "maintenance_dir", "alerts", "services")
+TOP_KEYS = ("cluster", "vips", "timeouts", "maintenance_dir", "alerts", "services", *SECTIONS)
 ALERT_KEYS = ("email", "email_from", "smtp", "repeat", "webhook")
 SERVICE_KEYS = ("name", "vip", "protocol", "port", "fwmark", "family", "scheduler", "persistent", "netmask",
                 "forwarding", "quiescent", "fallback", "realservers", "check")
@@ -91,10 +97,11 @@ def _cluster(r: Reader, tree: Node | None) -> ClusterSpec | None:
         if service is not None:
             services.append(service)
             _unique_service(r, service, item, f"services[{index}]", services[:-1], items)
+    sections = {key: read(r, top[key]) for key, (read, _dump) in SECTIONS.items() if key in top}
     if r.problems:
         return None
     return ClusterSpec(name=name, vips=tuple(vips), services=tuple(services), timeouts=timeouts,
-                       maintenance_dir=maintenance, alerts=alerts, source=r.source)
+                       maintenance_dir=maintenance, alerts=alerts, source=r.source, **sections)
 
 
 def _name(r: Reader, node: Node, path: str) -> str | None:
@@ -413,6 +420,9 @@ def dump_cluster(spec: ClusterSpec) -> str:
     if spec.alerts:
         doc["alerts"] = _dump_alerts(spec.alerts)
     doc["services"] = [_dump_service(s) for s in spec.services]
+    for key, (_read, dump) in SECTIONS.items():
+        if getattr(spec, key) is not None:
+            doc[key] = dump(getattr(spec, key))
     return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, allow_unicode=True, width=100)
 
 
