@@ -1,0 +1,350 @@
+"""The director's registration API: signed requests from real servers that join, drain and leave.
+
+Threat model. The API listens only on the configured address, ideally on the
+network between directors and real servers. Anyone who can reach it may send
+requests; only holders of a key derived from the cluster secret can sign them.
+Each check below refuses with a 4xx JSON error, logs the reason, and changes
+nothing:
+
+* body larger than ``max_body``: refused from its Content-Length, before it is read;
+* missing or malformed authentication headers, a timestamp more than ``max_skew``
+  seconds off, a signature that does not verify (compared in constant time), a
+  nonce already seen within ``2 × max_skew`` (a replay);
+* a request about a member that does not come from that member's own address, or a
+  member address outside ``allowed_networks``: a real server can act only for itself;
+* a service missing from the cluster file, a port its forwarding cannot reach, or an
+  address the file already lists as a static real server.
+
+Signing keys are per member (HMAC of the cluster secret and the address), so a real
+server given only its own key cannot sign for another even if it spoofs a source
+address on the LAN. A real server given the cluster secret itself can derive any key;
+then the source-address check is what stops it, and that check is only as strong as
+the network's protection against address spoofing. Without TLS, requests are
+readable (they carry no secret, only signatures) but cannot be altered or replayed.
+Nonces are remembered per director: a request seen on its way to one director could
+be sent to the other within ``max_skew``, and only from the member's own address, so
+it can repeat no more than what the member asked of both directors anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hmac
+import ipaddress
+import json
+import logging
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Iterable
+
+from lvsmail.registration.http import HTTPError, encode_response, read_head
+from lvsmail.registration.members import JoinedMember, MemberStore, Refusal, in_networks, validate_member
+from lvsmail.registration.protocol import (
+    H_MEMBER, H_NONCE, H_SIGNATURE, H_TIMESTAMP, NONCE_RE, SIGNATURE_RE, Member, ProtocolError, Token,
+    normalise_address, signature,
+)
+from lvsmail.spec import ClusterSpec
+
+log = logging.getLogger("lvsmail.registration")
+
+#: Seconds a client gets to send its whole request.
+READ_TIMEOUT = 10.0
+#: Connections served at once; more wait in the listen backlog.
+MAX_CONNECTIONS = 32
+#: Nonces remembered at most; beyond this the API answers 503 until old ones expire.
+MAX_NONCES = 65536
+
+#: (service name, active, inactive) for each of a member's destinations in the kernel.
+Connections = Callable[[str], Awaitable[dict[str, tuple[int, int]]]]
+
+
+class NonceCache:
+    """Nonces of accepted signatures, each kept until no request carrying it could pass the clock check."""
+
+    def __init__(self, limit: int = MAX_NONCES):
+        self.limit = limit
+        self._expiry: dict[str, float] = {}
+
+    def seen(self, member: str, nonce: str, now: float, keep: float) -> bool:
+        """Record ``nonce`` for ``keep`` seconds; True when it was already recorded (a replay)."""
+        for key in [k for k, t in self._expiry.items() if t <= now]:
+            del self._expiry[key]
+        key = f"{member} {nonce}"
+        if key in self._expiry:
+            return True
+        if len(self._expiry) >= self.limit:
+            raise Refusal(503, "too many requests in the replay window; try again later")
+        self._expiry[key] = now + keep
+        return False
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request as the handler sees it (the head already checked, the body read)."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    peer: str
+
+
+class RegistrationAPI:
+    """Authenticates requests and turns them into membership changes.
+
+    ``spec()`` returns the cluster file's current spec (its registration section and services),
+    ``store`` holds the joined members, ``on_change(services)`` applies a change to the kernel
+    and the health checks, ``connections(address)`` reads a member's connection counters.
+    """
+
+    def __init__(self, spec: Callable[[], ClusterSpec], token: Token, store: MemberStore,
+                 on_change: Callable[[set[str]], Awaitable[None]], connections: Connections,
+                 *, clock: Callable[[], float] = time.time):
+        if token.secret is None:
+            raise ValueError(f"key file {token.source}: a director needs the cluster secret (secret=), "
+                             "not one member's key")
+        self.spec = spec
+        self.token = token
+        self.store = store
+        self.on_change = on_change
+        self.connections = connections
+        self.clock = clock
+        self.nonces = NonceCache()
+        self._lock = asyncio.Lock()  # one membership change at a time
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
+        self._servers: list[asyncio.base_events.Server] = []
+
+    # -- the network side ---------------------------------------------------------------
+
+    async def start(self, endpoints: Iterable[tuple[str, int]], context: ssl.SSLContext | None = None) -> None:
+        """Listen on each ``(address, port)`` that is an address of this host, and only there.
+
+        A shared cluster file lists both directors' addresses; each director binds its own and skips
+        the other's (EADDRNOTAVAIL). OSError when none could be bound.
+        """
+        skipped = []
+        for host, port in endpoints:
+            try:
+                server = await asyncio.start_server(self._connection, host, port, ssl=context, limit=4096,
+                                                    reuse_address=True)
+            except OSError as exc:
+                if exc.errno != errno.EADDRNOTAVAIL:
+                    await self.close()
+                    raise
+                skipped.append(host)
+                continue
+            self._servers.append(server)
+            log.info("registration: API listening on %s port %d%s", host, port, " (TLS)" if context else "")
+        if skipped:
+            log.info("registration: not an address of this host, not listening there: %s", ", ".join(skipped))
+        if not self._servers:
+            raise OSError(errno.EADDRNOTAVAIL, "none of the listen addresses belongs to this host")
+
+    async def close(self) -> None:
+        """Stop listening and wait for requests in progress."""
+        servers, self._servers = self._servers, []
+        for server in servers:
+            server.close()
+        for server in servers:
+            await server.wait_closed()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = _peer_address(writer.get_extra_info("peername"))
+        try:
+            if self._slots.locked():  # busy: answer at once rather than hold sockets a flood could exhaust
+                status, data = self._refuse(503, "-", "-", peer, f"{MAX_CONNECTIONS} requests already in progress")
+                writer.write(encode_response(status, data))
+                return
+            async with self._slots:
+                status, data = await self._serve(reader, peer)
+                writer.write(encode_response(status, data))
+                async with asyncio.timeout(READ_TIMEOUT):
+                    await writer.drain()
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            log.warning("registration: connection from %s: %s", peer, exc or type(exc).__name__)
+        finally:
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, peer: str) -> tuple[int, dict]:
+        """Read one request within READ_TIMEOUT and answer it."""
+        method = path = "-"
+        try:
+            async with asyncio.timeout(READ_TIMEOUT):
+                head = await read_head(reader)
+                parts = head.start.split(" ")
+                if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+                    raise HTTPError(400, "malformed request line")
+                method, path = parts[0], parts[1]
+                if "transfer-encoding" in head.headers:
+                    raise HTTPError(411, "chunked bodies are not accepted; send Content-Length")
+                length = head.length() or 0
+                limit = self._section_limit()
+                if length > limit:
+                    raise HTTPError(413, f"body of {length} bytes exceeds max_body {limit}")
+                body = await reader.readexactly(length) if length else b""
+        except TimeoutError:
+            return self._refuse(408, method, path, peer, f"request not received within {READ_TIMEOUT:g} s")
+        except asyncio.IncompleteReadError:
+            return self._refuse(400, method, path, peer, "connection closed before the whole body arrived")
+        except HTTPError as exc:
+            return self._refuse(exc.status, method, path, peer, str(exc))
+        return await self.handle(Request(method, path, head.headers, body, peer))
+
+    def _section_limit(self) -> int:
+        reg = self.spec().registration
+        return reg.max_body if reg else 0
+
+    # -- the decision -------------------------------------------------------------------
+
+    async def handle(self, request: Request) -> tuple[int, dict]:
+        """Authenticate, authorise and carry out one request; (status, JSON body)."""
+        try:
+            member = self._authenticate(request)
+            return await self._dispatch(request, member)
+        except Refusal as exc:
+            return self._refuse(exc.status, request.method, request.path, request.peer, exc.reason)
+
+    def _refuse(self, status: int, method: str, path: str, peer: str, reason: str) -> tuple[int, dict]:
+        # repr: a request line may carry control characters that must not reach the log as such
+        log.warning("registration: refused %r %r from %s: %s", method[:16], path[:80], peer, reason)
+        return status, {"error": reason}
+
+    def _authenticate(self, request: Request) -> str:
+        """The member that signed ``request``, after every check of the signature and its freshness."""
+        reg = self.spec().registration
+        if reg is None:
+            raise Refusal(503, "registration is not configured on this director")
+        h = request.headers
+        missing = [name for name in (H_MEMBER, H_TIMESTAMP, H_NONCE, H_SIGNATURE) if name not in h]
+        if missing:
+            raise Refusal(401, f"missing authentication header(s): {', '.join(missing)}")
+        try:
+            member = normalise_address(h[H_MEMBER])
+        except ProtocolError:
+            raise Refusal(401, f"{H_MEMBER} is not an IP address") from None
+        if member != h[H_MEMBER]:
+            raise Refusal(401, f"{H_MEMBER} must be in compressed form ({member})")
+        if not h[H_TIMESTAMP].isdigit() or len(h[H_TIMESTAMP]) > 12:
+            raise Refusal(401, f"{H_TIMESTAMP} must be Unix seconds")
+        if not NONCE_RE.match(h[H_NONCE]) or not SIGNATURE_RE.match(h[H_SIGNATURE]):
+            raise Refusal(401, "malformed nonce or signature (lower-case hex, 32 and 64 digits)")
+        now = self.clock()
+        skew = int(h[H_TIMESTAMP]) - now
+        if abs(skew) > reg.max_skew:
+            word = "ahead of" if skew > 0 else "behind"
+            raise Refusal(401, f"timestamp is {abs(skew):.0f} s {word} the director's clock "
+                               f"(max_skew {reg.max_skew:g} s); check NTP on both hosts")
+        expected = signature(self.token.key_for(member), request.method, request.path, h[H_TIMESTAMP],
+                             h[H_NONCE], member, request.body)
+        if not hmac.compare_digest(expected, h[H_SIGNATURE]):
+            raise Refusal(401, f"bad signature for member {member} (wrong key, or the request was altered)")
+        # Only a verified request may occupy the nonce cache, so forgeries cannot fill it.
+        if self.nonces.seen(member, h[H_NONCE], now, 2 * reg.max_skew):
+            raise Refusal(401, "nonce already used: a replayed request")
+        if request.peer != member:
+            raise Refusal(403, f"signed for member {member} but sent from {request.peer}; "
+                               "a member may act only from its own address")
+        if not in_networks(member, reg.allowed_networks):
+            raise Refusal(403, f"{member} is outside the allowed networks ({', '.join(reg.allowed_networks)})")
+        return member
+
+    async def _dispatch(self, request: Request, member: str) -> tuple[int, dict]:
+        """Route an authenticated request to its action."""
+        path, method = request.path, request.method
+        if path == "/v1/members":
+            if method != "POST":
+                raise Refusal(405, f"{method} not allowed on /v1/members (POST registers)")
+            return await self._register(request, member)
+        if not path.startswith("/v1/members/"):
+            raise Refusal(404, f"no such resource {path[:80]!r}")
+        rest = path[len("/v1/members/"):]
+        target, _, action = rest.partition("/")
+        try:
+            target = normalise_address(target)
+        except ProtocolError:
+            raise Refusal(404, f"{target[:60]!r} is not a member address") from None
+        if target != member:
+            raise Refusal(403, f"member {member} may not act on member {target}")
+        routes = {("GET", ""): self._lookup, ("DELETE", ""): self._deregister, ("POST", "drain"): self._drain}
+        action_fn = routes.get((method, action))
+        if action_fn is None:
+            raise Refusal(405 if action in ("", "drain") else 404, f"{method} {path[:80]} is not an action")
+        return await action_fn(member)
+
+    async def _register(self, request: Request, member_addr: str) -> tuple[int, dict]:
+        try:
+            member = Member.from_json(json.loads(request.body))
+        except ValueError as exc:  # JSON errors and ProtocolError alike
+            raise Refusal(422 if isinstance(exc, ProtocolError) else 400, f"bad registration: {exc}") from None
+        if member.address != member_addr:
+            raise Refusal(403, f"member {member_addr} may not register {member.address}")
+        async with self._lock:
+            validate_member(self.spec(), member)
+            old = self.store.members.get(member.address)
+            if old is not None and old.member == member and not old.drained:
+                return 200, {"result": "unchanged", "member": old.to_json()}
+            joined = JoinedMember(member, drained=False, since=old.since if old else self.clock())
+            self._commit(lambda: self.store.put(joined))
+            await self.on_change(set(member.services) | (set(old.member.services) if old else set()))
+        log.info("registration: %s %s for %s (weight %d)", "updated" if old else "registered", member.address,
+                 ", ".join(member.services), member.weight)
+        return 200, {"result": "updated" if old else "registered", "member": joined.to_json()}
+
+    async def _drain(self, address: str) -> tuple[int, dict]:
+        async with self._lock:
+            old = self._known(address)
+            if not old.drained:
+                self._commit(lambda: self.store.put(JoinedMember(old.member, True, old.since)))
+                await self.on_change(set(old.member.services))
+                log.info("registration: draining %s (weight 0)", address)
+        return await self._lookup(address, result="draining")
+
+    async def _deregister(self, address: str) -> tuple[int, dict]:
+        async with self._lock:
+            old = self._known(address)
+            self._commit(lambda: self.store.remove(address))
+            await self.on_change(set(old.member.services))
+        log.info("registration: %s left %s", address, ", ".join(old.member.services))
+        return 200, {"result": "deregistered", "member": old.to_json()}
+
+    async def _lookup(self, address: str, result: str = "found") -> tuple[int, dict]:
+        jm = self._known(address)
+        per_service = await self.connections(address)
+        services = {name: {"active": a, "inactive": i} for name, (a, i) in sorted(per_service.items())}
+        totals = {"active": sum(a for a, _ in per_service.values()),
+                  "inactive": sum(i for _, i in per_service.values()), "services": services}
+        return 200, {"result": result, "member": jm.to_json(), "connections": totals}
+
+    def _known(self, address: str) -> JoinedMember:
+        jm = self.store.members.get(address)
+        if jm is None:
+            raise Refusal(404, f"{address} is not a registered member")
+        return jm
+
+    def _commit(self, change: Callable[[], None]) -> None:
+        """Persist a change; when the state file cannot be written, refuse and keep everything as it was."""
+        try:
+            change()
+        except OSError as exc:
+            log.error("registration: cannot write %s: %s", self.store.path, exc)
+            raise Refusal(503, f"the director cannot save its members ({exc.strerror or exc}); nothing changed")
+
+
+def _peer_address(peername) -> str:
+    """The client's address, with IPv4-mapped IPv6 (dual-stack sockets) shown as IPv4."""
+    if not peername:
+        return "?"
+    addr = ipaddress.ip_address(peername[0].split("%")[0])
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.compressed
+
+
+def server_context(cert: str, key: str) -> ssl.SSLContext:
+    """TLS for the API from a certificate chain and its key (PEM files)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
