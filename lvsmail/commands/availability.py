@@ -1,0 +1,80 @@
+"""``lvsmail availability``: the seed's availability model with our measured failover times."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from lvsmail.commands.options import EXIT_CONFIG, json_output
+
+
+@click.command()
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
+              help="Cluster file with an availability: section (without it, only the seed's figures).")
+@click.option("--state-dir", default="/run/lvsmail", show_default=True, type=click.Path(file_okay=False),
+              help="Where the directors record the failovers they measured.")
+@click.option("--mtfo-directors", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Director takeover time to use instead of the recorded median.")
+@click.option("--mtfo-realservers", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Real-server removal time to use instead of the recorded median.")
+@json_output
+def availability(config_path: str | None, state_dir: str, mtfo_directors: float | None,
+                 mtfo_realservers: float | None, as_json: bool) -> None:
+    """Availability of each layer and of the cluster, beside the seed deployment's figures.
+
+    Failover times are the medians of what the directors recorded (director
+    takeovers, real-server removals), unless --mtfo-* overrides them; node
+    availability, MTBF and the layers come from the cluster file.  Exit 2 when
+    the file is invalid or a layer has no failover time.
+    """
+    import json
+
+    from lvsmail import availability as model
+
+    theirs = model.seed()
+    ours, note = None, "No cluster file given (-c): the seed's figures only."
+    if config_path:
+        ours, note = _ours(config_path, state_dir, {"directors": mtfo_directors, "realservers": mtfo_realservers})
+    if as_json:
+        click.echo(json.dumps({"ours": model.as_json(ours) if ours else None, "seed": model.as_json(theirs),
+                               "note": note}, indent=2))
+    else:
+        click.echo(model.as_text(ours, theirs, note), nl=False)
+
+
+def _ours(config_path: str, state_dir: str, overrides: dict[str, float | None]):
+    """(Result, note) for the cluster file, or exit 2 with the reason."""
+    from lvsmail import availability as model
+    from lvsmail.config import ConfigError, load_cluster
+    from lvsmail.director.outages import outages_path, read_outages
+
+    try:
+        spec = load_cluster(config_path)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_CONFIG)
+    if spec.availability is None:
+        click.echo(f"{config_path}: no availability: section (node_availability, mtbf_hours, layers)", err=True)
+        sys.exit(EXIT_CONFIG)
+    path = outages_path(state_dir, config_path)
+    try:
+        log = read_outages(path)
+    except OSError as exc:
+        click.echo(f"lvsmail: cannot read {path}: {exc.strerror or exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+    if log.unreadable:
+        click.echo(f"{path}: skipped unreadable lines {', '.join(map(str, log.unreadable))}", err=True)
+    medians = {}
+    for layer_name, kind in model.MEASURED_LAYERS.items():
+        median = log.median(kind)
+        if median is not None:
+            medians[layer_name] = (median, len(log.of(kind)))
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        result = model.evaluate(model.our_inputs(spec.availability, medians, given))
+    except model.MissingInput as exc:
+        click.echo(f"{config_path}: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+    note = f"Recorded failovers: {path} ({len(log.outages)} records)."
+    return result, note
