@@ -1,0 +1,332 @@
+"""The director's failover: resource groups (order, reverse release, rollback) and instances on a fake link."""
+
+import asyncio
+import json
+
+import pytest
+
+from lvsmail.config import parse_cluster
+from lvsmail.director.failover import CommandResource, Failover, ResourceGroup, ThreadedNet, VipResource
+from lvsmail.net.backend import FakeLink, FakeNetBackend
+from lvsmail.vrrp.state import Role
+
+
+class Step:
+    """A resource that records what happens to it and can be told to fail."""
+
+    def __init__(self, name, log, fail=False):
+        self.name, self.log, self.fail = name, log, fail
+
+    async def acquire(self):
+        self.log.append(("acquire", self.name))
+        if self.fail:
+            raise OSError(1, "refused")
+
+    async def release(self):
+        self.log.append(("release", self.name))
+
+
+def test_group_acquires_in_order_and_releases_in_reverse():
+    log = []
+
+    async def go():
+        g = ResourceGroup([Step("vips", log), Step("sync", log), Step("cmds", log)], on_failure=log.append)
+        g.want(True)
+        await g.settled(2)
+        assert [r.name for r in g.held] == ["vips", "sync", "cmds"]
+        g.want(False)
+        await g.settled(2)
+        assert g.held == []
+        await g.close()
+
+    asyncio.run(go())
+    assert log == [("acquire", "vips"), ("acquire", "sync"), ("acquire", "cmds"),
+                   ("release", "cmds"), ("release", "sync"), ("release", "vips")]
+
+
+def test_failed_step_rolls_back_what_was_taken_and_reports():
+    log = []
+
+    async def go():
+        g = ResourceGroup([Step("vips", log), Step("sync", log, fail=True), Step("cmds", log)],
+                          on_failure=lambda reason: log.append(("fault", reason)))
+        g.want(True)
+        await g.settled(2)
+        assert g.held == []
+        await g.close()
+
+    asyncio.run(go())
+    assert log == [("acquire", "vips"), ("acquire", "sync"), ("release", "vips"), ("fault", "sync: [Errno 1] refused")]
+
+
+def test_on_backup_commands_all_run_even_after_a_failure(tmp_path):
+    marker = tmp_path / "ran"
+
+    async def go():
+        c = CommandResource("i", on_master=(), on_backup=(("/bin/false",), ("/bin/touch", str(marker))))
+        with pytest.raises(RuntimeError, match="exited with 1"):
+            await c.release()
+
+    asyncio.run(go())
+    assert marker.exists()
+
+
+class FakeWire:
+    """A shared segment: an advert sent by one instance reaches every other attached one (TTL 255)."""
+
+    def __init__(self):
+        self.members = []
+        self.cut = set()  # names whose adverts are lost (a split link)
+
+    def transport(self, name):
+        wire = self
+
+        class T:
+            def __init__(self, spec, primary, key):
+                self.primary, self.instance, self.sent = primary, None, []
+
+            def attach(self, instance):
+                self.instance = instance
+                wire.members.append(self)
+
+            def send(self, adv):
+                self.sent.append(adv.priority)
+                if name in wire.cut:
+                    return
+                for m in wire.members:
+                    if m is not self and m.instance is not None:
+                        m.instance.received(self.primary, 255, adv)
+
+            def close(self):
+                wire.members.remove(self)
+
+        return T
+
+
+PAIR = """\
+cluster: pair
+vips: [192.0.2.33]
+services: []
+failover:
+  interface: eth0
+  instances:
+    - name: mail
+      vrid: 51
+      priority: {priority}
+      advert_interval: 0.05
+      vips: [192.0.2.33/24]
+      garp: {{count: 1}}
+"""
+
+
+def make(wire, name, address, priority, tmp_path):
+    spec = parse_cluster(PAIR.format(priority=priority))
+    net = FakeNetBackend({"eth0": FakeLink(True, [f"{address}/24"])})
+    announced = []
+
+    async def announcer(iface, addrs, count, interval):
+        announced.append(addrs)
+
+    f = Failover(spec.failover, spec, state_file=tmp_path / f"{name}.failover.json",
+                 net=ThreadedNet(lambda: net), transport_factory=wire.transport(name), announcer=announcer,
+                 track_interval=0.02)
+    return f, net, announced
+
+
+async def until(cond, timeout=5.0):
+    end = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        assert asyncio.get_running_loop().time() < end, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+def role(f):
+    return f.runners["mail"].instance.state.role
+
+
+def test_pair_elects_higher_priority_moves_vip_and_hands_over_gracefully(tmp_path):
+    wire = FakeWire()
+
+    async def go():
+        a, net_a, ann_a = make(wire, "a", "192.0.2.1", 200, tmp_path)
+        b, net_b, ann_b = make(wire, "b", "192.0.2.2", 100, tmp_path)
+        await a.start()
+        await b.start()
+        await until(lambda: role(a) is Role.MASTER and role(b) is Role.BACKUP)
+        await until(lambda: "192.0.2.33/24" in net_a.links["eth0"].addresses)
+        assert "192.0.2.33/24" not in net_b.links["eth0"].addresses and ann_a == [("192.0.2.33",)]
+        state = json.loads((tmp_path / "a.failover.json").read_text())
+        assert state["instances"][0]["role"] == "master" and state["instances"][0]["held"] == ["vips 192.0.2.33/24"]
+        # graceful stop: priority 0, so b takes over after the skew time, not 3 intervals
+        t0 = asyncio.get_running_loop().time()
+        await a.stop()
+        assert "192.0.2.33/24" not in net_a.links["eth0"].addresses
+        await until(lambda: role(b) is Role.MASTER, 1.0)
+        assert asyncio.get_running_loop().time() - t0 < 0.15
+        await until(lambda: "192.0.2.33/24" in net_b.links["eth0"].addresses)
+        await b.stop()
+
+    asyncio.run(go())
+
+
+def test_link_down_faults_the_master_and_the_backup_takes_over(tmp_path):
+    wire = FakeWire()
+
+    async def go():
+        a, net_a, _ = make(wire, "a", "192.0.2.1", 200, tmp_path)
+        b, net_b, _ = make(wire, "b", "192.0.2.2", 100, tmp_path)
+        await a.start()
+        await b.start()
+        await until(lambda: role(a) is Role.MASTER and role(b) is Role.BACKUP)
+        net_a.links["eth0"].carrier = False
+        await until(lambda: role(a) is Role.FAULT and role(b) is Role.MASTER)
+        assert a.runners["mail"].instance.state.faults == ("interface eth0 down",)
+        await until(lambda: "192.0.2.33/24" not in net_a.links["eth0"].addresses)
+        net_a.links["eth0"].carrier = True  # a comes back and preempts (priority 200 > 100)
+        await until(lambda: role(a) is Role.MASTER and role(b) is Role.BACKUP)
+        await a.stop()
+        await b.stop()
+
+    asyncio.run(go())
+
+
+def test_failed_acquire_puts_the_instance_in_fault_and_releases(tmp_path):
+    wire = FakeWire()
+
+    async def go():
+        a, net_a, _ = make(wire, "a", "192.0.2.1", 200, tmp_path)
+        a.resource_retry = 60
+        # the VIP step works, the command step fails: the VIP must be taken back
+        spec = a.spec.instances[0]
+        from dataclasses import replace
+        a.spec = replace(a.spec, instances=(replace(spec, on_master=(("/bin/false",),)),))
+        await a.start()
+        await until(lambda: role(a) is Role.FAULT)
+        assert a.runners["mail"].instance.state.faults[0].startswith("commands of mail: /bin/false exited with 1")
+        await until(lambda: net_a.links["eth0"].addresses == ["192.0.2.1/24"])
+        assert 0 in a.runners["mail"].transport.sent  # gave way with priority 0
+        await a.stop()
+
+    asyncio.run(go())
+
+
+def test_split_and_heal_gives_two_masters_then_one(tmp_path):
+    wire = FakeWire()
+
+    async def go():
+        a, _, _ = make(wire, "a", "192.0.2.1", 100, tmp_path)
+        b, _, _ = make(wire, "b", "192.0.2.2", 100, tmp_path)
+        await a.start()
+        await b.start()
+        await until(lambda: {role(a), role(b)} == {Role.MASTER, Role.BACKUP})
+        wire.cut = {"a", "b"}
+        await until(lambda: role(a) is Role.MASTER and role(b) is Role.MASTER)
+        wire.cut = set()
+        await until(lambda: {role(a), role(b)} == {Role.MASTER, Role.BACKUP})
+        assert role(b) is Role.MASTER  # equal priority: the higher address (RFC 5798 §6.4.3)
+        await a.stop()
+        await b.stop()
+
+    asyncio.run(go())
+
+
+def test_reload_retunes_priority_in_place_and_the_peer_preempts(tmp_path):
+    wire = FakeWire()
+
+    async def go():
+        a, _, _ = make(wire, "a", "192.0.2.1", 200, tmp_path)
+        b, _, _ = make(wire, "b", "192.0.2.2", 150, tmp_path)
+        await a.start()
+        await b.start()
+        await until(lambda: role(a) is Role.MASTER and role(b) is Role.BACKUP)
+        runner = a.runners["mail"]
+        new = parse_cluster(PAIR.format(priority=50))
+        await a.update(new.failover, new)
+        assert a.runners["mail"] is runner  # not restarted
+        await until(lambda: role(b) is Role.MASTER and role(a) is Role.BACKUP)
+        await a.stop()
+        await b.stop()
+
+    asyncio.run(go())
+
+
+def test_vip_resource_owner_never_removes_its_own_address():
+    net = FakeNetBackend({"eth0": FakeLink(True, ["192.0.2.33/24"])})
+    spec = parse_cluster(PAIR.format(priority=255)).failover.instances[0]
+
+    async def quiet(*a):
+        return None
+
+    async def go():
+        tn = ThreadedNet(lambda: net)
+        v = VipResource(tn, spec, owner=True, announcer=quiet)
+        await v.acquire()
+        await v.release()
+        tn.close()
+
+    asyncio.run(go())
+    assert net.links["eth0"].addresses == ["192.0.2.33/24"]
+
+
+def test_director_runs_failover_publishes_state_and_hands_over_on_exit(tmp_path):
+    """The Director loop with a failover: section, a fake link and a fake kernel (no root needed)."""
+    from lvsmail.director.daemon import Director
+    from lvsmail.ipvs.fake import FakeIPVS
+    from lvsmail.net.sysctl import FakeSysctl
+
+    wire = FakeWire()
+    path = tmp_path / "pair.yaml"
+    path.write_text(PAIR.format(priority=200))
+    net = FakeNetBackend({"eth0": FakeLink(True, ["192.0.2.1/24"])})
+
+    async def quiet(*args):
+        return None
+
+    async def go():
+        peer, net_b, _ = make(wire, "b", "192.0.2.2", 100, tmp_path)
+        await peer.start()
+        await until(lambda: role(peer) is Role.MASTER)
+        d = Director(str(path), FakeIPVS(), state_dir=str(tmp_path / "state"), sysctl=FakeSysctl())
+        d.failover_options = {"net": ThreadedNet(lambda: net), "transport_factory": wire.transport("a"),
+                              "announcer": quiet, "track_interval": 0.02}
+        task = asyncio.create_task(d.run())
+        await asyncio.wait_for(d.ready.wait(), 5)
+        await until(lambda: role(d.failover) is Role.MASTER and role(peer) is Role.BACKUP)
+        await until(lambda: "192.0.2.33/24" in net.links["eth0"].addresses)
+        state = json.loads((tmp_path / "state" / "pair.failover.json").read_text())
+        assert state["instances"][0]["role"] == "master" and state["instances"][0]["priority"] == 200
+        # a reload lowering the priority below the peer's hands the VIP over, without restarting the instance
+        runner = d.failover.runners["mail"]
+        path.write_text(PAIR.format(priority=50))
+        d.request_reload()
+        await until(lambda: role(peer) is Role.MASTER and role(d.failover) is Role.BACKUP)
+        assert d.failover.runners["mail"] is runner
+        path.write_text(PAIR.format(priority=250))
+        d.request_reload()
+        await until(lambda: role(d.failover) is Role.MASTER)
+        d.request_stop()
+        await task
+        assert net.links["eth0"].addresses == ["192.0.2.1/24"]  # released on exit
+        await until(lambda: role(peer) is Role.MASTER, 1.0)  # priority 0 on exit: the peer takes over at once
+        await peer.stop()
+
+    asyncio.run(go())
+
+
+def test_status_text_and_json_of_published_instances(tmp_path):
+    import time as _time
+
+    from lvsmail.director import status as fmt
+
+    inst = {"name": "smtp", "vrid": 51, "interface": "eth0", "family": "inet", "vips": ["192.0.2.33/24"],
+            "role": "fault", "priority": 90, "configured_priority": 150, "master": None,
+            "since": _time.time() - 75, "transitions": 4, "faults": ["no real server of service smtp is up"],
+            "advert_interval": 0.1, "preempt": True, "held": []}
+    (tmp_path / "pair.failover.json").write_text(json.dumps({"cluster": "pair", "instances": [inst]}))
+    (tmp_path / "other.failover.json").write_text("{not json")  # being replaced: skipped
+    published = fmt.read_failover(str(tmp_path))
+    text = fmt.failover_text(published)
+    assert "smtp VRID 51 on eth0: FAULT for 75s, priority 90 (configured 150), master -, 4 transitions" in text
+    assert "fault: no real server of service smtp is up" in text
+    assert fmt.failover_json(published)[0]["cluster"] == "pair"
+    assert fmt.read_failover(str(tmp_path), "nothere") == []
