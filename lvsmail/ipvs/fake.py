@@ -5,13 +5,20 @@ It refuses what the kernel refuses, with the kernel's errno: adding what exists
 real server), an unknown scheduler (ENOENT), a mixed-family real server that is
 not tunnelled (EAFNOSUPPORT). Every executed operation is recorded, so tests can
 assert on exactly what reached the "kernel".
+
+Sync daemons follow ip_vs_sync.c: one master and one backup at most (EEXIST for a
+second), an unknown interface is ENODEV, a group that is not multicast EINVAL,
+mixed-family real servers EINVAL (the sync protocol cannot carry them), stopping
+a daemon that does not run ESRCH; a started daemon reports the kernel's defaults.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import errno
-from typing import Sequence
+import ipaddress
+from typing import Iterable, Sequence
 
 from lvsmail.ipvs.model import (
     AddDest,
@@ -21,8 +28,14 @@ from lvsmail.ipvs.model import (
     DestEntry,
     EditDest,
     EditService,
+    IPVSError,
     Op,
     ServiceEntry,
+    SYNC_DEFAULT_GROUP,
+    SYNC_DEFAULT_PORT,
+    SYNC_DEFAULT_TTL,
+    SYNC_STATES,
+    SyncDaemon,
     Table,
     Timeouts,
 )
@@ -32,9 +45,14 @@ from lvsmail.spec import SCHEDULERS
 class FakeIPVS:
     """IPVSBackend double: a table in memory, kernel errors included."""
 
-    def __init__(self, table: Table | None = None, timeouts: Timeouts = Timeouts(900, 120, 300)) -> None:
+    def __init__(self, table: Table | None = None, timeouts: Timeouts = Timeouts(900, 120, 300),
+                 interfaces: Iterable[str] | None = None) -> None:
         self.table: Table = copy.deepcopy(table) if table else {}
         self.timeouts = timeouts
+        #: Interfaces that exist (None: any name is accepted).
+        self.interfaces = None if interfaces is None else set(interfaces)
+        self.sync: dict[str, SyncDaemon] = {}  # state -> running daemon
+        self.daemon_calls: list[str] = []  # "start master", "stop backup", ... in order
         self.executed: list[Op] = []
         self.dumps = 0
         self.fail_next: dict[int, int] = {}  # index in the next execute() → errno to inject
@@ -66,6 +84,48 @@ class FakeIPVS:
             timeouts.tcpfin or self.timeouts.tcpfin,
             timeouts.udp or self.timeouts.udp,
         )
+
+    async def daemons(self) -> list[SyncDaemon]:
+        """The running daemons, master first, as the kernel's dump lists them."""
+        return [self.sync[s] for s in SYNC_STATES if s in self.sync]
+
+    async def start_daemon(self, daemon: SyncDaemon) -> None:
+        """Start one daemon, refusing what start_sync_thread refuses."""
+        err = self._daemon_error(daemon)
+        if err:
+            raise IPVSError(daemon, err)
+        self.sync[daemon.state] = dataclasses.replace(
+            daemon,
+            group=daemon.group or SYNC_DEFAULT_GROUP,
+            port=daemon.port or SYNC_DEFAULT_PORT,
+            ttl=daemon.ttl or SYNC_DEFAULT_TTL,
+            # MTU minus the IP and UDP headers, as start_sync_thread computes it
+            maxlen=daemon.maxlen or 1500 - (48 if ":" in daemon.group else 28),
+        )
+        self.daemon_calls.append(f"start {daemon.state}")
+
+    async def stop_daemon(self, state: str) -> None:
+        """Stop one daemon; ESRCH when it does not run, EINVAL for an unknown state."""
+        if state not in SYNC_STATES:
+            raise IPVSError(state, errno.EINVAL)
+        if state not in self.sync:
+            raise IPVSError(state, errno.ESRCH)
+        del self.sync[state]
+        self.daemon_calls.append(f"stop {state}")
+
+    def _daemon_error(self, d: SyncDaemon) -> int:
+        if d.state not in SYNC_STATES:
+            return errno.EINVAL
+        if d.group and not ipaddress.ip_address(d.group).is_multicast:
+            return errno.EINVAL
+        if any(dest.settings.af and dest.settings.af != key.af for key, e in self.table.items()
+               for dest in e.dests.values()):
+            return errno.EINVAL
+        if self.interfaces is not None and d.interface not in self.interfaces:
+            return errno.ENODEV
+        if d.state in self.sync:
+            return errno.EEXIST
+        return 0
 
     async def close(self) -> None:
         """Nothing to release."""

@@ -133,6 +133,50 @@ class Timeouts:
     udp: int = 0
 
 
+#: Defaults the kernel fills in for a sync daemon started without them (ip_vs_sync.c).
+SYNC_DEFAULT_GROUP, SYNC_DEFAULT_GROUP6 = "224.0.0.81", "ff02::81"
+SYNC_DEFAULT_PORT = 8848
+SYNC_DEFAULT_TTL = 1
+SYNC_STATES = ("master", "backup")
+
+
+@dataclass(frozen=True, slots=True)
+class SyncDaemon:
+    """One IPVS connection-synchronisation daemon (``ipvsadm --start-daemon``).
+
+    The master multicasts the state of new and changed connections on ``interface``;
+    a backup listening with the same ``syncid`` enters them into its own table, so an
+    established session continues when the backup takes over the VIP. A director runs
+    at most one of each. Zero or empty optional fields mean "the kernel's default".
+    """
+
+    state: str  # "master" | "backup"
+    interface: str
+    syncid: int = 0  # 0-255 on the wire (sync messages carry one byte)
+    maxlen: int = 0  # UDP payload size; 0 = from the interface MTU
+    group: str = ""  # multicast group; "" = 224.0.0.81
+    port: int = 0  # UDP port; 0 = 8848
+    ttl: int = 0  # multicast TTL; 0 = 1
+
+    def covers(self, running: "SyncDaemon") -> bool:
+        """True when ``running`` (as the kernel reports it) is what this request asks for.
+
+        The kernel reports its choices for the fields left at 0 here, so only the
+        fields set in this request are compared.
+        """
+        if (self.state, self.interface, self.syncid) != (running.state, running.interface, running.syncid):
+            return False
+        if self.group and ipaddress.ip_address(self.group) != ipaddress.ip_address(running.group or "0.0.0.0"):
+            return False
+        return all(not want or want == got for want, got in
+                   ((self.maxlen, running.maxlen), (self.port, running.port), (self.ttl, running.ttl)))
+
+    def __str__(self) -> str:
+        extra = "".join(f" {k} {v}" for k, v in (("group", self.group), ("port", self.port), ("ttl", self.ttl),
+                                                  ("maxlen", self.maxlen)) if v)
+        return f"{self.state} sync daemon on {self.interface} syncid {self.syncid}{extra}"
+
+
 # --- operations -----------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +260,15 @@ class IPVSBackend(Protocol):
     async def set_timeouts(self, timeouts: Timeouts) -> None:
         """Set connection timeouts; 0 fields stay unchanged."""
 
+    async def daemons(self) -> list[SyncDaemon]:
+        """The running connection-sync daemons (none, master, backup or both)."""
+
+    async def start_daemon(self, daemon: SyncDaemon) -> None:
+        """Start a sync daemon; IPVSError with the kernel's errno (EEXIST: one of that state runs)."""
+
+    async def stop_daemon(self, state: str) -> None:
+        """Stop the master or backup sync daemon; IPVSError (ESRCH) when none runs."""
+
     async def close(self) -> None:
         """Release the kernel socket."""
 
@@ -246,5 +299,9 @@ def describe(op: object) -> str:
             return f"{verb} dest {svc} -> {key} {s.forwarding} weight {s.weight}"
         case DelDest(svc, key):
             return f"delete dest {svc} -> {key}"
+        case SyncDaemon():
+            return f"start {op}"
+        case str() if op in SYNC_STATES:
+            return f"stop {op} sync daemon"
     return repr(op)
 

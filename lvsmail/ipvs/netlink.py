@@ -28,10 +28,12 @@ from lvsmail.ipvs.model import (
     DelService,
     EditDest,
     EditService,
+    IPVSError,
     Op,
     ServiceEntry,
     ServiceKey,
     ServiceSettings,
+    SyncDaemon,
     Table,
     Timeouts,
 )
@@ -95,6 +97,21 @@ class NetlinkIPVS:
         """Set connection timeouts; fields that are 0 stay unchanged."""
         async with self._lock:
             self.set_timeouts_sync(timeouts)
+
+    async def daemons(self) -> list[SyncDaemon]:
+        """The running connection-sync daemons, as the kernel reports them."""
+        async with self._lock:
+            return self.daemons_sync()
+
+    async def start_daemon(self, daemon: SyncDaemon) -> None:
+        """Start a connection-sync daemon (the kernel starts its threads before it answers)."""
+        async with self._lock:
+            await asyncio.to_thread(self.start_daemon_sync, daemon)
+
+    async def stop_daemon(self, state: str) -> None:
+        """Stop the master or the backup sync daemon (waits for its threads to end)."""
+        async with self._lock:
+            await asyncio.to_thread(self.stop_daemon_sync, state)
 
     async def close(self) -> None:
         """Release the netlink socket."""
@@ -200,6 +217,20 @@ class NetlinkIPVS:
             if rseq == seq and err:
                 raise OSError(err, f"IPVS SET_CONFIG {timeouts} failed")
 
+    def daemons_sync(self) -> list[SyncDaemon]:
+        """Blocking form of :meth:`daemons` (GET_DAEMON is a dump: one message per daemon)."""
+        self.open()
+        found = (wire.decode_daemon(buf, payload, end) for buf, payload, end in self._dump(wire.CMD_GET_DAEMON, b""))
+        return [d for d in found if d is not None]
+
+    def start_daemon_sync(self, daemon: SyncDaemon) -> None:
+        """Blocking form of :meth:`start_daemon`."""
+        self._daemon_request(wire.CMD_NEW_DAEMON, wire.daemon_attr(daemon), daemon)
+
+    def stop_daemon_sync(self, state: str) -> None:
+        """Blocking form of :meth:`stop_daemon`."""
+        self._daemon_request(wire.CMD_DEL_DAEMON, wire.daemon_state_attr(state), state)
+
     # -- internals ----------------------------------------------------------------------
 
     def _next_seq(self) -> int:
@@ -217,6 +248,15 @@ class NetlinkIPVS:
         else:
             body = wire.service_attr(op.service, None) + wire.dest_attr(op.key, None)
         return wire.message(self._family, cmd, body, seq)
+
+    def _daemon_request(self, cmd: int, body: bytes, what: SyncDaemon | str) -> None:
+        """One acknowledged daemon command; IPVSError carrying the kernel's errno on refusal."""
+        self.open()
+        seq = self._next_seq()
+        msg = wire.message(self._family, cmd, body, seq, wire.NLM_F_REQUEST | wire.NLM_F_ACK)
+        for rseq, err in self._send_batch(msg, seq):
+            if rseq == seq and err:
+                raise IPVSError(what, err)
 
     def _sendall(self, data: bytes) -> None:
         assert self._sock is not None

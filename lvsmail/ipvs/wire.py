@@ -27,6 +27,7 @@ from lvsmail.ipvs.model import (
     ServiceEntry,
     ServiceKey,
     ServiceSettings,
+    SyncDaemon,
     Timeouts,
 )
 
@@ -60,6 +61,18 @@ DEST_ADDR, DEST_PORT, DEST_FWD_METHOD, DEST_WEIGHT = 1, 2, 3, 4
 DEST_U_THRESH, DEST_L_THRESH = 5, 6
 DEST_ACTIVE_CONNS, DEST_INACT_CONNS, DEST_PERSIST_CONNS = 7, 8, 9
 DEST_STATS, DEST_ADDR_FAMILY, DEST_STATS64 = 10, 11, 12
+
+# Inside ATTR_DAEMON (enum IPVS_DAEMON_ATTR_*). Types from the kernel's ip_vs_daemon_policy:
+# STATE u32, MCAST_IFN NUL-terminated string (at most IP_VS_IFNAME_MAXLEN-1 = 15 bytes), SYNC_ID u32,
+# SYNC_MAXLEN u16, MCAST_GROUP in_addr (network order), MCAST_GROUP6 in6_addr, MCAST_PORT u16 (host
+# order: the kernel applies htons itself), MCAST_TTL u8. The last five exist since Linux 4.3.
+DAEMON_STATE, DAEMON_MCAST_IFN, DAEMON_SYNC_ID = 1, 2, 3
+DAEMON_SYNC_MAXLEN, DAEMON_MCAST_GROUP, DAEMON_MCAST_GROUP6, DAEMON_MCAST_PORT, DAEMON_MCAST_TTL = 4, 5, 6, 7, 8
+#: IP_VS_STATE_MASTER / IP_VS_STATE_BACKUP: the values of DAEMON_STATE.
+DAEMON_STATES = {"master": 1, "backup": 2}
+DAEMON_STATE_NAMES = {v: k for k, v in DAEMON_STATES.items()}
+#: IP_VS_IFNAME_MAXLEN: the interface name plus its terminating NUL.
+IFNAME_MAXLEN = 16
 
 _U16, _U32, _U64, _BE16, _BE32 = struct.Struct("=H"), struct.Struct("=I"), struct.Struct("=Q"), struct.Struct("!H"), struct.Struct("!I")
 _FLAGS = struct.Struct("=II")
@@ -149,6 +162,37 @@ def timeouts_body(t: Timeouts) -> bytes:
         + attr(ATTR_TIMEOUT_TCP_FIN, _U32.pack(t.tcpfin))
         + attr(ATTR_TIMEOUT_UDP, _U32.pack(t.udp))
     )
+
+
+def daemon_attr(d: SyncDaemon) -> bytes:
+    """The DAEMON nest of NEW_DAEMON: state, interface and sync ID always; the rest only when set.
+
+    Leaving an optional attribute out lets the kernel choose (group 224.0.0.81, port 8848,
+    TTL 1, maximum length from the interface MTU), as ``ipvsadm --start-daemon`` does.
+    """
+    name = d.interface.encode()
+    if not name or len(name) >= IFNAME_MAXLEN or b"\0" in name:
+        raise ValueError(f"interface name {d.interface!r} must be 1 to {IFNAME_MAXLEN - 1} bytes")
+    parts = [
+        attr(DAEMON_STATE, _U32.pack(DAEMON_STATES[d.state])),
+        attr(DAEMON_MCAST_IFN, name + b"\0"),
+        attr(DAEMON_SYNC_ID, _U32.pack(d.syncid)),
+    ]
+    if d.maxlen:
+        parts.append(attr(DAEMON_SYNC_MAXLEN, _U16.pack(d.maxlen)))
+    if d.group:
+        group = ipaddress.ip_address(d.group)
+        parts.append(attr(DAEMON_MCAST_GROUP6 if group.version == 6 else DAEMON_MCAST_GROUP, group.packed))
+    if d.port:
+        parts.append(attr(DAEMON_MCAST_PORT, _U16.pack(d.port)))
+    if d.ttl:
+        parts.append(attr(DAEMON_MCAST_TTL, bytes([d.ttl])))
+    return nest(ATTR_DAEMON, *parts)
+
+
+def daemon_state_attr(state: str) -> bytes:
+    """The DAEMON nest of DEL_DAEMON: the kernel needs only which daemon (master or backup)."""
+    return nest(ATTR_DAEMON, attr(DAEMON_STATE, _U32.pack(DAEMON_STATES[state])))
 
 
 def family_request(seq: int) -> bytes:
@@ -300,6 +344,37 @@ def decode_timeouts(buf, payload: int, end: int) -> Timeouts:
         return _U32.unpack_from(buf, a[k][0])[0] if k in a else 0
 
     return Timeouts(tcp=get(ATTR_TIMEOUT_TCP), tcpfin=get(ATTR_TIMEOUT_TCP_FIN), udp=get(ATTR_TIMEOUT_UDP))
+
+
+def decode_daemon(buf, payload: int, end: int) -> SyncDaemon | None:
+    """A GET_DAEMON reply message → the running daemon, with the values the kernel chose."""
+    top = attrs(buf, payload + GENL_HDR.size, end)
+    if ATTR_DAEMON not in top:
+        return None
+    off, n = top[ATTR_DAEMON]
+    a = attrs(buf, off, off + n)
+    if DAEMON_STATE not in a:
+        return None
+    state = DAEMON_STATE_NAMES.get(_U32.unpack_from(buf, a[DAEMON_STATE][0])[0])
+    if state is None:
+        return None
+    group = ""
+    if DAEMON_MCAST_GROUP6 in a:
+        go = a[DAEMON_MCAST_GROUP6][0]
+        group = socket.inet_ntop(socket.AF_INET6, bytes(buf[go:go + 16]))
+    elif DAEMON_MCAST_GROUP in a:
+        go = a[DAEMON_MCAST_GROUP][0]
+        group = socket.inet_ntop(socket.AF_INET, bytes(buf[go:go + 4]))
+    io, il = a.get(DAEMON_MCAST_IFN, (0, 0))
+    return SyncDaemon(
+        state=state,
+        interface=bytes(buf[io:io + il]).split(b"\0", 1)[0].decode(errors="replace"),
+        syncid=_U32.unpack_from(buf, a[DAEMON_SYNC_ID][0])[0] if DAEMON_SYNC_ID in a else 0,
+        maxlen=_U16.unpack_from(buf, a[DAEMON_SYNC_MAXLEN][0])[0] if DAEMON_SYNC_MAXLEN in a else 0,
+        group=group,
+        port=_U16.unpack_from(buf, a[DAEMON_MCAST_PORT][0])[0] if DAEMON_MCAST_PORT in a else 0,
+        ttl=buf[a[DAEMON_MCAST_TTL][0]] if DAEMON_MCAST_TTL in a else 0,
+    )
 
 
 # --- fast path for large dumps -----------------------------------------------------------

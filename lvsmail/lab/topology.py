@@ -19,6 +19,12 @@ NAT mode the real servers' default route points at the director instead, which
 forwards. IPv6 runs in parallel (2001:db8:c::/64, 2001:db8:f::/64 with the VIP
 2001:db8:f::33, 2001:db8:5::/64) so DR can be exercised over IPv6 too.
 
+With ``directors=2`` a second director (``director2``: 192.0.2.3 outside,
+198.51.100.2 inside) sits on both segments beside the first, as the standby of a
+failover pair; ``vip_on`` says which director holds the VIP at first (1, 2 or
+None for neither, when VRRP is to place it). A pair is built for TUN and DR only:
+NAT would also need a floating gateway address for the real servers.
+
 Real servers get their VIP, ARP and reverse-path settings from :mod:`lvsmail.net`
 (the same code ``lvsmail realserver join`` uses). Namespace names carry a unique
 prefix so parallel runs never clash; interface names live inside the namespaces.
@@ -56,6 +62,9 @@ GW_FRONT, GW_FRONT6 = "192.0.2.1", "2001:db8:f::1"
 GW_INSIDE, GW_INSIDE6 = "198.51.100.254", "2001:db8:5::fe"
 DIRECTOR_FRONT, DIRECTOR_FRONT6 = "192.0.2.2", "2001:db8:f::2"
 DIRECTOR_INSIDE, DIRECTOR_INSIDE6 = "198.51.100.1", "2001:db8:5::1"
+#: The second director of a failover pair.
+DIRECTOR2_FRONT, DIRECTOR2_FRONT6 = "192.0.2.3", "2001:db8:f::3"
+DIRECTOR2_INSIDE, DIRECTOR2_INSIDE6 = "198.51.100.2", "2001:db8:5::2"
 #: Host numbers of the first real servers, as in the deployment the project comes from.
 REAL_HOSTS = (20, 32, 35, 36)
 
@@ -114,9 +123,16 @@ def _base_sysctls(forward: bool) -> dict[str, str]:
 class Topology(AbstractContextManager):
     """The namespaces, links and addresses of one lab cluster; a context manager."""
 
-    def __init__(self, mode: str = "tun", reals: int = 4, prefix: str | None = None) -> None:
+    def __init__(self, mode: str = "tun", reals: int = 4, prefix: str | None = None,
+                 directors: int = 1, vip_on: int | None = 1, bare: tuple[str, ...] = ()) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}")
+        if directors not in (1, 2):
+            raise ValueError("directors must be 1 or 2")
+        if directors == 2 and mode == "nat":
+            raise ValueError("a director pair is built for tun and dr only (NAT needs a floating gateway)")
+        if vip_on is not None and not 1 <= vip_on <= directors:
+            raise ValueError(f"vip_on must be None or a director number from 1 to {directors}")
         if not 1 <= reals <= 200:
             raise ValueError("reals must be between 1 and 200")
         self.mode = mode
@@ -125,6 +141,10 @@ class Topology(AbstractContextManager):
         self.client = Node("client", f"{self.prefix}-cl")
         self.gw = Node("gw", f"{self.prefix}-gw")
         self.director = Node("director", f"{self.prefix}-dir")
+        self.directors = [self.director] + [Node("director2", f"{self.prefix}-dir2")] * (directors == 2)
+        self.vip_on = vip_on
+        #: Real servers (by role) left without VIP and ARP settings, for `lvsmail realserver join` to prepare.
+        self.bare = tuple(bare)
         self.reals = [
             RealServer(f"rs{i + 1}", f"{self.prefix}-rs{i + 1}",
                        address=f"198.51.100.{real_host(i)}", address6=f"2001:db8:5::{real_host(i)}")
@@ -139,7 +159,7 @@ class Topology(AbstractContextManager):
     @property
     def nodes(self) -> list[Node]:
         """Every namespace, router first."""
-        return [self.gw, self.client, self.director, *self.reals]
+        return [self.gw, self.client, *self.directors, *self.reals]
 
     def __enter__(self) -> "Topology":
         try:
@@ -169,7 +189,7 @@ class Topology(AbstractContextManager):
             netns.create_netns(node.ns)
             self._created.append(node.ns)
             self.call(node, _sysctl, _base_sysctls(forward=node is self.gw or
-                                                   (node is self.director and self.mode == "nat")))
+                                                   (node in self.directors and self.mode == "nat")))
 
     def wire(self) -> None:
         """Links, addresses and routes; then lvsmail.net prepares each real server."""
@@ -179,15 +199,21 @@ class Topology(AbstractContextManager):
                                                             f"{CLIENT6}/64"]}, GW_CLIENT, GW_CLIENT6)
         # The VIP is a secondary address on the outside interface, as heartbeat's
         # IPaddr2 or keepalived would add it on the active director.
-        self.call(self.director, self._build_host, {
-            "eth0": [f"{DIRECTOR_FRONT}/24", f"{VIP}/24", f"{DIRECTOR_FRONT6}/64", f"{VIP6}/64"],
-            "eth1": [f"{DIRECTOR_INSIDE}/24", f"{DIRECTOR_INSIDE6}/64"],
-        }, GW_FRONT, GW_FRONT6)
+        fronts = ((DIRECTOR_FRONT, DIRECTOR_FRONT6, DIRECTOR_INSIDE, DIRECTOR_INSIDE6),
+                  (DIRECTOR2_FRONT, DIRECTOR2_FRONT6, DIRECTOR2_INSIDE, DIRECTOR2_INSIDE6))
+        for number, (node, (front, front6, inside, inside6)) in enumerate(zip(self.directors, fronts), 1):
+            vips = [f"{VIP}/24", f"{VIP6}/64"] if number == self.vip_on else []
+            self.call(node, self._build_host, {
+                "eth0": [f"{front}/24", f"{front6}/64", *vips],
+                "eth1": [f"{inside}/24", f"{inside6}/64"],
+            }, GW_FRONT, GW_FRONT6)
+            node.addresses = [front, inside]
         for rs in self.reals:
             rs.mac = self.call(rs, self._build_host, {"eth0": [f"{rs.address}/24", f"{rs.address6}/64"]},
                                GW_INSIDE, GW_INSIDE6)
             rs.addresses = [rs.address, rs.address6]
-            rs.undo = self.call(rs, _setup_realserver, self.realserver_spec())
+            if rs.role not in self.bare:
+                rs.undo = self.call(rs, _setup_realserver, self.realserver_spec())
         self._built = True
 
     def realserver_spec(self) -> RealServerNetSpec:
@@ -211,6 +237,9 @@ class Topology(AbstractContextManager):
                 bridges[br] = ipr.link_lookup(ifname=br)[0]
             pairs = [("cl0", self.client.ns, "eth0", None), ("dir0", self.director.ns, "eth0", "front"),
                      ("dir1", self.director.ns, "eth1", "inside")]
+            if len(self.directors) == 2:
+                pairs += [("dirb0", self.directors[1].ns, "eth0", "front"),
+                          ("dirb1", self.directors[1].ns, "eth1", "inside")]
             pairs += [(rs.role, rs.ns, "eth0", "inside") for rs in self.reals]
             for local, peer_ns, peer_name, bridge in pairs:
                 ipr.link("add", ifname=local, kind="veth", peer={"ifname": peer_name, "net_ns_fd": peer_ns})
@@ -308,8 +337,10 @@ class Topology(AbstractContextManager):
     def describe(self) -> str:
         """A short human description of the topology."""
         reals = ", ".join(f"{rs.role} {rs.address}" for rs in self.reals)
-        return (f"mode {self.mode}: client {CLIENT} -> gw -> director {DIRECTOR_FRONT} (VIP {VIP}, {VIP6}), "
-                f"inside {DIRECTOR_INSIDE}; real servers {reals}")
+        pair = f", standby director {DIRECTOR2_FRONT}/{DIRECTOR2_INSIDE}" if len(self.directors) == 2 else ""
+        vip = "nowhere yet" if self.vip_on is None else f"on director {self.vip_on}"
+        return (f"mode {self.mode}: client {CLIENT} -> gw -> director {DIRECTOR_FRONT} (VIP {VIP}, {VIP6} {vip}), "
+                f"inside {DIRECTOR_INSIDE}{pair}; real servers {reals}")
 
 
 def _addr_add(ipr, index: int, cidr: str) -> None:

@@ -3,6 +3,8 @@
 import socket
 import struct
 
+import pytest
+
 from lvsmail.ipvs import wire
 from lvsmail.ipvs.model import DestKey, DestSettings, ServiceKey, ServiceSettings, F_PERSISTENT
 
@@ -142,3 +144,78 @@ def test_fast_dest_decoder_handles_a_mixed_family_tunnel_dest():
     _both(d, _kernel_dest("198.51.100.20", 1))
     fast, slow = _both(d, _kernel_dest("198.51.100.20", 1), af=socket.AF_INET6)  # IPv4 dest, IPv6 service
     assert _same(fast, slow) and fast[1].settings.af == socket.AF_INET
+
+
+# -- sync daemon (IPVS_CMD_ATTR_DAEMON nest) -----------------------------------------------
+
+from lvsmail.ipvs.model import SyncDaemon  # noqa: E402
+
+
+def _daemon_nest(body: bytes) -> dict:
+    off, n = wire.attrs(body, 0, len(body))[wire.ATTR_DAEMON]
+    return {k: body[o:o + ln] for k, (o, ln) in wire.attrs(body, off, off + n).items()}
+
+
+def test_daemon_attribute_numbers_are_the_kernel_abi():
+    # enum IPVS_DAEMON_ATTR_* in include/uapi/linux/ip_vs.h, and IP_VS_STATE_MASTER/BACKUP.
+    assert (wire.DAEMON_STATE, wire.DAEMON_MCAST_IFN, wire.DAEMON_SYNC_ID, wire.DAEMON_SYNC_MAXLEN,
+            wire.DAEMON_MCAST_GROUP, wire.DAEMON_MCAST_GROUP6, wire.DAEMON_MCAST_PORT,
+            wire.DAEMON_MCAST_TTL) == (1, 2, 3, 4, 5, 6, 7, 8)
+    assert wire.DAEMON_STATES == {"master": 1, "backup": 2}
+    assert (wire.CMD_NEW_DAEMON, wire.CMD_DEL_DAEMON, wire.CMD_GET_DAEMON, wire.ATTR_DAEMON) == (9, 10, 11, 3)
+
+
+def test_new_daemon_with_only_the_required_attributes_lets_the_kernel_choose_the_rest():
+    a = _daemon_nest(wire.daemon_attr(SyncDaemon("backup", "eth1", syncid=7)))
+    assert set(a) == {wire.DAEMON_STATE, wire.DAEMON_MCAST_IFN, wire.DAEMON_SYNC_ID}
+    assert struct.unpack("=I", a[wire.DAEMON_STATE]) == (2,)
+    assert a[wire.DAEMON_MCAST_IFN] == b"eth1\0"  # NLA_NUL_STRING
+    assert struct.unpack("=I", a[wire.DAEMON_SYNC_ID]) == (7,)
+
+
+def test_new_daemon_types_group_in_network_order_port_host_order_ttl_one_byte():
+    a = _daemon_nest(wire.daemon_attr(SyncDaemon("master", "eth0", 1, maxlen=1400, group="239.0.0.81",
+                                                 port=8900, ttl=2)))
+    assert a[wire.DAEMON_MCAST_GROUP] == bytes([239, 0, 0, 81])  # nla_get_in_addr: network order
+    assert a[wire.DAEMON_MCAST_PORT] == struct.pack("=H", 8900)  # nla_get_u16: the kernel applies htons
+    assert a[wire.DAEMON_SYNC_MAXLEN] == struct.pack("=H", 1400)
+    assert a[wire.DAEMON_MCAST_TTL] == b"\x02"
+    six = _daemon_nest(wire.daemon_attr(SyncDaemon("master", "eth0", group="ff02::81")))
+    assert wire.DAEMON_MCAST_GROUP not in six and len(six[wire.DAEMON_MCAST_GROUP6]) == 16
+
+
+def test_interface_name_longer_than_the_kernel_buffer_is_refused_before_sending():
+    with pytest.raises(ValueError, match="1 to 15 bytes"):
+        wire.daemon_attr(SyncDaemon("master", "a-very-long-ifname"))
+
+
+def test_del_daemon_names_only_the_state():
+    a = _daemon_nest(wire.daemon_state_attr("master"))
+    assert a == {wire.DAEMON_STATE: struct.pack("=I", 1)}
+
+
+def test_get_daemon_reply_decodes_with_the_kernels_defaults():
+    # As ip_vs_genl_fill_daemon sends it: u32 state, string ifname, u32 syncid, u16 maxlen, u16 port,
+    # u8 ttl, in_addr group.
+    nest = wire.nest(wire.ATTR_DAEMON,
+                     wire.attr(wire.DAEMON_STATE, struct.pack("=I", 1)),
+                     wire.attr(wire.DAEMON_MCAST_IFN, b"eth0\0"),
+                     wire.attr(wire.DAEMON_SYNC_ID, struct.pack("=I", 42)),
+                     wire.attr(wire.DAEMON_SYNC_MAXLEN, struct.pack("=H", 1472)),
+                     wire.attr(wire.DAEMON_MCAST_PORT, struct.pack("=H", 8848)),
+                     wire.attr(wire.DAEMON_MCAST_TTL, b"\x01"),
+                     wire.attr(wire.DAEMON_MCAST_GROUP, bytes([224, 0, 0, 81])))
+    msg = wire.message(0x22, wire.CMD_GET_DAEMON, nest, seq=3)
+    (_, _, _, payload, end), = list(wire.iter_messages(msg, len(msg)))
+    d = wire.decode_daemon(msg, payload, end)
+    assert d == SyncDaemon("master", "eth0", 42, maxlen=1472, group="224.0.0.81", port=8848, ttl=1)
+    assert SyncDaemon("master", "eth0", 42).covers(d)
+    assert not SyncDaemon("master", "eth0", 42, port=9000).covers(d)
+    assert not SyncDaemon("backup", "eth0", 42).covers(d)
+
+
+def test_daemon_request_round_trips_through_the_decoder():
+    want = SyncDaemon("backup", "bond0.100", 255, maxlen=9000, group="ff02::81", port=8848, ttl=3)
+    msg = wire.message(0x22, wire.CMD_NEW_DAEMON, wire.daemon_attr(want), seq=1)
+    (_, _, _, payload, end), = list(wire.iter_messages(msg, len(msg)))
+    assert wire.decode_daemon(msg, payload, end) == want
