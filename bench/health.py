@@ -38,7 +38,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.report import in_private_netns  # noqa: E402
 from bench.health_tools import (  # noqa: E402
-    CHECKERS, Job, LvsmailBoundedChecker, LvsmailChecker, KeepalivedChecker, Responder, addresses, build_responder,
+    CHECKERS, Job, LvsmailBoundedChecker, LvsmailChecker, LvsmailVariantChecker, KeepalivedChecker, Responder,
+    addresses, build_responder,
     dest_weight, dest_weights, ipvsadm, preseed_rules, proc_hex, raise_nofile, read_ip_vs, system_busy,
 )
 
@@ -195,6 +196,11 @@ def measure(name: str, n: int, run: Run, exe: Path, rng: random.Random) -> dict 
     job = Job(addrs, args.interval, args.timeout)
     if name == "lvsmail":
         checker = LvsmailChecker(job, out, repair_interval=args.lvsmail_repair)
+    elif name.startswith(("lvsmail-uv", "lvsmail-w")):  # on uvloop (-uv), with N check worker processes (-wN)
+        rest = name[len("lvsmail-"):]
+        uvloop = rest.startswith("uv")
+        workers = int(rest.rsplit("w", 1)[1]) if "w" in rest.removeprefix("uv") else 0
+        checker = LvsmailVariantChecker(job, out, args.lvsmail_repair, workers=workers, uvloop=uvloop)
     elif name.startswith("lvsmail-c"):
         checker = LvsmailBoundedChecker(job, out, args.lvsmail_repair, concurrency=int(name[len("lvsmail-c"):]))
     elif name == "keepalived":
@@ -256,17 +262,18 @@ def verdicts(results: list[dict], args) -> list[dict]:
     """The issue's goals, checked for each N where the figures exist."""
     by = {(r["tool"], r["n"]): r for r in results if "steady" in r}
     out = []
-    for n in sorted({r["n"] for r in results}):
-        ours = by.get(("lvsmail", n))
+    mine = sorted({r["tool"] for r in results if r["tool"].startswith("lvsmail")})
+    for n, tool in sorted((n, t) for n in {r["n"] for r in results} for t in mine):
+        ours = by.get((tool, n))
         if ours is None:
             continue
         s = ours["steady"]
         expect = n / args.interval
         # The schedule holds when the completed checks match N / interval and no server waits much longer.
         kept = s["rate"] >= 0.95 * expect and s["max_gap"] is not None and s["max_gap"][1] <= 1.25 * args.interval
-        out.append({"n": n, "goal": "keeps its schedule (checks/s >= 95% of N/interval, median longest gap"
-                    " <= 1.25 interval)", "value": s["rate"] / expect, "met": kept})
-        out.append({"n": n, "goal": "no healthy server removed during the steady window",
+        out.append({"n": n, "tool": tool, "goal": "keeps its schedule (checks/s >= 95% of N/interval,"
+                    " median longest gap <= 1.25 interval)", "value": s["rate"] / expect, "met": kept})
+        out.append({"n": n, "tool": tool, "goal": "no healthy server removed during the steady window",
                     "value": s.get("healthy_removed", 0), "met": s.get("healthy_removed", 0) == 0})
         ka, ld = by.get(("keepalived", n)), by.get(("ldirectord", n))
         ld_note = ""
@@ -276,10 +283,10 @@ def verdicts(results: list[dict], args) -> list[dict]:
                 ld, ld_note = lds[-1], f" (ldirectord measured at N={lds[-1]['n']})"
         if ka:
             r = s["cpu_per_1000"] / ka["steady"]["cpu_per_1000"]
-            out.append({"n": n, "goal": "CPU per check <= keepalived's", "value": r, "met": r <= 1.0})
+            out.append({"n": n, "tool": tool, "goal": "CPU per check <= keepalived's", "value": r, "met": r <= 1.0})
         if ld:
             r = ld["steady"]["cpu_per_1000"] / s["cpu_per_1000"]
-            out.append({"n": n, "goal": "CPU per check >= 10x below ldirectord's" + ld_note, "value": r,
+            out.append({"n": n, "tool": tool, "goal": "CPU per check >= 10x below ldirectord's" + ld_note, "value": r,
                         "met": r >= 10})
         e = ours.get("events")
         if e:
@@ -287,7 +294,7 @@ def verdicts(results: list[dict], args) -> list[dict]:
                 xs = e[f"detect_{variant}"]
                 missed = any(m.startswith(variant) and "removed" in m for m in e["missed"])
                 if xs:
-                    out.append({"n": n, "goal": f"detect {variant} within {bound:g} s (every repetition)",
+                    out.append({"n": n, "tool": tool, "goal": f"detect {variant} within {bound:g} s (every repetition)",
                                 "value": max(xs), "median": statistics.median(xs),
                                 "met": max(xs) <= bound and not missed})
     return out
@@ -299,34 +306,37 @@ def report(run: Run) -> None:
     by = {(r["tool"], r["n"]): r for r in run.results if "steady" in r}
     run.emit("")
     run.emit(f"Health checks, SMTP, interval {args.interval:g} s, timeout {args.timeout:g} s (min/median/max)")
-    for n in sorted({r["n"] for r in run.results}):
-        ours = by.get(("lvsmail", n))
+    mine = sorted({r["tool"] for r in run.results if r["tool"].startswith("lvsmail")})
+    for n, tool in sorted((n, t) for n in {r["n"] for r in run.results} for t in mine):
+        ours = by.get((tool, n))
         for ref in ("keepalived", "ldirectord"):
             theirs = by.get((ref, n))
             if not ours or not theirs:
                 continue
             a, b = ours["steady"], theirs["steady"]
-            run.emit(f"N={n:<5} CPU/1000 checks   lvsmail {mmm(a['cpu_per_1000_slices'], '{:.3f}')} s vs {ref}"
+            run.emit(f"N={n:<5} CPU/1000 checks   {tool} {mmm(a['cpu_per_1000_slices'], '{:.3f}')} s vs {ref}"
                      f" {mmm(b['cpu_per_1000_slices'], '{:.3f}')} s  ratio {a['cpu_per_1000'] / b['cpu_per_1000']:.3f}")
-            run.emit(f"N={n:<5} checks/s          lvsmail {mmm(a['rate_slices'], '{:.0f}')} vs {ref}"
+            run.emit(f"N={n:<5} checks/s          {tool} {mmm(a['rate_slices'], '{:.0f}')} vs {ref}"
                      f" {mmm(b['rate_slices'], '{:.0f}')} (of {n / args.interval:.0f})"
                      f"  ratio {a['rate'] / max(1e-9, b['rate']):.2f}")
             ea, eb = ours.get("events"), theirs.get("events")
             if ea and eb:
                 for k in ("detect_refused", "detect_hang", "recover_refused", "recover_hang"):
                     if ea[k] and eb[k]:
-                        run.emit(f"N={n:<5} {k.replace('_', ' '):<17} lvsmail {mmm(ea[k])} s vs {ref} {mmm(eb[k])} s"
+                        run.emit(f"N={n:<5} {k.replace('_', ' '):<17} {tool} {mmm(ea[k])} s vs {ref} {mmm(eb[k])} s"
                                  f"  ratio {statistics.median(ea[k]) / statistics.median(eb[k]):.2f}")
     for v in verdicts(run.results, args):
         extra = f" (median {v['median']:.2f})" if "median" in v else ""
-        run.emit(f"N={v['n']:<5} goal: {v['goal']}: {v['value']:.3f}{extra} -> {'met' if v['met'] else 'NOT met'}")
+        verdict = "met" if v["met"] else "NOT met"
+        run.emit(f"N={v['n']:<5} {v['tool']}: goal: {v['goal']}: {v['value']:.3f}{extra} -> {verdict}")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="100,500,1000", help="comma-separated numbers of real servers")
-    ap.add_argument("--tools", default="keepalived,lvsmail,lvsmail-c64,ldirectord",
-                    help="lvsmail-cK: the same director with the engine's concurrency bound set to K")
+    ap.add_argument("--tools", default="keepalived,lvsmail,lvsmail-w1,ldirectord",
+                    help="lvsmail-cK: the same director with the engine's concurrency bound set to K;"
+                         " lvsmail-uv, lvsmail-wN, lvsmail-uv-wN: on uvloop and/or with N check worker processes")
     ap.add_argument("--variant-sizes", default="1000", help="the N at which lvsmail-cK variants run")
     ap.add_argument("--interval", type=float, default=2.0)
     ap.add_argument("--timeout", type=float, default=3.0)

@@ -1,10 +1,13 @@
-"""``lvsmail director start`` with a different bound on checks in flight (a benchmark variant).
+"""``lvsmail director start`` as a benchmark variant: another bound on checks in flight, or on uvloop.
 
-The director's command line has no option for the health engine's concurrency;
-this runs the same daemon (``Director`` + ``serve``) with ``--concurrency`` given
-to the engine, to measure what the bound does on a machine that cannot keep up.
+The director's command line has no option for the health engine's concurrency
+nor for the event loop; this runs the same daemon (``Director`` + ``serve``) with
+``--concurrency`` given to the engine and, with ``--uvloop``, on the loop
+``lvsmail.health.loop.run`` picks (uvloop when installed).
 
-    python3 bench/health_director.py --concurrency 64 -c FILE --state-dir DIR [--repair-interval S]
+``--check-workers N`` shares the checks with N worker processes (``lvsmail.health.worker``).
+
+    python3 bench/health_director.py [--concurrency 64] [--uvloop] [--check-workers N] -c FILE --state-dir DIR
 """
 
 from __future__ import annotations
@@ -26,12 +29,21 @@ def main() -> int:
     ap.add_argument("-c", "--config", required=True)
     ap.add_argument("--state-dir", required=True)
     ap.add_argument("--repair-interval", type=float, default=5.0)
-    ap.add_argument("--concurrency", type=int, required=True)
+    ap.add_argument("--concurrency", type=int, default=None, help="the engine's bound (default: the engine's)")
+    ap.add_argument("--uvloop", action="store_true", help="run on uvloop (lvsmail.health.loop.run)")
+    ap.add_argument("--check-workers", type=int, default=0, help="worker processes that share the checks")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     d = Director(args.config, NetlinkIPVS(), repair_interval=args.repair_interval, state_dir=args.state_dir,
-                 engine_options={"concurrency": args.concurrency})
-    asyncio.run(serve(d))
+                 engine_options=({} if args.concurrency is None else {"concurrency": args.concurrency})
+                 | {"workers": args.check_workers})
+    if args.uvloop:
+        from lvsmail.health import loop
+
+        logging.info("event loop: %s", loop.name())
+        loop.run(serve(d))
+    else:
+        asyncio.run(serve(d))
     return 0
 
 

@@ -293,6 +293,22 @@ class LvsmailBoundedChecker(LvsmailChecker):
         return [sys.executable, str(HERE / "health_director.py"), "--concurrency", str(self.concurrency)] + argv[i + 2:]
 
 
+class LvsmailVariantChecker(LvsmailChecker):
+    """The same director with N check worker processes (``-wN``) and/or on uvloop (``-uv``)."""
+
+    def __init__(self, job: Job, work: Path, repair_interval: float = 3600.0, workers: int = 0,
+                 uvloop: bool = False):
+        self.name = "lvsmail" + ("-uv" if uvloop else "") + (f"-w{workers}" if workers else "")
+        super().__init__(job, work, repair_interval)
+        self.workers, self.uvloop = workers, uvloop
+
+    def argv(self) -> list[str]:
+        argv = super().argv()
+        i = argv.index("director")
+        return [sys.executable, str(HERE / "health_director.py"), "--check-workers", str(self.workers)] + \
+            (["--uvloop"] if self.uvloop else []) + argv[i + 2:]
+
+
 class KeepalivedChecker(Checker):
     """keepalived's checker process (``-C``), SMTP_CHECK with its default retry (1, after 1 s)."""
 
@@ -351,4 +367,5 @@ def preseed_rules(addrs: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-CHECKERS = {"lvsmail": LvsmailChecker, "keepalived": KeepalivedChecker, "ldirectord": LdirectordChecker}
+CHECKERS = {"lvsmail": LvsmailChecker, "lvsmail-uv": LvsmailVariantChecker, "keepalived": KeepalivedChecker,
+            "ldirectord": LdirectordChecker}

@@ -9,11 +9,19 @@ Each real server of each checked service gets one task:
   the previous one ended, so a slow server does not drift its own schedule;
 * a semaphore bounds how many checks are in flight, and a hung server only
   holds its own task until the check's timeout;
-* while a transition is pending the next check comes sooner (``next_interval``).
+* while a transition is pending the next check comes sooner (``next_interval``);
+* a check that timed out while the server's answer sat unread in our socket
+  is inconclusive, not a failure (see ``run_check``): an overloaded director
+  must not take healthy servers out.
 
 Transitions are handed to a callback (the director turns them into one scoped
-IPVS change). On reload, a target whose address, port and check settings did
-not change keeps its task and state, so a reload never flaps a server.
+IPVS change). With ``workers`` > 0 the targets are shared between this process
+and that many worker processes (``lvsmail.health.worker``), each checking its
+share on its own event loop and sending every result back; the rise/fall
+decisions, and so the transitions and the status, stay in this process.
+
+On reload, a target whose address, port and check settings did not change
+keeps its task and state, so a reload never flaps a server.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import logging
 import os
 import random
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
@@ -40,6 +49,11 @@ log = logging.getLogger("lvsmail.health")
 #: 1.8x overloaded, 245 of 1,000 healthy servers timed out (false "down"); with 64, none did
 #: (bench/health_profile.py). 64 in flight at ~30 ms each is ~2,000 checks/s natively.
 DEFAULT_CONCURRENCY = 64
+
+#: From this many targets on, a machine with two or more CPUs shares the checks with one worker process
+#: by default. Measured in the lab (bench/RESULTS.md, run 4): one worker lowered CPU per check by
+#: 17-29% and raised completed checks by 15-130% at N = 100, 500 and 1,000.
+AUTO_WORKER_TARGETS = 100
 
 Key = tuple[str, str, int]  # (service name, real server address, port)
 Checker = Callable[..., Awaitable[Result]]
@@ -88,18 +102,24 @@ def targets(cluster: ClusterSpec) -> dict[Key, Target]:
     return out
 
 
+def default_workers(n_targets: int, real_checks: bool, cpus: int | None) -> int:
+    """Worker processes when none are configured: one for a large cluster on a multi-CPU machine."""
+    return 1 if real_checks and n_targets >= AUTO_WORKER_TARGETS and (cpus or 1) >= 2 else 0
+
+
 class HealthEngine:
     """Runs every check of a cluster and reports up/down transitions."""
 
     def __init__(
         self,
-        cluster: ClusterSpec,
+        cluster: ClusterSpec | None,
         on_transition: OnTransition,
         *,
         concurrency: int = DEFAULT_CONCURRENCY,
         checker: Checker = run_check,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        workers: int | None = None,
     ) -> None:
         self.on_transition = on_transition
         self.checker = checker
@@ -112,8 +132,11 @@ class HealthEngine:
         self._tasks: dict[Key, asyncio.Task] = {}
         self._credentials: dict[str, Credentials | CredentialsError] = {}
         self._running = False
-        self.maintenance_dir = cluster.maintenance_dir
-        self._pending = targets(cluster)
+        self.workers = workers  # extra processes that run checks (0: all here; None: default_workers at start)
+        self._links: list = []  # one WorkerLink per worker process, once started
+        self.on_result: Callable[[Key, Result], None] | None = None  # every result (a worker's outbox)
+        self.maintenance_dir = cluster.maintenance_dir if cluster is not None else None
+        self._pending = targets(cluster) if cluster is not None else {}
         for key, t in self._pending.items():
             self.states[key] = HealthState.initial(t.check, self.clock())
 
@@ -122,14 +145,29 @@ class HealthEngine:
         return {k: s.up for k, s in self.states.items()}
 
     def start(self) -> None:
-        """Start one task per target (call from the running event loop)."""
+        """Start one task per target of this process's share, and the workers (call from the running loop)."""
         self._running = True
+        if self.workers is None:  # worker processes cannot run a checker passed in (tests script theirs)
+            self.workers = default_workers(len(self._pending), self.checker is run_check, os.cpu_count())
+        if self.workers > 0 and not self._links:
+            from lvsmail.health.worker import WorkerLink
+
+            self._links = [WorkerLink(i + 1, self) for i in range(self.workers)]
         self._apply_targets(self._pending)
+
+    def share(self, key: Key) -> int:
+        """Which process checks ``key``: 0 is this one, 1..workers the worker processes (stable across reloads)."""
+        if not self.workers:
+            return 0
+        return zlib.crc32(repr(key).encode()) % (self.workers + 1)
 
     def update(self, cluster: ClusterSpec) -> None:
         """Follow a reloaded cluster: keep unchanged targets, start new ones, stop removed ones."""
-        new = targets(cluster)
-        self.maintenance_dir = cluster.maintenance_dir
+        self.assign(targets(cluster), cluster.maintenance_dir)
+
+    def assign(self, new: dict[Key, Target], maintenance_dir: str | None) -> None:
+        """Watch exactly ``new`` (a worker process is given its share this way)."""
+        self.maintenance_dir = maintenance_dir
         if not self._running:
             self._pending = new
         self._apply_targets(new)
@@ -142,6 +180,8 @@ class HealthEngine:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        links, self._links = self._links, []
+        await asyncio.gather(*(link.stop() for link in links), return_exceptions=True)
 
     def _apply_targets(self, new: dict[Key, Target]) -> None:
         now = self.clock()
@@ -162,8 +202,10 @@ class HealthEngine:
             self._targets[key] = t
             if key not in self.states:
                 self.states[key] = HealthState.initial(t.check, now)
-            if self._running:
+            if self._running and self.share(key) == 0:
                 self._tasks[key] = asyncio.get_running_loop().create_task(self._watch(t), name=f"check {key}")
+        for link in self._links:  # a worker keeps the state of its unchanged targets, as this process does
+            link.assign({k: t for k, t in new.items() if self.share(k) == link.index}, self.maintenance_dir)
 
     async def _watch(self, t: Target) -> None:
         """Check one target forever at its interval."""
@@ -182,17 +224,32 @@ class HealthEngine:
             else:
                 async with self._sem:
                     result = await self._probe(t, creds)
-            self.checks_done += 1
-            state, event = step(self.states[t.key], result, self.clock())
-            self.states[t.key] = state
-            if event is not None:
-                log.warning("health: %s %s:%s %s: %s", t.service, t.address, t.port, event.word, event.reason)
-                try:
-                    await self.on_transition(t, event)
-                except Exception:  # the director's problem must not stop this server's checks
-                    log.exception("health: acting on %s transition of %s failed", event.word, t.key)
+            state = await self.record(t, result)
             delay = next_interval(state, t.check) - (loop.time() - started)
             await asyncio.sleep(max(0.0, delay))
+
+    async def record(self, t: Target, result: Result) -> HealthState:
+        """Count one result of ``t`` (checked here or by a worker): the new state; a transition is acted on."""
+        self.checks_done += 1
+        state, event = step(self.states[t.key], result, self.clock())
+        self.states[t.key] = state
+        if self.on_result is not None:
+            self.on_result(t.key, result)
+        if result.inconclusive:
+            log.info("health: %s %s:%s not counted: %s", t.service, t.address, t.port, result.reason)
+        if event is not None:
+            log.warning("health: %s %s:%s %s: %s", t.service, t.address, t.port, event.word, event.reason)
+            try:
+                await self.on_transition(t, event)
+            except Exception:  # the director's problem must not stop this server's checks
+                log.exception("health: acting on %s transition of %s failed", event.word, t.key)
+        return state
+
+    async def remote_result(self, key: Key, result: Result) -> None:
+        """A worker's result: counted if ``key`` is still watched (a reload may have removed it meanwhile)."""
+        t = self._targets.get(key)
+        if t is not None and key in self.states:
+            await self.record(t, result)
 
     async def _probe(self, t: Target, creds: Credentials | None) -> Result:
         """Run the check: at the real server, or at the VIP with the server's probe mark."""

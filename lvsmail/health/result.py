@@ -13,7 +13,10 @@ class Result:
     reason: str
     latency: float = 0.0  # seconds from the start of the check to the verdict
     step: str = ""  # the step the dialogue reached: "connect", "greeting", "EHLO", ..., "done"
+    expired: bool = False  # the check's own deadline ran out (not a refusal, reset or bad reply)
+    inconclusive: bool = False  # no verdict on the server: the director itself was too late to judge
 
     def __str__(self) -> str:
         """The reason with the verdict, as a log line would show it."""
-        return f"{'up' if self.ok else 'down'}: {self.reason}"
+        word = "inconclusive" if self.inconclusive else "up" if self.ok else "down"
+        return f"{word}: {self.reason}"

@@ -51,6 +51,15 @@ async def started(d: Director) -> asyncio.Task:
     return task
 
 
+def _transitions(path) -> set:
+    """(address, up, transitions) of each real server in a health file; empty while it is not written."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return set()
+    return {(r["address"], r["up"], r["transitions"]) for r in data["realservers"]}
+
+
 async def until(cond, timeout=5.0):
     """Poll a condition (the loop acts asynchronously) instead of sleeping a fixed time."""
     loop = asyncio.get_running_loop()
@@ -214,9 +223,10 @@ def test_failed_real_server_leaves_the_kernel_and_returns_on_recovery(tmp_path, 
         await until(lambda: weights(kernel) == fallback)
         checks.down.clear()
         await until(lambda: weights(kernel) == {"198.51.100.20": 3, "198.51.100.32": 1})
+        # The health file is rate-limited to one write a second: poll it like `director status` would.
+        await until(lambda: _transitions(d.health_file()) == {
+            ("198.51.100.20", True, 2), ("198.51.100.32", True, 2)}, timeout=3)
         health = json.loads(d.health_file().read_text())
-        assert {(r["address"], r["up"], r["transitions"]) for r in health["realservers"]} == {
-            ("198.51.100.20", True, 2), ("198.51.100.32", True, 2)}
         assert all("connection refused" in r["last_failure"] for r in health["realservers"])
         d.request_stop()
         await task

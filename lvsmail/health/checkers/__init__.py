@@ -103,7 +103,7 @@ async def run_check(spec: CheckSpec, address: str, port: int, credentials: Crede
         dlg.server_name = tlsconf.server_name(spec)
     started = time.perf_counter()
     deadline = asyncio.timeout(spec.timeout)
-    ok, tail = False, ""
+    ok, tail, expired, late = False, "", False, False
     try:
         async with deadline:
             if spec.type == "external":
@@ -113,7 +113,9 @@ async def run_check(spec: CheckSpec, address: str, port: int, credentials: Crede
         ok = True
     except TimeoutError as exc:
         if deadline.expired():
-            tail = f"timeout after {seconds(spec.timeout)} waiting for {dlg.step}"
+            tail, expired = f"timeout after {seconds(spec.timeout)} waiting for {dlg.step}", True
+            # The answer arrived but our event loop had not read it: we were late, not the server.
+            late = dlg.answer_waiting()
         else:  # the kernel's own ETIMEDOUT (connect), not our deadline
             tail = _os_error(exc, dlg.step)
     except CheckFailed as exc:
@@ -136,7 +138,10 @@ async def run_check(spec: CheckSpec, address: str, port: int, credentials: Crede
         notes = [n for n in (dlg.note, "" if ok else f"then {tail}") if n]
         reason = f"{spec.type} {peer}: ok: {', '.join(dlg.done)}" + (f" ({'; '.join(notes)})" if notes else "")
         return Result(True, _scrub(reason, credentials), latency, "done")
-    return Result(False, _scrub(f"{spec.type} {peer}: {tail}", credentials), latency, dlg.step)
+    if late:
+        tail += " (inconclusive: the answer was waiting unread, the director was late)"
+    return Result(False, _scrub(f"{spec.type} {peer}: {tail}", credentials), latency, dlg.step, expired=expired,
+                  inconclusive=late)
 
 
 def _os_error(exc: OSError, step: str) -> str:

@@ -76,9 +76,8 @@ async def _body(dlg: Dialogue, headers: dict[str, str], waiting_for: str) -> byt
             raise CheckFailed(f"bad Content-Length {clip(headers['content-length'])!r}") from None
         return await dlg.read_exactly(min(length, BODY_LIMIT), waiting_for)
     body = bytearray()  # no framing: the body runs to the end of the connection
-    dlg.step = waiting_for
     while len(body) < BODY_LIMIT:
-        chunk = await dlg.reader.read(BODY_LIMIT - len(body))
+        chunk = await dlg.read_some(BODY_LIMIT - len(body), waiting_for)
         if not chunk:
             break
         body += chunk

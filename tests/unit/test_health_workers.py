@@ -1,0 +1,78 @@
+"""Check worker processes: their results reach the director's engine, which alone decides transitions.
+
+Real TCP on 127.0.0.1 (no root needed): one listening port, several closed ones.
+"""
+
+import asyncio
+import socket
+
+from lvsmail.config import parse_cluster
+from lvsmail.health.engine import AUTO_WORKER_TARGETS, HealthEngine, default_workers
+
+
+def closed_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cluster(ports: list[int]) -> str:
+    servers = ", ".join(f"{{address: 127.0.0.1, port: {p}}}" for p in ports)
+    return f"""\
+cluster: w
+vips: [192.0.2.33]
+services:
+  - name: tcp
+    vip: 192.0.2.33
+    port: 25
+    forwarding: nat
+    realservers: [{servers}]
+    check: {{type: connect, interval: 0.1, timeout: 1, fall: 1, rise: 1, start: up}}
+"""
+
+
+def test_worker_results_are_counted_and_transitions_decided_by_the_director():
+    seen = []
+
+    async def on_transition(target, event):
+        seen.append((target.port, event.word, event.reason))
+
+    async def go():
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        open_port = server.sockets[0].getsockname()[1]
+        closed = [closed_port() for _ in range(7)]
+        engine = HealthEngine(parse_cluster(cluster([open_port] + closed)), on_transition, workers=1)
+        by_worker = [k for k in engine.states if engine.share(k) == 1]
+        assert by_worker, "the hash put every target in the director's share"
+        engine.start()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 20
+        while not all(s.checks >= 2 for s in engine.states.values()):
+            assert loop.time() < end, "the worker's results did not arrive"
+            await asyncio.sleep(0.05)
+        worker = engine._links[0].proc
+        await engine.stop()
+        server.close()
+        await server.wait_closed()
+        return engine, open_port, closed, by_worker, worker
+
+    engine, open_port, closed, by_worker, worker = asyncio.run(go())
+    assert worker.returncode is not None  # stop() ended the worker process
+    assert engine.states[("tcp", "127.0.0.1", open_port)].up
+    for port in closed:
+        st = engine.states[("tcp", "127.0.0.1", port)]
+        assert not st.up and "connect: connection refused" in st.last_failure
+    # Every closed port went down exactly once, decided here whichever process checked it.
+    assert sorted(p for p, word, _ in seen if word == "down") == sorted(closed)
+    # The worker's share was checked only by the worker, and its results counted here.
+    assert all(engine.states[k].checks >= 2 for k in by_worker)
+
+
+def test_one_worker_by_default_only_for_a_large_cluster_of_real_checks_on_several_cpus():
+    big = AUTO_WORKER_TARGETS
+    assert default_workers(big, real_checks=True, cpus=2) == 1
+    assert default_workers(big - 1, real_checks=True, cpus=2) == 0  # small: one loop is enough
+    assert default_workers(big, real_checks=True, cpus=1) == 0  # a second process would only compete
+    assert default_workers(big, real_checks=False, cpus=8) == 0  # a scripted checker cannot cross processes
+    assert default_workers(big, real_checks=True, cpus=None) == 0
