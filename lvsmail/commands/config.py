@@ -1,4 +1,4 @@
-"""``lvsmail config``: check a cluster file, or convert an ldirectord.cf into one."""
+"""``lvsmail config``: validate, check against the kernel, diff, and import ldirectord/keepalived files."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from lvsmail.commands.options import EXIT_CONFIG
 
 @click.group(name="config")
 def config() -> None:
-    """Validate cluster files and import ldirectord configurations."""
+    """Validate, check and compare cluster files; import ldirectord and keepalived configurations."""
 
 
 @config.command()
@@ -56,6 +56,161 @@ def import_ldirectord_cmd(file: str, output: str | None, name: str | None) -> No
         Path(output).write_text(text, encoding="utf-8")
     else:
         click.echo(text, nl=False)
+
+
+@config.command("import-keepalived")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
+              help="Write the cluster file here instead of standard output.")
+@click.option("--name", help="Cluster name (default: the file name without its extension).")
+def import_keepalived_cmd(file: str, output: str | None, name: str | None) -> None:
+    """Print the cluster file equivalent to the virtual servers of the keepalived.conf FILE.
+
+    Only the LVS part is imported (virtual_server, virtual_server_group,
+    lvs_timeouts).  Directives lvsmail cannot express are listed on standard
+    error with their file and line; the conversion still succeeds (exit 0).
+    Exit 2 if FILE is broken.
+    """
+    from lvsmail.config import ConfigError, dump_cluster
+    from lvsmail.config.keepalived import import_keepalived
+
+    try:
+        result = import_keepalived(Path(file), name=name)
+    except ConfigError as exc:
+        _fail(exc)
+    for warning in result.warnings:
+        click.echo(warning, err=True)
+    text = f"# Imported from {file} by lvsmail config import-keepalived.\n" + dump_cluster(result.spec)
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
+    else:
+        click.echo(text, nl=False)
+
+
+_STATE_DIR = click.option("--state-dir", default="/run/lvsmail", show_default=True,
+                          type=click.Path(file_okay=False),
+                          help="Where a running director records the services it owns.")
+
+
+@config.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@_STATE_DIR
+def check(file: str, state_dir: str) -> None:
+    """Validate FILE, then show what applying it to the running kernel would change.
+
+    Nothing is applied.  Exit 0 when the kernel already matches (or, with a
+    note, when this kernel has no IPVS to compare with), 1 when changes are
+    pending, 2 when FILE is invalid or the kernel cannot be read.
+    """
+    from lvsmail.commands.options import EXIT_PENDING
+
+    spec = _load(file)
+    hosts = {rs.address for service in spec.services for rs in service.realservers}
+    click.echo(f"{file}: ok, {len(spec.services)} services, {len(hosts)} real servers")
+    kplan = _kernel_plan(spec, file, state_dir)
+    if kplan is None:
+        return
+    if kplan.in_sync:
+        click.echo("kernel: in sync, nothing to apply")
+        return
+    click.echo(f"kernel: {len(kplan.lines())} changes pending (not applied):")
+    for line in kplan.lines():
+        click.echo(f"  would {line}")
+    raise SystemExit(EXIT_PENDING)
+
+
+@config.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("other", required=False, type=click.Path(dir_okay=False))
+@_STATE_DIR
+def diff(file: str, other: str | None, state_dir: str) -> None:
+    """Differences between FILE and the running kernel, or between two cluster files.
+
+    With OTHER, the semantic difference from FILE to OTHER: services, real
+    servers and check settings added (+), removed (-) or changed (~); order and
+    formatting do not count.  Exit 0 when there is no difference, 1 when there
+    is, 2 when a file is invalid or the kernel cannot be read.
+    """
+    from lvsmail.commands.options import EXIT_PENDING
+    from lvsmail.config.diff import diff_specs
+
+    if other is None:
+        spec = _load(file)
+        kplan = _kernel_plan(spec, file, state_dir, require=True)
+        for op_line in kplan.lines():
+            sign = "-" if op_line.startswith("delete") else "+" if op_line.startswith("add") else "~"
+            click.echo(f"{sign} {op_line}")
+        if not kplan.in_sync:
+            raise SystemExit(EXIT_PENDING)
+        click.echo("no difference: the kernel matches the file")
+        return
+    old, new = _load_all(file, other)
+    changes = diff_specs(old, new)
+    for change in changes:
+        click.echo(str(change))
+    if changes:
+        raise SystemExit(EXIT_PENDING)
+    click.echo(f"no difference between {file} and {other}")
+
+
+def _load(file: str):
+    """The validated file, or exit 2 listing every problem."""
+    from lvsmail.config import ConfigError, load_cluster
+
+    try:
+        return load_cluster(file)
+    except ConfigError as exc:
+        _fail(exc)
+
+
+def _load_all(*files: str) -> list:
+    """Every file validated; the problems of all of them are printed before exiting 2."""
+    from lvsmail.config import ConfigError, load_cluster
+
+    specs, problems = [], []
+    for file in files:
+        try:
+            specs.append(load_cluster(file))
+        except ConfigError as exc:
+            problems += exc.problems
+    if problems:
+        _fail(ConfigError(problems))
+    return specs
+
+
+def _kernel_plan(spec, file: str, state_dir: str, require: bool = False):
+    """The plan against the running kernel; None (after saying why) when this kernel has no IPVS.
+
+    ``require``: no IPVS is an error (exit 2) rather than a note, for commands whose only answer is the plan.
+    """
+    import asyncio
+
+    from lvsmail.config.diff import kernel_plan, read_owned
+    from lvsmail.ipvs.netlink import IPVSUnavailable, NetlinkIPVS
+
+    owned, warning = read_owned(state_dir, file)
+    if warning:
+        click.echo(warning, err=True)
+
+    async def go():
+        backend = NetlinkIPVS()
+        try:
+            return await kernel_plan(spec, backend, owned)
+        finally:
+            await backend.close()
+
+    try:
+        return asyncio.run(go())
+    except IPVSUnavailable as exc:
+        if require:
+            click.echo(f"lvsmail: cannot compare with the kernel: {exc}", err=True)
+            raise SystemExit(EXIT_CONFIG) from None
+        click.echo(f"kernel: not compared: {exc}", err=True)
+        click.echo("kernel: no IPVS here, so no plan; the file itself is valid")
+        return None
+    except OSError as exc:
+        click.echo(f"lvsmail: cannot read the kernel's IPVS table: {exc}", err=True)
+        raise SystemExit(EXIT_CONFIG) from None
 
 
 def _fail(exc) -> None:

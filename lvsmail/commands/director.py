@@ -21,7 +21,11 @@ def director() -> None:
 @click.option("--flush-on-exit", is_flag=True, help="Remove this file's services on SIGTERM (default: leave them).")
 @click.option("--state-dir", default="/run/lvsmail", show_default=True, type=click.Path(file_okay=False),
               help="Where the director remembers which services it owns.")
-def start(config_path: str, repair_interval: float, flush_on_exit: bool, state_dir: str) -> None:
+@click.option("--check-workers", type=click.IntRange(min=0), default=None,
+              help="Extra processes that run health checks (0: all in the director; default: one when "
+                   "there are 100 or more targets and 2 or more CPUs).")
+def start(config_path: str, repair_interval: float, flush_on_exit: bool, state_dir: str,
+          check_workers: int | None) -> None:
     """Run the director in the foreground (SIGHUP reloads, SIGTERM exits)."""
     import asyncio
     import logging
@@ -33,7 +37,7 @@ def start(config_path: str, repair_interval: float, flush_on_exit: bool, state_d
     if logging.getLogger().level > logging.INFO:
         logging.getLogger().setLevel(logging.INFO)  # a daemon reports what it does
     d = Director(config_path, NetlinkIPVS(), repair_interval=repair_interval,
-                 flush_on_exit=flush_on_exit, state_dir=state_dir)
+                 flush_on_exit=flush_on_exit, state_dir=state_dir, engine_options={"workers": check_workers})
     try:
         asyncio.run(serve(d))
     except ConfigError as exc:
@@ -100,10 +104,15 @@ def status(as_json: bool, config_path: str | None, state_dir: str) -> None:
     from lvsmail.director import status as fmt
     from lvsmail.ipvs.netlink import IPVSUnavailable, NetlinkIPVS
 
+    from lvsmail.commands.local_api import status_from_api
+
+    if status_from_api(as_json, config_path, state_dir):  # a running director answered through its local API
+        return
     backend = NetlinkIPVS()
     try:
         table = backend.dump_sync(counters=True)
         timeouts = backend.get_timeouts_sync()
+        daemons = backend.daemons_sync()
     except IPVSUnavailable as exc:
         click.echo(f"lvsmail: {exc}", err=True)
         sys.exit(EXIT_CONFIG)
@@ -114,13 +123,31 @@ def status(as_json: bool, config_path: str | None, state_dir: str) -> None:
         from lvsmail.director.desired import service_key
 
         try:
-            keys = {service_key(s) for s in load_cluster(config_path).services}
+            spec = load_cluster(config_path)
+            keys = {service_key(s) for s in spec.services}
         except ConfigError as exc:
             click.echo(str(exc), err=True)
             sys.exit(EXIT_CONFIG)
         table = {k: v for k, v in table.items() if k in keys}
     health = fmt.read_health(state_dir)
+    joined = fmt.read_joined(state_dir)  # real servers that registered themselves
+    from lvsmail.director import kernel_profile
+    from lvsmail.net.sysctl import ProcSysctl
+
+    profiles = fmt.read_profiles(state_dir)
+    # The file named with -c says what the sysctls should be; otherwise the running directors do.
+    want = kernel_profile.wanted(spec) if config_path else fmt.wanted_from(profiles)
+    rows = kernel_profile.report(ProcSysctl(), want)
+    from pathlib import Path
+
+    failover = fmt.read_failover(state_dir, Path(config_path).stem if config_path else None)  # VRRP roles
     if as_json:
-        click.echo(json.dumps(fmt.as_json(table, timeouts, health), indent=2))
+        data = fmt.as_json(table, timeouts, health, joined)
+        data.update(fmt.profile_json(rows, daemons, profiles))
+        data["failover"] = fmt.failover_json(failover)
+        click.echo(json.dumps(data, indent=2))
     else:
-        click.echo(fmt.as_text(table, timeouts, health))
+        click.echo(fmt.as_text(table, timeouts, health, joined))
+        click.echo(fmt.profile_text(rows, daemons, profiles))
+        if failover:
+            click.echo(fmt.failover_text(failover))

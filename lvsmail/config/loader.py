@@ -17,9 +17,15 @@ from typing import Callable
 
 import yaml
 
+from lvsmail.config.availability import dump_availability, read_availability
 from lvsmail.config.checks import TLS_MODES, read_check
 from lvsmail.config.errors import ConfigError, Problem
+from lvsmail.config.failover import dump_failover, read_failover
+from lvsmail.config.director_profile import dump_kernel, dump_sync, read_kernel, read_sync
 from lvsmail.config.fields import Reader, join
+from lvsmail.config.mail import dump_mail, dump_realserver, read_mail, read_realserver
+from lvsmail.config.metrics import dump_metrics, read_metrics
+from lvsmail.config.registration import dump_registration, read_registration
 from lvsmail.config.tree import Node, from_yaml
 from lvsmail.spec import (
     FORWARDING, FORWARDING_ALIASES, SCHEDULERS, AlertsSpec, CheckSpec, ClusterSpec, RealServerSpec, ServiceSpec,
@@ -29,7 +35,16 @@ from lvsmail.spec import (
 #: Optional top-level sections that belong to one part of lvsmail each, validated by that part's own
 #: module: key -> (read(reader, node) -> spec or None, dump(spec) -> plain data). ClusterSpec has a field
 #: of the same name, None when the section is absent.
-SECTIONS: dict[str, tuple[Callable[[Reader, Node], object], Callable[[object], object]]] = {}
+SECTIONS: dict[str, tuple[Callable[[Reader, Node], object], Callable[[object], object]]] = {
+    "sync": (read_sync, dump_sync),
+    "kernel": (read_kernel, dump_kernel),
+    "registration": (read_registration, dump_registration),
+    "mail": (read_mail, dump_mail),
+    "realserver": (read_realserver, dump_realserver),
+    "failover": (read_failover, dump_failover),
+    "availability": (read_availability, dump_availability),
+    "metrics": (read_metrics, dump_metrics),
+}
 
 #: Keys allowed at each level of the cluster file, in the order they are documented.
 TOP_KEYS = ("cluster", "vips", "timeouts", "maintenance_dir", "alerts", "services", *SECTIONS)

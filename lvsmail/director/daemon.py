@@ -22,13 +22,17 @@ import time
 from pathlib import Path
 
 from lvsmail.config import ConfigError, load_cluster
+from lvsmail.director import kernel_profile
 from lvsmail.director.desired import desired_table, desired_timeouts, service_key
 from lvsmail.director.reconcile import Reconciler, ReconcileError
+from lvsmail.director.sync import SyncRole, initial_role
 from lvsmail.health.alerts import Alerter
 from lvsmail.health.engine import HealthEngine, Target
 from lvsmail.health.state import TransitionEvent
 from lvsmail.health.via_vip import prepare_kernel
-from lvsmail.ipvs.model import IPVSBackend, ServiceKey, Table
+from lvsmail.ipvs.model import IPVSBackend, IPVSError, ServiceKey, Table
+from lvsmail.net.sysctl import ProcSysctl, SysctlBackend
+from lvsmail.registration.director import Membership
 from lvsmail.spec import ClusterSpec
 
 log = logging.getLogger("lvsmail.director")
@@ -49,6 +53,7 @@ class Director:
         state_dir: str = DEFAULT_STATE_DIR,
         engine_options: dict | None = None,
         alerter_options: dict | None = None,
+        sysctl: SysctlBackend | None = None,
     ) -> None:
         self.config_path = config_path
         self.backend = backend
@@ -61,10 +66,15 @@ class Director:
         self.engine_options = engine_options or {}
         self.alerter: Alerter | None = None
         self.alerter_options = alerter_options or {}
+        self.sysctl = sysctl if sysctl is not None else ProcSysctl()  # the kernel profile's sysctls
+        self.sync: SyncRole | None = None  # the IPVS sync daemon role; None without a sync: section
         self._kernel = asyncio.Lock()  # one reconcile at a time: the loop's and health transitions'
         self._reload = asyncio.Event()
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()
+        # Real servers that joined through the registration API, merged over the file's spec.
+        self.membership = Membership(self.state_dir / (Path(config_path).stem + ".members.json"),
+                                     lambda: self.spec, self._members_changed, self._member_connections)
 
     def request_reload(self) -> None:
         """Record that the file should be re-read (SIGHUP)."""
@@ -81,11 +91,25 @@ class Director:
         """
         self.spec = load_cluster(self.config_path)
         self.reconciler = Reconciler(self.backend, owned=self._load_owned())
-        self.engine = HealthEngine(self.spec, self._on_transition, **self.engine_options)
+        self.membership.load(self.spec)
+        self.engine = HealthEngine(self.effective(), self._on_transition, **self.engine_options)
         self._set_alerter()
         prepare_kernel(self.spec)
+        await self._apply_kernel_profile()
         await self._sync(refresh=True, why="start")
+        await self._start_sync_role()
         self.engine.start()
+        await self.membership.configure(self.spec)
+        # Director failover (VRRP): after the first sync, so a director that wins has its table ready.
+        from lvsmail.director.failover import for_director
+
+        self.failover = for_director(self) if self.spec.failover is not None else None
+        if self.failover is not None:
+            await self.failover.start()
+        # The local API (status, dashboard, drain/enable, events) and the metrics endpoint; see director.api.
+        from lvsmail.director.api import start_api
+
+        self.api = await start_api(self)
         self.ready.set()
         _sd_notify("READY=1")
         log.info("director: %s in sync: %s", self.spec.name, _summary(self.spec))
@@ -103,10 +127,18 @@ class Director:
                 if self.alerter:
                     self.alerter.remind({k: st.last_failure for k, st in self.engine.states.items() if not st.up})
         finally:
+            if self.failover is not None:  # graceful: masters advertise priority 0, the backup takes over at once
+                await self.failover.stop()
+            if self.api is not None:
+                await self.api.close()
+            await self.membership.close()
             await self.engine.stop()
+            self._save_health(now=True)  # the last word on health, not up to a second old
             if self.alerter:
                 await self.alerter.drain()
         if self.flush_on_exit:
+            if self.sync is not None:  # only here: a restarting director must not interrupt sync
+                await self._stop_sync_role()
             ops = await self.reconciler.release()
             self._save_owned(set())
             log.info("director: flushed %d owned services on exit", len(ops))
@@ -120,29 +152,103 @@ class Director:
             log.error("director: reload rejected, running table kept:\n%s", exc)
             return
         self.spec = new
-        self.engine.update(new)
+        self.engine.update(self.effective())
         self._set_alerter()
         prepare_kernel(new)
+        await self._apply_kernel_profile()
         await self._sync(refresh=True, why="reload")
+        await self.membership.configure(new)
+        await self._reload_sync_role()
+        # Failover: unchanged instances keep running; changed ones are retuned or restarted; see Failover.update.
+        from lvsmail.director.failover import for_director
+
+        if new.failover is None and self.failover is not None:
+            await self.failover.stop()
+            self.failover = None
+        elif new.failover is not None and self.failover is None:
+            self.failover = for_director(self)
+            await self.failover.start()
+        elif new.failover is not None:
+            await self.failover.update(new.failover, new)
         log.info("director: reloaded %s: %s", new.name, _summary(new))
 
     def desired(self) -> Table:
         """The table the file asks for, with real servers as their health allows."""
-        return desired_table(self.spec, self.engine.health() if self.engine else None)
+        from lvsmail.director.overrides import apply_overrides  # operators' drain/weight (director.api)
+
+        return apply_overrides(self, desired_table(self.effective(), self.engine.health() if self.engine else None))
+
+    # -- registration API: joined members ----------------------------------------------
+
+    def effective(self) -> ClusterSpec:
+        """The file's spec with the real servers that joined through the registration API."""
+        return self.membership.merged(self.spec)
+
+    async def _members_changed(self, services: set[str]) -> None:
+        """A member joined, drained or left: follow it in the health checks and the kernel before replying."""
+        self.engine.update(self.effective())
+        # A full sync rather than only the members' services: checks through the VIP add a probe
+        # service per real server, which a joined member needs as much as a static one.
+        await self._sync(refresh=True, why=f"members of {', '.join(sorted(services))}")
+        self._save_health(now=True)  # status shows a join or leave at once
+
+    async def _member_connections(self, address: str) -> dict[str, tuple[int, int]]:
+        """(active, inactive) connections of one member per service, from the kernel's counters."""
+        from lvsmail.ipvs.model import DestKey
+
+        async with self._kernel:
+            table = await self.backend.dump(counters=True)
+        out = {}
+        for svc in self.effective().services:
+            for rs in svc.realservers:
+                if rs.address == address:
+                    dest = table.get(service_key(svc))
+                    entry = dest.dests.get(DestKey(rs.address, rs.port)) if dest else None
+                    out[svc.name] = (entry.active, entry.inactive) if entry else (0, 0)
+        return out
 
     async def _on_transition(self, target: Target, event: TransitionEvent) -> None:
-        """A real server went up or down: change just its service in the kernel, at once."""
+        """A real server went up or down: its service joins the next kernel update, which starts at once."""
         svc = next((s for s in self.spec.services if s.name == target.service), None)
         if svc is None:  # removed by a reload while the check was running
             return
-        async with self._kernel:
-            try:
-                await self.reconciler.sync(self.desired(), only={service_key(svc)})
-            except ReconcileError as exc:
-                log.error("director: health %s of %s: kernel refused: %s", event.word, target.key, exc)
         if self.alerter:
             self.alerter.transition(target.key, event.up, event.reason)
-        self._save_health()
+        batch = getattr(self, "_transition_batch", None)
+        if batch is None:
+            batch = self._transition_batch = {}
+        batch.setdefault(service_key(svc), []).append(f"{event.word} {target.address}:{target.port}")
+        task = getattr(self, "_transition_task", None)
+        if task is None or task.done():
+            self._transition_task = asyncio.get_running_loop().create_task(
+                self._apply_transitions(), name="health transitions")
+
+    #: Transitions decided within this many seconds of the last kernel update wait and share the next one.
+    TRANSITION_BATCH = 0.05
+
+    async def _apply_transitions(self) -> None:
+        """Apply pending health transitions: one scoped kernel update per batch, at most one per TRANSITION_BATCH.
+
+        The first transition after a quiet spell is applied at once (after one
+        pass of the loop, so transitions decided together share it); those
+        decided while an update runs or within TRANSITION_BATCH seconds of its
+        start wait for the next. A flapping or mass failure then costs a few
+        updates a second instead of one desired-table build and netlink
+        exchange per server.
+        """
+        loop = asyncio.get_running_loop()
+        while self._transition_batch:
+            last = getattr(self, "_transition_last", None)
+            await asyncio.sleep(0.0 if last is None else max(0.0, last + self.TRANSITION_BATCH - loop.time()))
+            batch, self._transition_batch = self._transition_batch, {}
+            self._transition_last = loop.time()
+            async with self._kernel:
+                try:
+                    await self.reconciler.sync(self.desired(), only=set(batch))
+                except ReconcileError as exc:
+                    changes = "; ".join(w for words in batch.values() for w in words)
+                    log.error("director: health changes (%s): kernel refused: %s", changes, exc)
+            self._save_health()
 
     def _set_alerter(self) -> None:
         """(Re)create the alerter when the file's alerts block is new or changed."""
@@ -154,6 +260,8 @@ class Director:
 
     async def _sync(self, *, refresh: bool, why: str) -> None:
         assert self.spec is not None and self.reconciler is not None
+        if why == "repair" and self.sync is not None and self.sync.wanted != self.sync.role:
+            await self.sync.retry()  # a refused sync role (interface not there yet) is tried again
         try:
             async with self._kernel:
                 report = await self.reconciler.sync(self.desired(), desired_timeouts(self.spec), refresh=refresh)
@@ -164,6 +272,67 @@ class Director:
         if report.applied and why == "repair":
             log.warning("director: repaired drift with %d operations", len(report.applied))
         self._save_owned(self.reconciler.owned)
+        self._save_profile()
+
+    # -- kernel profile and connection sync ----------------------------------------------
+
+    async def _apply_kernel_profile(self) -> None:
+        """Set the sysctls the file's ``kernel:`` section manages; failures are logged, status flags them."""
+        if not kernel_profile.wanted(self.spec):
+            return
+        await self.backend.get_timeouts()  # opening the backend loads ip_vs, which creates net.ipv4.vs.*
+        kernel_profile.apply(self.spec, self.sysctl)
+
+    async def _start_sync_role(self) -> None:
+        """Create the sync role from ``sync:`` and take the initial role (see sync.initial_role)."""
+        if self.spec.sync is None:
+            return
+        self.sync = SyncRole(self.backend, self.spec.sync)
+        await self._take_role(initial_role(self.spec))
+
+    async def _take_role(self, role: str) -> None:
+        try:
+            await (self.sync.become_master() if role == "master" else self.sync.become_backup())
+        except IPVSError:
+            return  # logged by SyncRole; status shows the error, the next reload retries
+        self._save_profile()
+
+    async def _reload_sync_role(self) -> None:
+        """Follow a reload: a new, changed or removed ``sync:`` section."""
+        new = self.spec.sync
+        if new is None:
+            if self.sync is not None:
+                await self._stop_sync_role()
+                self.sync = None
+            return
+        if self.sync is None:
+            await self._start_sync_role()
+            return
+        try:
+            await self.sync.update(new)
+        except IPVSError:
+            return
+        if new.role != "auto" and new.role != self.sync.role:
+            await self._take_role(new.role)
+
+    async def _stop_sync_role(self) -> None:
+        try:
+            await self.sync.stop()
+        except IPVSError:
+            pass  # logged by SyncRole with the kernel's reason; nothing else to do on the way out
+
+    def profile_file(self) -> Path:
+        """Where the running director publishes its kernel profile and sync role for ``status``."""
+        return self.state_dir / (Path(self.config_path).stem + ".kernel.json")
+
+    def _save_profile(self) -> None:
+        if self.spec is None:
+            return
+        _write_json(self.profile_file(), {
+            "cluster": self.spec.name, "written": time.time(),
+            "wanted": kernel_profile.wanted(self.spec),
+            "sync": self.sync.status() if self.sync is not None else None,
+        })
 
     # -- health for `lvsmail director status` -------------------------------------------
 
@@ -171,12 +340,26 @@ class Director:
         """Where the running director publishes its real servers' health."""
         return self.state_dir / (Path(self.config_path).stem + ".health.json")
 
-    def _save_health(self) -> None:
+    def _save_health(self, *, now: bool = False) -> None:
+        """Publish health for ``status``: at once if the last write is HEALTH_FILE_PERIOD old (or ``now``), else then."""
         if self.engine is None or self.spec is None:
             return
-        now_wall, now_mono = time.time(), self.engine.clock()
+        at, last = self.engine.clock(), getattr(self, "_health_written", None)
+        pending = getattr(self, "_health_later", None)
+        if now and pending is not None:  # a final write (exit) replaces the deferred one
+            pending.cancel()
+            self._health_later = pending = None
+        if not now and last is not None and at - last < self.HEALTH_FILE_PERIOD:
+            # Rewriting a thousand servers' entries on every transition cost more than the checks
+            # during a mass failure; one write a second keeps status at most a second behind.
+            if pending is None:
+                self._health_later = asyncio.get_running_loop().call_later(
+                    self.HEALTH_FILE_PERIOD - (at - last), self._save_health_later)
+            return
+        self._health_written = at
+        now_wall, now_mono = time.time(), at
         entries = []
-        for svc in self.spec.services:
+        for svc in self.effective().services:
             for rs in svc.realservers:
                 st = self.engine.states.get((svc.name, rs.address, rs.port))
                 if st is None:
@@ -189,7 +372,16 @@ class Director:
                     "transitions": st.transitions, "weight": rs.weight, "quiescent": svc.quiescent,
                     "verify": check.verify if check else True,
                 })
-        _write_json(self.health_file(), {"cluster": self.spec.name, "written": now_wall, "realservers": entries})
+        _write_json(self.health_file(), {"cluster": self.spec.name, "written": now_wall, "realservers": entries,
+                                         "joined": self.membership.published(self.spec)})
+
+    #: Shortest time between two writes of the health file.
+    HEALTH_FILE_PERIOD = 1.0
+
+    def _save_health_later(self) -> None:
+        """The deferred write of a rate-limited ``_save_health``."""
+        self._health_later = None
+        self._save_health(now=True)  # scheduled HEALTH_FILE_PERIOD after the last write (timer rounding aside)
 
     # -- ownership across restarts ---------------------------------------------------
 

@@ -1,23 +1,24 @@
-"""``lvsmail lab demo``: a TUN mail cluster in namespaces, 30 messages through the VIP.
+"""``lvsmail lab demo``: the whole seed cluster comes up, mail goes through the VIP and back, and it goes away.
 
-Builds the lab topology (client, router, director, four real servers), writes a
-cluster file like the example one (SMTP on the VIP 192.0.2.33, WLC, IP-in-IP,
-persistence 120 s), starts ``lvsmail director start`` in the director's namespace,
-runs an SMTP sink in every real server, sends the messages from four client
-addresses (persistence is per client address, so one client alone would always
-land on the same server), then shows ``lvsmail director status`` and what each
-real server received, and tears everything down.
+``lvsmail lab up`` builds it (a VRRP director pair with connection sync, four
+real servers each with Postfix, Dovecot and a health page, prepared by
+``lvsmail realserver join``, Maildirs on one shared directory). The demo then
+sends the messages through the VIP with aiosmtplib from sixteen client
+addresses (SMTP is persistent per client address, as in the seed, so one
+client alone would always land on the same real server), reads every one of
+them back over IMAP through the VIP with imapclient, prints one dashboard
+frame from the director that holds the VIP, and tears everything down.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
-import tempfile
 import time
-from pathlib import Path
+from collections import Counter
 
-from lvsmail.lab.topology import CLIENT, CLIENT_EXTRA
+from lvsmail.lab.topology import wait_until
 
 
 def _say(msg: str) -> None:
@@ -25,70 +26,117 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def run_demo(messages: int = 30, mode: str = "tun", reals: int = 4, out_dir: Path | None = None) -> int:
-    """Run the demo here (needs root and IPVS); return the exit status (0 when every message got through)."""
-    from lvsmail.lab.cluster import LabDirector, LabService, cluster_yaml
-    from lvsmail.lab.smtp import SmtpSinks, send_messages
-    from lvsmail.lab.topology import Topology
+async def _send_all(vip: str, msgs: list, concurrency: int) -> list:
+    """Send each message once, ``concurrency`` at a time; returns the session events."""
+    from lvsmail.lab.chaos.clients import send_one
+
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(m):
+        async with sem:
+            return await send_one(vip, m)
+
+    return list(await asyncio.gather(*(one(m) for m in msgs)))
+
+
+def send_and_read_back(cluster, messages: int, say=_say, attempts: int = 3, read_timeout: float = 120) -> dict:
+    """Send ``messages`` through the VIP (retrying failures like an MTA), read them back over IMAP.
+
+    Returns counts: accepted, per real server, found over IMAP, missing Message-IDs.
+    """
+    from lvsmail.lab.chaos.clients import Message, imap_fetch_ids
+    from lvsmail.lab.mailstack import DOMAIN, USERS
+    from lvsmail.net import netns
+
+    vip, ns = cluster.topo.vip, cluster.topo.client.ns
+    sources = cluster.clients()
+    users = list(USERS)
+    msgs = [Message(mid=f"demo-{i}-{time.time_ns()}@client.example.net", rcpt=f"{users[i % len(users)]}@{DOMAIN}",
+                    source=sources[i % len(sources)], created=time.time()) for i in range(messages)]
+    t0 = time.monotonic()
+    for _ in range(attempts):
+        todo = [m for m in msgs if m.accepted_at is None]
+        if not todo:
+            break
+        netns.run_in_netns(ns, asyncio.run, _send_all(vip, todo, concurrency=5))
+    sent_s = time.monotonic() - t0
+    accepted = [m for m in msgs if m.accepted_at is not None]
+    by_server = Counter(m.accepted_by for m in accepted)
+    say(f"sent {len(accepted)}/{messages} messages through {vip}:25 in {sent_s:.1f} s from {len(sources)} client "
+        f"addresses; accepted by " + ", ".join(f"{k} {v}" for k, v in sorted(by_server.items(), key=str)))
+    for m in msgs:
+        if m.accepted_at is None:
+            say(f"  not accepted after {m.attempts} attempts: {m.mid}: {m.errors[-1] if m.errors else '?'}")
+    want: dict[str, set[str]] = {}
+    for m in accepted:
+        want.setdefault(m.rcpt, set()).add(m.mid)
+
+    def all_found():
+        found = {}
+        for rcpt in want:
+            found[rcpt] = netns.run_in_netns(ns, imap_fetch_ids, vip, rcpt, USERS[rcpt.split("@")[0]])
+        return found if all(want[r] <= found[r] for r in want) else None
+
+    t1 = time.monotonic()
+    try:
+        found = wait_until(all_found, read_timeout, interval=1.0, what="every accepted message in IMAP")
+    except TimeoutError:
+        found = {rcpt: netns.run_in_netns(ns, imap_fetch_ids, vip, rcpt, USERS[rcpt.split("@")[0]]) for rcpt in want}
+    missing = sorted(mid for r in want for mid in want[r] - found.get(r, set()))
+    read = sum(len(want[r] & found.get(r, set())) for r in want)
+    say(f"read back over IMAP through {vip}:143: {read}/{len(accepted)} messages in {len(want)} mailboxes "
+        f"({time.monotonic() - t1:.1f} s)")
+    for mid in missing:
+        say(f"  missing: {mid}")
+    return {"messages": messages, "accepted": len(accepted), "by_server": dict(by_server), "read": read,
+            "missing": missing}
+
+
+def show_dashboard(cluster, say=_say) -> None:
+    """One frame of ``lvsmail dashboard --once`` from the director holding the VIP (``director status`` without it)."""
+    holder = cluster.vip_holder() or cluster.directors[0]
+    say(f"\n$ lvsmail dashboard --once --state-dir {holder.state_dir}    # director{holder.number}, holds the VIP")
+    try:
+        from lvsmail.commands.dashboard import dashboard
+    except ImportError:
+        say("(no dashboard in this lvsmail: showing lvsmail director status instead)")
+        from lvsmail.commands.director import status
+        from lvsmail.net import netns
+
+        netns.run_in_netns(holder.ns, status.main, args=["--state-dir", str(holder.state_dir)],
+                           prog_name="lvsmail director status", standalone_mode=False)
+        sys.stdout.flush()
+        return
+    try:
+        dashboard.main(args=["--once", "--state-dir", str(holder.state_dir)], prog_name="lvsmail dashboard",
+                       standalone_mode=False)
+    except SystemExit as exc:
+        if exc.code:
+            say(f"(lvsmail dashboard exited with {exc.code})")
+    sys.stdout.flush()
+
+
+def run_demo(messages: int = 30, mode: str = "tun", reals: int = 4) -> int:
+    """Run the demo here (needs root and IPVS); exit status 0 when every message went through and came back."""
+    from lvsmail.lab.cluster_up import MailCluster
 
     started = time.monotonic()
-    out_dir = out_dir or Path(os.environ.get("LVSMAIL_LAB_OUT") or tempfile.mkdtemp(prefix="lvsmail-demo-"))
-    topo = Topology(mode, reals=reals)
-    workdir = out_dir / f"demo-{topo.prefix}"
-    workdir.mkdir(parents=True, exist_ok=True)
-    service = LabService("smtp", 25, {rs.role: 1 for rs in topo.reals}, persistent=120, check=True)
-    config = workdir / "cluster.yaml"
-    config.write_text(cluster_yaml(topo, [service], name="clustermail-lab"))
-    director = LabDirector(topo, config, workdir)
+    cluster = MailCluster(mode, reals)
+    result = None
     try:
-        # The director is started as soon as its namespace exists: under emulation
-        # its start-up (interpreter and imports) takes longer than wiring the links.
-        topo.create_namespaces()
-        _say(f"cluster file: {config}")
-        _say("starting lvsmail director start in the director namespace ...")
-        director.start()
-        topo.wire()
-        _say(f"topology: {topo.describe()}")
-        with SmtpSinks([(rs.role, rs.ns) for rs in topo.reals], ports=(25,)) as sinks:
-            key = f"TCP {topo.vip}:25"
-            director.wait_for(lambda t: key in t and len(t[key].dests) == len(topo.reals), timeout=300,
-                              what=f"{key} with {len(topo.reals)} real servers")
-            _say(f"director ready after {time.monotonic() - started:.0f} s; sending {messages} messages ...")
-            sources = [CLIENT, *CLIENT_EXTRA]
-            report = send_messages(topo.client.ns, topo.vip, 25, count=messages, sources=sources)
-            _say(f"sent {report.sent}/{messages} messages in {report.seconds:.1f} s "
-                 f"from {len(sources)} client addresses")
-            for r in report.results:
-                if not r.ok:
-                    _say(f"  failed from {r.source}: {r.error}")
-            # IPVS folds its per-CPU traffic counters into the totals on a 2 s timer.
-            time.sleep(2.5)
-            _say("\n$ lvsmail director status")
-            print_status(topo)
-            counts = sinks.counts()
-            _say("\nmessages received per real server:")
-            for rs in topo.reals:
-                _say(f"  {rs.role} {rs.address:<15} {counts.get(rs.role, 0):>3}")
-            total = sum(counts.values())
-            _say(f"  total {total:>19}")
-        director.stop()
+        timings = cluster.up(say=_say)
+        _say(f"cluster up in {timings['ready']:.0f} s: {cluster.topo.describe()}")
+        result = send_and_read_back(cluster, messages)
+        # IPVS folds its per-CPU counters into the totals on a 2 s timer.
+        time.sleep(2.5)
+        show_dashboard(cluster)
     finally:
-        director.stop()
-        topo.close()
+        problems = cluster.down(say=_say)
+    for p in problems:
+        _say(f"teardown: {p}")
     _say(f"\ntorn down; demo took {time.monotonic() - started:.0f} s")
-    return 0 if report.sent == messages and total == messages else 1
-
-
-def print_status(topo) -> None:
-    """Run the ``lvsmail director status`` command in this process, inside the director namespace.
-
-    Same command and output as a separate ``lvsmail director status``, without paying
-    another interpreter start-up (tens of seconds under emulation).
-    """
-    from lvsmail.commands.director import status
-
-    topo.call(topo.director, status.main, args=[], prog_name="lvsmail director status", standalone_mode=False)
-    sys.stdout.flush()
+    ok = result is not None and result["accepted"] == messages and not result["missing"] and not problems
+    return 0 if ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,14 +147,14 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python3 -m lvsmail.lab.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=30)
-    parser.add_argument("--mode", choices=("tun", "dr", "nat"), default="tun")
+    parser.add_argument("--mode", choices=("tun", "dr"), default="tun")
     parser.add_argument("--reals", type=int, default=4)
     args = parser.parse_args(argv)
     if os.environ.get("LVSMAIL_IN_LAB") == "1" or vm.host_capability().ok:
         return run_demo(messages=args.messages, mode=args.mode, reals=args.reals)
     cmd = [sys.executable, "-m", "lvsmail.lab.demo", "--messages", str(args.messages), "--mode", args.mode,
            "--reals", str(args.reals)]
-    return vm.run(cmd, timeout=900)
+    return vm.run(cmd, timeout=1500, memory="3G")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,12 @@ class NetBackend(Protocol):
     def link_is_up(self, link: str) -> bool:
         """Whether the interface is administratively up."""
 
+    def link_names(self) -> list[str]:
+        """Names of every interface."""
+
+    def link_states(self) -> dict[str, bool]:
+        """Every interface and whether it is operationally up (administratively up, with carrier)."""
+
     def set_link_state(self, link: str, up: bool) -> None:
         """Bring the interface up or down."""
 
@@ -69,6 +75,9 @@ class ModuleLoader(Protocol):
     def load(self, name: str) -> None:
         """Load the module; NetError if it cannot be."""
 
+    def can_load(self, name: str) -> bool:
+        """Whether the module is loaded or could be (preflight, changes nothing)."""
+
 
 class KernelModules:
     """Modules through /sys/module and /sbin/modprobe."""
@@ -86,6 +95,16 @@ class KernelModules:
         if done.returncode != 0:
             raise NetError(errno.ENOENT, f"modprobe {name}: {done.stderr.strip() or done.returncode}")
 
+    def can_load(self, name: str) -> bool:
+        """Loaded, or ``modprobe --dry-run`` finds it for this kernel."""
+        if self.loaded(name):
+            return True
+        exe = shutil.which("modprobe", path="/sbin:/usr/sbin:/bin:/usr/bin")
+        if exe is None:
+            return False
+        done = subprocess.run([exe, "--dry-run", "--quiet", name], stdin=subprocess.DEVNULL, capture_output=True)
+        return done.returncode == 0
+
 
 @dataclass
 class FakeLink:
@@ -93,6 +112,7 @@ class FakeLink:
 
     up: bool = False
     addresses: list[str] = field(default_factory=list)
+    carrier: bool = True  # the cable (or veth peer): link_states reports up only with carrier
 
 
 class FakeNetBackend:
@@ -120,6 +140,14 @@ class FakeNetBackend:
     def link_is_up(self, link: str) -> bool:
         """Administrative state."""
         return self._link(link).up
+
+    def link_names(self) -> list[str]:
+        """Names of the fake's links."""
+        return list(self.links)
+
+    def link_states(self) -> dict[str, bool]:
+        """Operational state of every fake link."""
+        return {name: ln.up and ln.carrier for name, ln in self.links.items()}
 
     def set_link_state(self, link: str, up: bool) -> None:
         """Set administrative state."""
@@ -190,6 +218,10 @@ class FakeModules:
     def loaded(self, name: str) -> bool:
         """Whether it was loaded."""
         return name in self.modules
+
+    def can_load(self, name: str) -> bool:
+        """Loaded or available."""
+        return name in self.modules or name in self.available
 
     def load(self, name: str) -> None:
         """Load an available module and create its fallback link (down) with its sysctls."""

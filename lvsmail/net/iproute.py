@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 import socket
 
 from lvsmail.net.backend import NetError
@@ -59,10 +60,18 @@ class IPRouteBackend:
         """Whether the interface exists."""
         return bool(self.ipr.link_lookup(ifname=link))
 
+    def link_names(self) -> list[str]:
+        """Names of every interface in the namespace."""
+        return [msg.get_attr("IFLA_IFNAME") for msg in self.ipr.get_links()]
+
     def link_is_up(self, link: str) -> bool:
         """IFF_UP of the interface."""
         msg = self.ipr.get_links(self._index(link))[0]
         return bool(msg["flags"] & 1)
+
+    def link_states(self) -> dict[str, bool]:
+        """Every interface and whether it is operationally up (IFF_UP and IFF_RUNNING: up with carrier)."""
+        return {msg.get_attr("IFLA_IFNAME"): (msg["flags"] & 0x41) == 0x41 for msg in self.ipr.get_links()}
 
     def set_link_state(self, link: str, up: bool) -> None:
         """``ip link set LINK up|down``."""
@@ -112,3 +121,72 @@ class IPRouteBackend:
     def del_default_route(self, family: str) -> None:
         """``ip route del default``."""
         self._call("route del default", self.ipr.route, "del", dst=_DEFAULT[family], family=_FAMILY[family])
+
+
+class RtnlAddresses:
+    """Add and remove one address with a single rtnetlink request each, without pyroute2.
+
+    This is the failover's takeover path: a new VRRP master must add its VIPs at
+    once. pyroute2 runs its own event loop and so sits on a worker thread, which
+    costs milliseconds per call on a busy machine; the kernel answers a raw
+    request inside ``send`` (RFC 3549 request/ack), in microseconds, so the call
+    is made directly from the caller's event loop. The socket belongs to the
+    namespace of the thread that creates the object.
+    """
+
+    RTM_NEWADDR, RTM_DELADDR, NLMSG_ERROR = 20, 21, 2
+    NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
+    IFA_ADDRESS, IFA_LOCAL = 1, 2
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)  # NETLINK_ROUTE
+        self.sock.bind((0, 0))
+        self.sock.settimeout(2.0)
+        self.seq = 0
+
+    def close(self) -> None:
+        """Close the netlink socket."""
+        self.sock.close()
+
+    def add_address(self, link: str, cidr: str) -> None:
+        """``ip addr add CIDR dev LINK`` (IPv6 without duplicate address detection); EEXIST if present."""
+        self._request(self.RTM_NEWADDR, self.NLM_F_CREATE | self.NLM_F_EXCL, link, cidr, "add")
+
+    def del_address(self, link: str, cidr: str) -> None:
+        """``ip addr del CIDR dev LINK``; EADDRNOTAVAIL if absent."""
+        self._request(self.RTM_DELADDR, 0, link, cidr, "del")
+
+    def _request(self, kind: int, flags: int, link: str, cidr: str, verb: str) -> None:
+        import struct
+
+        what = f"addr {verb} {cidr} dev {link}"
+        try:
+            index = socket.if_nametoindex(link)
+        except OSError:
+            raise NetError(errno.ENODEV, f"{what}: no such device {link}") from None
+        iface = ipaddress.ip_interface(cidr)
+        family = socket.AF_INET6 if iface.version == 6 else socket.AF_INET
+        packed = iface.ip.packed
+        body = struct.pack("=BBBBI", family, iface.network.prefixlen, IFA_F_NODAD if iface.version == 6 else 0,
+                           0, index)
+        for attr in (self.IFA_LOCAL, self.IFA_ADDRESS):
+            body += struct.pack("=HH", 4 + len(packed), attr) + packed  # 4- and 16-byte addresses stay aligned
+        self.seq += 1
+        header = struct.pack("=IHHII", 16 + len(body), kind, self.NLM_F_REQUEST | self.NLM_F_ACK | flags, self.seq, 0)
+        try:
+            self.sock.send(header + body)
+            while True:
+                data = self.sock.recv(65536)
+                offset = 0
+                while offset + 20 <= len(data):
+                    length, mtype, _f, seq, _pid = struct.unpack_from("=IHHII", data, offset)
+                    if mtype == self.NLMSG_ERROR and seq == self.seq:
+                        code = -struct.unpack_from("=i", data, offset + 16)[0]
+                        if code:
+                            raise NetError(code, f"{what}: {os.strerror(code)}")
+                        return
+                    offset += max(16, (length + 3) & ~3)
+        except NetError:
+            raise
+        except OSError as exc:
+            raise NetError(exc.errno or errno.EIO, f"{what}: {exc}") from exc

@@ -79,6 +79,10 @@ class Step:
         """Make the change and return its undo step (None when nothing changed)."""
         raise NotImplementedError
 
+    def pending(self, ctx: NetContext) -> bool:
+        """Whether ``apply`` would change something now (read-only; for dry runs)."""
+        raise NotImplementedError
+
     def to_dict(self) -> dict:
         """Plain form for a state file (``op`` plus fields)."""
         return {"op": self.op, **dataclasses.asdict(self)}
@@ -101,6 +105,10 @@ class LoadModule(Step):
             ctx.modules.load(self.name)
         return None
 
+    def pending(self, ctx: NetContext) -> bool:
+        """Pending while the module is not loaded."""
+        return not ctx.modules.loaded(self.name)
+
 
 @dataclass(frozen=True)
 class SetLinkState(Step):
@@ -120,6 +128,10 @@ class SetLinkState(Step):
             return None
         ctx.net.set_link_state(self.link, self.up)
         return SetLinkState(self.link, not self.up)
+
+    def pending(self, ctx: NetContext) -> bool:
+        """A link that does not exist yet (tunl0 before its module) is pending too."""
+        return not ctx.net.link_exists(self.link) or ctx.net.link_is_up(self.link) != self.up
 
 
 @dataclass(frozen=True)
@@ -142,6 +154,13 @@ class SetSysctl(Step):
         ctx.sysctl.write(self.key, str(self.value))
         return SetSysctl(self.key, old)
 
+    def pending(self, ctx: NetContext) -> bool:
+        """A key that does not exist yet (an interface still to come) is pending too."""
+        try:
+            return ctx.sysctl.read(self.key) != str(self.value)
+        except OSError:
+            return True
+
 
 @dataclass(frozen=True)
 class AddAddress(Step):
@@ -162,6 +181,13 @@ class AddAddress(Step):
             return None
         ctx.net.add_address(self.link, self.cidr)
         return DelAddress(self.link, self.cidr)
+
+    def pending(self, ctx: NetContext) -> bool:
+        """Pending unless the address is on the link."""
+        if not ctx.net.link_exists(self.link):
+            return True
+        want = ipaddress.ip_interface(self.cidr)
+        return not any(ipaddress.ip_interface(a) == want for a in ctx.net.addresses(self.link))
 
 
 @dataclass(frozen=True)
@@ -185,6 +211,13 @@ class DelAddress(Step):
             return None
         ctx.net.del_address(self.link, self.cidr)
         return AddAddress(self.link, self.cidr)
+
+    def pending(self, ctx: NetContext) -> bool:
+        """Pending while the address is on the link."""
+        if not ctx.net.link_exists(self.link):
+            return False
+        want = ipaddress.ip_interface(self.cidr)
+        return any(ipaddress.ip_interface(a) == want for a in ctx.net.addresses(self.link))
 
 
 @dataclass(frozen=True)
@@ -212,6 +245,10 @@ class SetDefaultRoute(Step):
         else:
             ctx.net.set_default_route(self.family, self.gateway)
         return SetDefaultRoute(self.family, old)
+
+    def pending(self, ctx: NetContext) -> bool:
+        """Pending unless the default route already goes via the gateway."""
+        return ctx.net.default_route(self.family) != self.gateway
 
 
 STEP_TYPES: dict[str, type[Step]] = {
