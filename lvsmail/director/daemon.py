@@ -24,6 +24,7 @@ from pathlib import Path
 from lvsmail.config import ConfigError, load_cluster
 from lvsmail.director import kernel_profile
 from lvsmail.director.desired import desired_table, desired_timeouts, service_key
+from lvsmail.director.outages import REALSERVER_REMOVAL, OutageRecorder, outages_path
 from lvsmail.director.reconcile import Reconciler, ReconcileError
 from lvsmail.director.sync import SyncRole, initial_role
 from lvsmail.health.alerts import Alerter
@@ -72,6 +73,14 @@ class Director:
         self._reload = asyncio.Event()
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()
+        # Health transitions waiting for the next kernel update: service -> words for the log, and
+        # the real servers taken out with the time their failing streak began (for the outage record).
+        self._transition_batch: dict[ServiceKey, list[str]] = {}
+        self._transition_removed: list[tuple[str, float]] = []
+        self._transition_task: asyncio.Task | None = None
+        self._transition_last: float | None = None
+        # Failovers this director measured, for `lvsmail availability`.
+        self.outages = OutageRecorder(outages_path(state_dir, config_path))
         # Real servers that joined through the registration API, merged over the file's spec.
         self.membership = Membership(self.state_dir / (Path(config_path).stem + ".members.json"),
                                      lambda: self.spec, self._members_changed, self._member_connections)
@@ -214,11 +223,10 @@ class Director:
             return
         if self.alerter:
             self.alerter.transition(target.key, event.up, event.reason)
-        batch = getattr(self, "_transition_batch", None)
-        if batch is None:
-            batch = self._transition_batch = {}
-        batch.setdefault(service_key(svc), []).append(f"{event.word} {target.address}:{target.port}")
-        task = getattr(self, "_transition_task", None)
+        if not event.up:
+            self._transition_removed.append((f"{target.address}:{target.port} {event.reason}", event.streak_began))
+        self._transition_batch.setdefault(service_key(svc), []).append(f"{event.word} {target.address}:{target.port}")
+        task = self._transition_task
         if task is None or task.done():
             self._transition_task = asyncio.get_running_loop().create_task(
                 self._apply_transitions(), name="health transitions")
@@ -238,9 +246,10 @@ class Director:
         """
         loop = asyncio.get_running_loop()
         while self._transition_batch:
-            last = getattr(self, "_transition_last", None)
+            last = self._transition_last
             await asyncio.sleep(0.0 if last is None else max(0.0, last + self.TRANSITION_BATCH - loop.time()))
             batch, self._transition_batch = self._transition_batch, {}
+            removed, self._transition_removed = self._transition_removed, []
             self._transition_last = loop.time()
             async with self._kernel:
                 try:
@@ -248,7 +257,18 @@ class Director:
                 except ReconcileError as exc:
                     changes = "; ".join(w for words in batch.values() for w in words)
                     log.error("director: health changes (%s): kernel refused: %s", changes, exc)
+                else:
+                    done = self.engine.clock()
+                    for what, began in removed:
+                        self.record_outage(REALSERVER_REMOVAL, done - began, what)
             self._save_health()
+
+    def record_outage(self, kind: str, seconds: float, detail: str) -> None:
+        """Keep one measured failover for the availability report; a write failure is logged, not fatal."""
+        try:
+            self.outages.record(kind, max(0.0, seconds), detail=detail)
+        except (OSError, ValueError) as exc:
+            log.warning("director: cannot record %s of %.3f s: %s", kind, seconds, exc)
 
     def _set_alerter(self) -> None:
         """(Re)create the alerter when the file's alerts block is new or changed."""

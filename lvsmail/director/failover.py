@@ -33,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from lvsmail.director.outages import DIRECTOR_TAKEOVER
 from lvsmail.spec import ClusterSpec, FailoverSpec, VrrpInstanceSpec
 from lvsmail.vrrp import announce
 from lvsmail.vrrp.auth import AuthError, load_key
@@ -354,6 +355,22 @@ class Runner:
     def want_resources(self, held: bool) -> None:
         """The state machine took or left the master role."""
         self.group.want(held)
+        since = self.instance.takeover_since if held and self.instance is not None else None
+        if since is not None:
+            task = asyncio.create_task(self._measure_takeover(since))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _measure_takeover(self, since: float) -> None:
+        """Once the VIPs are ours, report how long clients had no director since the master's last advert."""
+        try:
+            await self.group.settled()
+        except TimeoutError:
+            return  # the group is still working (a slow command): no honest figure to give
+        if self.vips in self.group.held:
+            seconds = self.failover.clock() - since
+            log.info("failover: %s took over %.3f s after the master's last advert", self.spec.name, seconds)
+            self.failover.on_takeover(f"{self.spec.name} vrid {self.spec.vrid}", seconds)
 
     def notify(self, role: Role, priority: int) -> None:
         """Run the notify hook for ``role`` in the background (keepalived's argument convention)."""
@@ -495,8 +512,10 @@ class Failover:
                  announcer: Callable[..., Any] | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  track_interval: float = TRACK_INTERVAL,
-                 resource_retry: float = RESOURCE_RETRY) -> None:
+                 resource_retry: float = RESOURCE_RETRY,
+                 on_takeover: Callable[[str, float], None] = lambda detail, seconds: None) -> None:
         self.spec = spec
+        self.on_takeover = on_takeover  # called with (what, seconds) when a backup instance has taken over
         self.cluster = cluster
         self.state_file = state_file
         self.sync_role = sync_role
@@ -662,5 +681,6 @@ def for_director(director) -> Failover:
         state_file=director.state_dir / (Path(director.config_path).stem + ".failover.json"),
         sync_role=lambda: director.sync,
         health=lambda: director.engine.states if director.engine else {},
+        on_takeover=lambda what, seconds: director.record_outage(DIRECTOR_TAKEOVER, seconds, what),
         **options,
     )

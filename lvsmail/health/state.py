@@ -53,6 +53,7 @@ class HealthState:
     last_reason: str = ""  # reason of the last result, good or bad
     last_failure: str = ""  # reason of the last failed check (kept after recovery, for status)
     last_failure_at: float | None = None
+    streak_began: float | None = None  # when the first check of the current run of equal results began
 
     @classmethod
     def initial(cls, spec: CheckSpec, now: float) -> "HealthState":
@@ -89,6 +90,7 @@ class TransitionEvent:
     reason: str  # the deciding result's reason
     streak: int  # consecutive results that made the decision (>= rise or fall)
     previous_since: float  # when the previous state had begun
+    streak_began: float  # when the first check of the deciding streak began: where a failover's clock starts
 
     @property
     def word(self) -> str:
@@ -108,10 +110,13 @@ def step(state: HealthState, result: Result, now: float) -> tuple[HealthState, T
     # One replace() per check: a thousand servers every 2 s make this a hot path.
     if result.ok:
         successes, failures = state.successes + 1, 0
-        failed = dict(failed_checks=state.failed_checks)
+        began = state.streak_began if state.successes else now - (result.latency or 0.0)
+        failed = dict(failed_checks=state.failed_checks, streak_began=began)
     else:
         successes, failures = 0, state.failures + 1
-        failed = dict(failed_checks=state.failed_checks + 1, last_failure=result.reason, last_failure_at=now)
+        began = state.streak_began if state.failures else now - (result.latency or 0.0)
+        failed = dict(failed_checks=state.failed_checks + 1, last_failure=result.reason, last_failure_at=now,
+                      streak_began=began)
     if state.up and failures >= state.fall:
         streak = failures
     elif not state.up and successes >= state.rise:
@@ -120,7 +125,7 @@ def step(state: HealthState, result: Result, now: float) -> tuple[HealthState, T
         return replace(state, successes=successes, failures=failures, checks=state.checks + 1, last_check=now,
                        last_latency=result.latency, last_reason=result.reason, **failed), None
     event = TransitionEvent(up=not state.up, at=now, reason=result.reason, streak=streak,
-                            previous_since=state.since)
+                            previous_since=state.since, streak_began=began)
     return replace(state, successes=successes, failures=failures, checks=state.checks + 1, last_check=now,
                    last_latency=result.latency, last_reason=result.reason, up=not state.up, since=now,
                    transitions=state.transitions + 1, **failed), event

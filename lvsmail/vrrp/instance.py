@@ -61,6 +61,8 @@ class VrrpInstance:
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._task: asyncio.Task | None = None
         self.sent = 0
+        self.last_heard: float | None = None  # when the last advert arrived (the master's last sign of life)
+        self.takeover_since: float | None = None  # set when we took over as backup: last_heard at that moment
 
     def start(self) -> None:
         """Begin (Startup, RFC 5798 §6.4.1) in a task of the running loop."""
@@ -73,6 +75,7 @@ class VrrpInstance:
 
     def received(self, source: str, ttl: int, adv: Advertisement) -> None:
         """Queue a received advert."""
+        self.last_heard = self.clock()
         self.feed(Advert(source, adv.priority, adv.max_adver_int, adv.vrid, ttl))
 
     async def stop(self) -> None:
@@ -113,6 +116,8 @@ class VrrpInstance:
             if isinstance(action, SendAdvert):
                 self._send(action.priority)
             elif isinstance(action, TakeResources):
+                # A backup that takes over measures from the master's last advert (for the availability report).
+                self.takeover_since = self.last_heard if before.role is Role.BACKUP else None
                 self.hooks.want_resources(True)
             elif isinstance(action, ReleaseResources):
                 self.hooks.want_resources(False)

@@ -8,6 +8,7 @@ import pytest
 
 from lvsmail.config import ConfigError
 from lvsmail.director.daemon import Director
+from lvsmail.director.outages import outages_path, read_outages
 from lvsmail.ipvs.fake import FakeIPVS
 from lvsmail.ipvs.model import DestEntry, DestKey, DestSettings, ServiceEntry, ServiceKey, ServiceSettings
 
@@ -228,6 +229,10 @@ def test_failed_real_server_leaves_the_kernel_and_returns_on_recovery(tmp_path, 
             ("198.51.100.20", True, 2), ("198.51.100.32", True, 2)}, timeout=3)
         health = json.loads(d.health_file().read_text())
         assert all("connection refused" in r["last_failure"] for r in health["realservers"])
+        # Each removal was measured from the first failed check to the kernel update, for `lvsmail availability`.
+        removals = read_outages(outages_path(tmp_path / "state", path)).of("realserver_removal")
+        assert sorted(o.detail.split()[0] for o in removals) == ["198.51.100.20:25", "198.51.100.32:25"]
+        assert all(0.0 <= o.seconds < 1.0 for o in removals)
         d.request_stop()
         await task
 

@@ -119,7 +119,7 @@ failover:
 """
 
 
-def make(wire, name, address, priority, tmp_path):
+def make(wire, name, address, priority, tmp_path, **options):
     spec = parse_cluster(PAIR.format(priority=priority))
     net = FakeNetBackend({"eth0": FakeLink(True, [f"{address}/24"])})
     announced = []
@@ -129,7 +129,7 @@ def make(wire, name, address, priority, tmp_path):
 
     f = Failover(spec.failover, spec, state_file=tmp_path / f"{name}.failover.json",
                  net=ThreadedNet(lambda: net), transport_factory=wire.transport(name), announcer=announcer,
-                 track_interval=0.02)
+                 track_interval=0.02, **options)
     return f, net, announced
 
 
@@ -167,6 +167,28 @@ def test_pair_elects_higher_priority_moves_vip_and_hands_over_gracefully(tmp_pat
         await b.stop()
 
     asyncio.run(go())
+
+
+def test_a_takeover_is_measured_from_the_masters_last_advert_and_an_election_is_not(tmp_path):
+    """The availability report needs the backup's takeover time; winning at start-up is no failover."""
+    wire = FakeWire()
+    taken: dict[str, list[tuple[str, float]]] = {"a": [], "b": []}
+
+    async def go():
+        a, _, _ = make(wire, "a", "192.0.2.1", 200, tmp_path, on_takeover=lambda w, s: taken["a"].append((w, s)))
+        b, net_b, _ = make(wire, "b", "192.0.2.2", 100, tmp_path, on_takeover=lambda w, s: taken["b"].append((w, s)))
+        await a.start()
+        await b.start()
+        await until(lambda: role(a) is Role.MASTER and role(b) is Role.BACKUP)
+        await a.stop()  # priority 0: b takes over after its skew time
+        await until(lambda: "192.0.2.33/24" in net_b.links["eth0"].addresses)
+        await until(lambda: taken["b"], 1.0)
+        await b.stop()
+
+    asyncio.run(go())
+    assert taken["a"] == []  # a won the election at start-up: nothing was down
+    [(what, seconds)] = taken["b"]
+    assert what == "mail vrid 51" and 0.0 <= seconds < 0.5
 
 
 def test_link_down_faults_the_master_and_the_backup_takes_over(tmp_path):

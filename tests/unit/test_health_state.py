@@ -147,3 +147,18 @@ def test_faster_interval_while_a_transition_is_pending(name, interval, start, re
 def test_fast_interval_bounds():
     assert fast_interval(2.0) == 0.5 and fast_interval(1.0) == 0.5 and fast_interval(0.2) == 0.2
     assert fast_interval(60.0) == 15.0
+
+
+def test_a_transition_says_when_its_deciding_streak_began():
+    """The failover clock starts at the first failed check, not at the one that tipped ``fall``."""
+    spec = CheckSpec(type="smtp", interval=2.0, fall=3, rise=2)
+    state = HealthState.initial(spec, 0.0)
+    state, _ = step(state, Result(True, "ok", 0.01, "done"), 1.0)
+    events = []
+    for now in (3.0, 3.5, 4.0):  # checked faster while the transition is pending
+        state, event = step(state, Result(False, "connection refused", 0.25, "connect"), now)
+        events.append(event)
+    assert events[:2] == [None, None] and events[2].streak_began == pytest.approx(2.75)
+    state, event = step(state, Result(True, "ok", 0.5, "done"), 9.0)
+    state, event = step(state, Result(True, "ok", 0.5, "done"), 9.5)
+    assert event.up and event.streak_began == pytest.approx(8.5)
