@@ -1,0 +1,1 @@
+"""The terminal dashboard: frames from a director's status (view) and the interactive loop (app)."""

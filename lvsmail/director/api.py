@@ -1,0 +1,454 @@
+"""The director's local API: a UNIX socket that ``status``, the dashboard and the operator commands use.
+
+The socket is ``<state_dir>/<stem>.sock`` (the cluster file's name without
+its suffix; where that directory cannot hold a socket, as on the lab VM's
+9p share or with a path too long for AF_UNIX, it is in /run/lvsmail-api and
+``<stem>.sock.path`` names it), mode 0600, and a connection is served only when the peer's
+credentials (SO_PEERCRED) say root or the director's own user: draining a
+mail server is an administrator's act. Nothing listens on the network.
+
+Protocol: newline-delimited JSON, UTF-8. The client sends one request object
+per line and gets one reply object per line, in order, on the same
+connection::
+
+    {"request": "status", "events": 20, "services": "smtp", "table": false, "mine": false}
+    {"request": "drain",  "target": "192.0.2.20", "service": "smtp"}
+    {"request": "enable", "target": "mx2"}
+    {"request": "weight", "target": "192.0.2.20:25", "weight": 3}
+    {"request": "recheck", "target": "192.0.2.20"}
+    {"request": "reload"}
+    {"request": "events", "recent": 10}
+
+``target`` is an address, ``address:port`` (``[v6]:port``) or a real
+server's name; ``service`` (optional) restricts it to one service by name.
+A reply is ``{"ok": true, ...}`` or ``{"ok": false, "error": "why"}``; a bad
+request never changes anything. ``status`` answers with the snapshot (see
+:mod:`lvsmail.director.snapshot`), and with ``"table": true`` also the
+kernel-table view ``lvsmail director status`` prints (its JSON and text;
+``"mine": true`` keeps only this director's services; ``services`` keeps
+in the snapshot only the services whose name contains that text). ``drain``/``enable``/``weight`` answer
+with the servers they changed, after the kernel has the new weights.
+``events`` answers ``{"ok": true, "recent": [...]}`` and then keeps the
+connection for the stream: one ``{"event": {...}}`` line per health
+transition, VRRP transition, kernel change or operator action, and
+``{"dropped": n}`` when a slow reader lost events. A request line is at most
+``MAX_LINE`` bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+import struct
+from pathlib import Path
+
+from lvsmail.director import overrides as ov
+from lvsmail.director.events import EventHub, VrrpWatch, attach, watch
+from lvsmail.director.snapshot import kernel_table, snapshot, table_status
+
+log = logging.getLogger("lvsmail.director.api")
+
+#: Longest request line accepted.
+MAX_LINE = 65536
+#: Seconds a client may take to send a complete request line.
+READ_TIMEOUT = 300.0
+REQUESTS = ("status", "drain", "enable", "weight", "recheck", "reload", "events")
+
+
+def socket_path(state_dir: str | Path, config_path: str | Path) -> Path:
+    """Where the director of ``config_path`` listens."""
+    return Path(state_dir) / (Path(config_path).stem + ".sock")
+
+
+#: Where a director listens when its state directory cannot hold a socket (see APIServer.start).
+FALLBACK_DIR = Path("/run/lvsmail-api")
+
+
+def fallback_path(state_dir: str | Path, config_path: str | Path) -> Path:
+    """The tmpfs socket of a director whose state directory cannot hold one (unique per state directory)."""
+    digest = hashlib.sha256(str(Path(state_dir).resolve()).encode()).hexdigest()[:16]
+    return FALLBACK_DIR / f"{digest}-{Path(config_path).stem}.sock"
+
+
+def pointer_path(state_dir: str | Path, config_path: str | Path) -> Path:
+    """The file in the state directory that names a fallback socket."""
+    return Path(state_dir) / (Path(config_path).stem + ".sock.path")
+
+
+class APIError(Exception):
+    """A request the director refused (the reply's ``error``)."""
+
+
+class AnotherDirector(OSError):
+    """A live director already answers on the socket path."""
+
+
+class APIServer:
+    """The socket, its connections, the event hub and the hooks feeding it, and the metrics exporter."""
+
+    def __init__(self, director) -> None:
+        self.director = director
+        self.hub = EventHub()
+        self.vrrp = VrrpWatch(self.hub)
+        self.path = socket_path(director.state_dir, director.config_path)
+        self.server: asyncio.AbstractServer | None = None
+        self.metrics = None
+        self._detach = None
+        self._watch: asyncio.Task | None = None
+        self._clients: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        """Listen (replacing a dead predecessor's socket), attach to the director's hooks, start metrics."""
+        from lvsmail.director.metrics import Exporter
+
+        self.metrics = Exporter(self.director, self)
+        self._detach = attach(self.director, self.hub, self.metrics.observe)
+        try:
+            await self._listen(self.path)
+        except OSError as exc:
+            if isinstance(exc, AnotherDirector):
+                raise
+            # A state directory on a file system without sockets (9p or NFS, as the lab VM's shared
+            # directory): listen on tmpfs instead and leave the path where clients look.
+            other = fallback_path(self.director.state_dir, self.director.config_path)
+            log.warning("api: cannot listen in %s (%s); listening on %s instead", self.path, exc, other)
+            await self._listen(other)
+            self.path = other
+            _write_pointer(pointer_path(self.director.state_dir, self.director.config_path), other)
+        self.metrics.configure(self.director.spec)
+        self._watch = asyncio.get_running_loop().create_task(
+            watch(self.director, self.hub, self.vrrp, self._reloaded), name="api-watch")
+        log.info("api: listening on %s", self.path)
+
+    async def _listen(self, path: Path) -> None:
+        """Listen on ``path`` (mode 0600), replacing a dead predecessor's socket."""
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if path.exists() or path.is_symlink():
+            if _alive(path):
+                raise AnotherDirector(f"another director answers on {path}")
+            path.unlink()
+        old = os.umask(0o177)  # the socket is created 0600: no window in which others may connect
+        try:
+            self.server = await asyncio.start_unix_server(self._serve, path=str(path), limit=MAX_LINE)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+
+    async def close(self) -> None:
+        """Stop listening, end the streams, detach the hooks, stop metrics, remove the socket."""
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+        if self.server is not None:
+            self.server.close()
+            for task in list(self._clients):
+                task.cancel()
+            await asyncio.gather(*self._clients, return_exceptions=True)
+            await self.server.wait_closed()
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+            if self.path != socket_path(self.director.state_dir, self.director.config_path):
+                with contextlib.suppress(OSError):
+                    pointer_path(self.director.state_dir, self.director.config_path).unlink()
+        if self.metrics is not None:
+            self.metrics.stop()
+        if self._detach is not None:
+            self._detach()
+
+    def _reloaded(self, spec) -> None:
+        """After a reload: follow ``metrics:``, and forget overrides of real servers the file no longer has."""
+        self.metrics.configure(spec)
+        store = ov.store_of(self.director)
+        present = {(s.name, rs.address, rs.port) for s in self.director.effective().services for rs in s.realservers}
+        stale = [k for k in store.items if k not in present]
+        if stale:
+            try:
+                store.clear(stale)
+            except OSError as exc:
+                log.error("api: cannot forget the overrides of removed real servers: %s", exc)
+                return
+            for k in stale:
+                self.hub.publish("operator", f"override of {k[0]} {_hp(k[1], k[2])} dropped: no longer in the file")
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        self._clients.add(task)
+        try:
+            if not _allowed(writer):
+                await _send(writer, {"ok": False, "error": "permission denied: root only"})
+                return
+            while True:
+                try:
+                    line = await asyncio.wait_for(reader.readline(), READ_TIMEOUT)
+                except (asyncio.LimitOverrunError, ValueError):
+                    await _send(writer, {"ok": False, "error": f"request longer than {MAX_LINE} bytes"})
+                    return
+                if not line:
+                    return
+                if not line.strip():
+                    continue
+                try:
+                    req = json.loads(line)
+                    if not isinstance(req, dict):
+                        raise APIError("a request is a JSON object")
+                    if req.get("request") == "events":
+                        await self._stream(req, reader, writer)
+                        return
+                    reply = {"ok": True, **await self.handle(req)}
+                except (ValueError, APIError, LookupError) as exc:
+                    reply = {"ok": False, "error": str(exc) if not isinstance(exc, KeyError) else exc.args[0]}
+                except (ConnectionError, asyncio.CancelledError):
+                    raise
+                except Exception as exc:  # a bug here must not kill the connection silently: say it, log it
+                    log.exception("api: request %r failed", line[:200])
+                    reply = {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
+                await _send(writer, reply)
+        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
+            return  # the client went away or sent nothing: nothing to answer
+        finally:
+            self._clients.discard(task)
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def handle(self, req: dict) -> dict:
+        """Answer one request (everything but ``events``); APIError/LookupError/ValueError refuse it."""
+        what = req.get("request")
+        if what not in REQUESTS:
+            raise APIError(f"unknown request {what!r}; expected one of {', '.join(REQUESTS)}")
+        d = self.director
+        if what == "status":
+            n = _int(req.get("events", 20), "events", 0, self.hub.recent.maxlen)
+            table = await kernel_table(d)
+            only = "" if req.get("services") is None else _text(req["services"], "services")
+            reply = {"status": await snapshot(d, events=n, table=table, only=only)}
+            if req.get("table"):  # also the kernel-table view `director status` prints
+                reply["table"] = await table_status(d, table, mine=bool(req.get("mine")))
+            return reply
+        if what == "reload":
+            d.request_reload()
+            self.hub.publish("operator", "reload requested through the API")
+            return {"requested": True}
+        keys = ov.resolve(d.effective(), _text(req.get("target"), "target"),
+                          None if req.get("service") is None else _text(req["service"], "service"))
+        if what == "recheck":
+            return {"results": [await self._recheck(k) for k in keys]}
+        store = ov.store_of(d)
+        try:
+            if what == "drain":
+                changed = [o.key for o in store.set(keys, "drain", 0)]
+                words = "drained"
+            elif what == "weight":
+                w = _int(req.get("weight"), "weight", 0, ov.MAX_WEIGHT)
+                changed = [o.key for o in store.set(keys, "weight", w)]
+                words = f"weight {w}"
+            else:
+                changed = [o.key for o in store.clear(keys)]
+                words = "enabled"
+        except OSError as exc:
+            raise APIError(f"cannot save the override in {store.path}: {exc}") from None
+        for k in keys:
+            self.hub.publish("operator", f"{k[0]} {_hp(k[1], k[2])} {words}", service=k[0], address=k[1], port=k[2])
+        await d._sync(refresh=False, why=f"operator: {words}")
+        snap = await snapshot(d, events=0)
+        rows = {(s["name"], r["address"], r["port"]): r for s in snap["services"] for r in s["realservers"]}
+        return {"servers": [_brief(k, rows.get(k)) for k in keys], "changed": len(changed)}
+
+    async def _recheck(self, key) -> dict:
+        """Run one server's check now through the engine (the verdict counts like a scheduled one)."""
+        from lvsmail.health.result import Result
+
+        engine = self.director.engine
+        target = engine._targets.get(key)
+        if target is None:
+            raise APIError(f"{key[0]} {_hp(key[1], key[2])} has no health check")
+        flag = engine._maintenance_file(target)
+        if flag:
+            result = Result(False, f"{target.check.type} {target.address}:{target.port}: in maintenance "
+                                   f"({flag} exists)", 0.0, "maintenance")
+        else:
+            creds = engine._creds(target.check)
+            if isinstance(creds, Exception):
+                result = Result(False, f"{target.check.type} {target.address}:{target.port}: {creds}", 0.0,
+                                "credentials")
+            else:
+                result = await engine._probe(target, creds)
+        state = await engine.record(target, result)
+        self.hub.publish("operator", f"{key[0]} {_hp(key[1], key[2])} re-checked: {result}", service=key[0],
+                         address=key[1], port=key[2])
+        return {"service": key[0], "address": key[1], "port": key[2], "ok": result.ok,
+                "inconclusive": result.inconclusive, "reason": result.reason, "latency": result.latency,
+                "up": state.up}
+
+    async def _stream(self, req: dict, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Send events until the client closes its side (noticed at once, not at the next event)."""
+        n = _int(req.get("recent", 0), "recent", 0, self.hub.recent.maxlen)
+        queue = self.hub.subscribe()
+        gone = asyncio.ensure_future(reader.read())  # the client sends nothing more; EOF means it left
+        try:
+            await _send(writer, {"ok": True, "recent": self.hub.last(n)})
+            while True:
+                got = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({got, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if gone in done:
+                    got.cancel()
+                    return
+                lost = self.hub.dropped(queue)
+                if lost:
+                    await _send(writer, {"dropped": lost})
+                await _send(writer, {"event": got.result()})
+        finally:
+            gone.cancel()
+            self.hub.unsubscribe(queue)
+
+
+async def start_api(director) -> APIServer | None:
+    """Start the local API for a director; a failure is logged and the director runs without it."""
+    api = APIServer(director)
+    try:
+        await api.start()
+    except OSError as exc:
+        log.error("api: not started: %s", exc)
+        await api.close()
+        return None
+    return api
+
+
+def _brief(key, row: dict | None) -> dict:
+    out = {"service": key[0], "address": key[1], "port": key[2]}
+    if row is not None:
+        out.update({k: row[k] for k in ("health", "configured_weight", "effective_weight", "active", "inactive")})
+    return out
+
+
+def _hp(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def _text(value, name: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise APIError(f"{name} must be a non-empty string")
+    return value.strip()
+
+
+def _int(value, name: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise APIError(f"{name} must be an integer {low}..{high}, got {value!r}")
+    return value
+
+
+async def _send(writer: asyncio.StreamWriter, obj: dict) -> None:
+    writer.write(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+    await writer.drain()
+
+
+def _allowed(writer: asyncio.StreamWriter) -> bool:
+    """Root, or the director's own user (tests, an unprivileged lab director)."""
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return False
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid in (0, os.geteuid())
+
+
+def _alive(path: Path) -> bool:
+    """Whether something accepts connections on ``path`` (a stale socket of a killed director does not)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(1.0)
+    try:
+        s.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+# -- the client side ------------------------------------------------------------------
+
+def find_socket(state_dir: str | Path, config_path: str | Path | None = None) -> Path | None:
+    """The socket of the director of ``config_path``, or the only one in ``state_dir``; None if none.
+
+    A director whose state directory cannot hold a socket leaves a ``.sock.path``
+    file naming where it listens instead. APIError when several directors run
+    and none was named.
+    """
+    state = Path(state_dir)
+    if config_path is not None:
+        stems = [Path(config_path).stem]
+    else:
+        stems = sorted({p.name[:-len(".sock")] for p in state.glob("*.sock")}
+                       | {p.name[:-len(".sock.path")] for p in state.glob("*.sock.path")})
+    found = [p for p in (_socket_of(state, stem) for stem in stems) if p is not None]
+    if len(found) > 1:
+        raise APIError(f"several directors answer in {state_dir} ({', '.join(p.name for p in found)}): "
+                       "name one with -c FILE or --socket PATH")
+    return found[0] if found else None
+
+
+def _socket_of(state: Path, stem: str) -> Path | None:
+    direct = state / f"{stem}.sock"
+    if direct.exists():
+        return direct
+    try:
+        named = Path(state.joinpath(f"{stem}.sock.path").read_text().strip())
+    except OSError:
+        return None
+    return named if named.exists() else None
+
+
+def _write_pointer(path: Path, target: Path) -> None:
+    """Name the fallback socket in the state directory (replaced atomically)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(str(target) + "\n")
+    os.replace(tmp, path)
+
+
+class Client:
+    """A blocking connection to a director's API (the commands use it; the dashboard too, between frames)."""
+
+    def __init__(self, path: str | Path, timeout: float = 10.0) -> None:
+        self.path = Path(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(str(self.path))
+        except OSError as exc:
+            self.sock.close()
+            raise APIError(f"no director answers on {self.path}: {exc.strerror or exc}") from None
+        self.file = self.sock.makefile("rb")
+
+    def call(self, request: str, **args) -> dict:
+        """Send one request and return the reply; APIError carries the director's refusal."""
+        self.sock.sendall(json.dumps({"request": request, **args}).encode() + b"\n")
+        reply = self.read()
+        if not reply.get("ok"):
+            raise APIError(reply.get("error", "refused without a reason"))
+        return reply
+
+    def read(self) -> dict:
+        """The next line from the director (a reply, or an event of a stream)."""
+        try:
+            line = self.file.readline()
+        except TimeoutError:
+            raise APIError(f"the director on {self.path} did not answer in time") from None
+        if not line:
+            raise APIError(f"the director on {self.path} closed the connection")
+        return json.loads(line)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.file.close()
+        self.sock.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,138 @@
+"""The dashboard and the drain command against the director in the lab (real IPVS, real SMTP checks).
+
+Reuses test_health's lab: the TUN cluster with its ``health`` service (SMTP
+check every second, weights 1/3/1/1) loaded by SIGHUP. The dashboard runs in
+an 80x24 tmux pane, filtered to that service, talking to the running
+``lvsmail director start`` over its UNIX socket (a file: no namespace needed).
+The test sends keys and reads the screen, and checks each step in the kernel's
+own table (/proc/net/ip_vs in the director's namespace).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lvsmail.director.api import find_socket
+from test_health import HEALTH_PORT, _restore, _weights
+from test_health import lab as health_lab  # noqa: F401  (a fixture: pytest finds it by name)
+
+pytestmark = [pytest.mark.kernel,
+              pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed (deploy/setup)")]
+
+REPO = Path(__file__).resolve().parents[2]
+#: Emulation is slow: generous deadlines for what the screen must show.
+DEADLINE = 60.0
+
+
+class Pane:
+    """A private tmux server with one 80x24 window running the dashboard."""
+
+    def __init__(self, sock: Path) -> None:
+        self.name = f"lvsdash-lab-{os.getpid()}"
+        # If the dashboard dies, the pane keeps its last words for the failure message.
+        cmd = (f"PYTHONPATH={REPO} {sys.executable} -m lvsmail dashboard --socket {sock} --service health;"
+               " echo dashboard exited with $?; sleep 600")
+        self.tmux("new-session", "-d", "-x", "80", "-y", "24", cmd)
+
+    def tmux(self, *args) -> str:
+        return subprocess.run(["tmux", "-L", self.name, *args], capture_output=True, text=True, timeout=30,
+                              check=True).stdout
+
+    def screen(self) -> str:
+        return self.tmux("capture-pane", "-p")
+
+    def keys(self, *keys: str) -> None:
+        self.tmux("send-keys", *keys)
+
+    def wait(self, cond, what: str, deadline: float = DEADLINE) -> str:
+        end = time.monotonic() + deadline
+        while True:
+            text = self.screen()
+            if cond(text):
+                return text
+            if time.monotonic() > end:
+                pytest.fail(f"screen never showed {what}:\n{text}")
+            time.sleep(0.5)
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "-L", self.name, "kill-server"], capture_output=True, timeout=30)
+
+
+def badge(screen: str, address: str) -> str:
+    """The health word on the row of the real server at ``address`` ("" if not shown)."""
+    for line in screen.splitlines():
+        if f"{address}:{HEALTH_PORT}" in line and "└" not in line:
+            return line.replace("▶", " ").split()[0]
+    return ""
+
+
+@pytest.fixture(scope="module")
+def lab(health_lab):
+    """test_health's lab: the TUN cluster with its health services loaded."""
+    return health_lab
+
+
+def test_dashboard_in_the_lab_shows_down_up_and_drains_with_keys(lab):
+    key, victim = lab.key(HEALTH_PORT), "rs2"
+    addr, weight = lab.address(victim), lab.services["health"].weights[victim]
+    sock = find_socket(lab.state_dir())  # on tmpfs: the lab's state directory is a 9p share
+    assert sock is not None, f"no API socket named in {lab.state_dir()}"
+    pane = Pane(sock)
+    try:
+        # The first frame waits for an interpreter and rich to load under emulation.
+        screen = pane.wait(lambda s: badge(s, addr) == "up", f"{victim} up", deadline=4 * DEADLINE)
+        assert f"health TCP {lab.topo.vip}:{HEALTH_PORT}" in screen
+        assert all(len(line) <= 80 for line in screen.splitlines())
+
+        lab.sinks.stop_listening(victim, [HEALTH_PORT])
+        screen = pane.wait(lambda s: badge(s, addr) == "down" and "refused" in s, f"{victim} down with the reason")
+        assert lab.table()[key].dest(addr) is None
+
+        lab.sinks.start_listening(victim, [HEALTH_PORT])
+        pane.wait(lambda s: badge(s, addr) == "up", f"{victim} up again")
+
+        servers = [f"{lab.address(r)}:{HEALTH_PORT}" for r in lab.services["health"].weights]
+        rows = [line for line in screen.splitlines()  # real servers' rows only: not the service, not reasons
+                if any(hp in line for hp in servers) and "└" not in line and " TCP " not in line]
+        index = next(i for i, line in enumerate(rows) if f"{addr}:{HEALTH_PORT}" in line)
+        pane.keys(*(["Down"] * index), "d")
+        pane.wait(lambda s: f"Drain health {addr}:{HEALTH_PORT} ({victim})? [y/n]" in s, "the drain question")
+        pane.keys("y")
+        pane.wait(lambda s: badge(s, addr) == "draining" and f"{weight}/0" in s, f"{victim} draining at weight 0")
+        assert _weights(lab.table(), key)[addr] == 0  # the kernel's own table
+
+        pane.keys("e")
+        pane.wait(lambda s: "[y/n]" in s, "the enable question")
+        pane.keys("y")
+        pane.wait(lambda s: badge(s, addr) == "up", f"{victim} enabled")
+        assert _weights(lab.table(), key)[addr] == weight
+    finally:
+        pane.close()
+        _restore(lab, HEALTH_PORT)
+        subprocess.run([sys.executable, "-m", "lvsmail", "realserver", "enable", addr, "--socket", str(sock)],
+                       cwd=REPO, capture_output=True, timeout=120)
+
+
+def test_drain_wait_returns_when_the_kernel_has_no_active_connection(lab):
+    from click.testing import CliRunner
+
+    from lvsmail.commands.realserver_ops import drain, enable
+
+    key, addr = lab.key(HEALTH_PORT), lab.address("rs1")
+    sock = str(find_socket(lab.state_dir()))
+    try:
+        res = CliRunner().invoke(drain, [addr, "--service", "health", "--wait", "--timeout", "60", "--socket", sock])
+        assert res.exit_code == 0, res.output
+        assert "no active connections left" in res.output
+        assert _weights(lab.table(), key)[addr] == 0
+    finally:
+        res = CliRunner().invoke(enable, [addr, "--socket", sock])
+    assert res.exit_code == 0, res.output
+    assert _weights(lab.table(), key)[addr] == lab.services["health"].weights["rs1"]

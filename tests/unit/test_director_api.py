@@ -1,0 +1,361 @@
+"""The director's local API against the in-memory kernel: status, drain/enable/weight, recheck, events."""
+
+import asyncio
+import json
+import socket
+import stat
+
+import pytest
+
+from lvsmail.director.api import APIError, Client, find_socket, socket_path
+from lvsmail.director.daemon import Director
+from lvsmail.director.overrides import resolve
+from lvsmail.config import parse_cluster
+from lvsmail.ipvs.fake import FakeIPVS
+from lvsmail.ipvs.model import ServiceKey
+
+SMTP = ServiceKey(socket.AF_INET, socket.IPPROTO_TCP, "192.0.2.33", 25)
+
+CLUSTER = """\
+cluster: test
+vips: [192.0.2.33]
+services:
+  - name: smtp
+    vip: 192.0.2.33
+    port: 25
+    forwarding: tun
+    persistent: 300
+    quiescent: false
+    realservers: [{address: 198.51.100.20, weight: 3, name: mx1}, 198.51.100.32]
+    check: {type: smtp, interval: 0.05, timeout: 0.5}
+"""
+
+
+class ScriptedChecks:
+    """A checker whose verdict per real server the test flips."""
+
+    def __init__(self):
+        self.down: set[str] = set()
+        self.calls = 0
+
+    async def __call__(self, spec, address, port, creds, virtual=None):
+        from lvsmail.health.result import Result
+
+        self.calls += 1
+        if address in self.down:
+            return Result(False, f"smtp {address}:{port}: greeting 421 4.3.2 busy", 0.002, "greeting")
+        return Result(True, f"smtp {address}:{port}: ok", 0.001, "done")
+
+
+def weights(kernel):
+    return {k.addr: d.settings.weight for k, d in kernel.table[SMTP].dests.items()}
+
+
+async def until(cond, timeout=5.0):
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not cond():
+        assert loop.time() < end, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def setup(tmp_path):
+    path = tmp_path / "cluster.yaml"
+    path.write_text(CLUSTER)
+    return path, tmp_path / "state"
+
+
+async def start(path, state, kernel, checks):
+    d = Director(str(path), kernel, repair_interval=30, state_dir=str(state), engine_options={"checker": checks})
+    task = asyncio.create_task(d.run())
+    await asyncio.wait_for(d.ready.wait(), 5)
+    return d, task
+
+
+async def call(sock, request, **args):
+    """One request through the blocking client, off the loop the director runs on."""
+    def go():
+        with Client(sock) as c:
+            return c.call(request, **args)
+    return await asyncio.to_thread(go)
+
+
+def rows(status):
+    return {r["address"]: r for s in status["services"] for r in s["realservers"]}
+
+
+def test_status_over_the_socket_shows_health_weights_and_service(setup):
+    path, state = setup
+    kernel, checks = FakeIPVS(), ScriptedChecks()
+
+    async def go():
+        d, task = await start(path, state, kernel, checks)
+        sock = socket_path(state, path)
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+        assert find_socket(state) == sock
+        await until(lambda: all(s.checked for s in d.engine.states.values()))
+        status = (await call(sock, "status"))["status"]
+        svc = status["services"][0]
+        assert (svc["vip"], svc["port"], svc["scheduler"], svc["persistent"], svc["forwarding"]) == \
+            ("192.0.2.33", 25, "wlc", 300, "tun")
+        r = rows(status)
+        assert r["198.51.100.20"]["health"] == "up" and r["198.51.100.20"]["label"] == "mx1"
+        assert (r["198.51.100.20"]["configured_weight"], r["198.51.100.20"]["effective_weight"]) == (3, 3)
+        assert r["198.51.100.32"]["member"] == "static" and r["198.51.100.32"]["latency"] == 0.001
+        checks.down.add("198.51.100.32")
+        await until(lambda: "198.51.100.32" not in weights(kernel))
+        r = rows((await call(sock, "status"))["status"])
+        assert r["198.51.100.32"]["health"] == "down" and not r["198.51.100.32"]["in_kernel"]
+        assert "greeting 421" in r["198.51.100.32"]["last_failure"]
+        events = (await call(sock, "status"))["status"]["events"]
+        assert any(e["kind"] == "health" and e["up"] is False for e in events)
+        assert any(e["kind"] == "kernel" and "198.51.100.32" in e["text"] for e in events)
+        d.request_stop()
+        await task
+        assert not sock.exists()
+
+    asyncio.run(go())
+
+
+def test_drain_survives_a_restart_and_enable_restores_the_weight(setup):
+    path, state = setup
+    kernel, checks = FakeIPVS(), ScriptedChecks()
+
+    async def go():
+        d, task = await start(path, state, kernel, checks)
+        sock = socket_path(state, path)
+        reply = await call(sock, "drain", target="mx1")
+        assert reply["servers"] == [{"service": "smtp", "address": "198.51.100.20", "port": 25, "health": "draining",
+                                     "configured_weight": 3, "effective_weight": 0, "active": 0, "inactive": 0}]
+        assert weights(kernel) == {"198.51.100.20": 0, "198.51.100.32": 1}
+        d.request_stop()
+        await task
+        executed = len(kernel.executed)
+        # A restarted director programs the drain from its first table: no moment at weight 3.
+        d, task = await start(path, state, kernel, checks)
+        assert weights(kernel)["198.51.100.20"] == 0 and len(kernel.executed) == executed
+        await call(sock, "enable", target="198.51.100.20:25", service="smtp")
+        assert weights(kernel) == {"198.51.100.20": 3, "198.51.100.32": 1}
+        await call(sock, "weight", target="198.51.100.32", weight=7)
+        assert weights(kernel)["198.51.100.32"] == 7
+        assert json.loads((state / "cluster.overrides.json").read_text())[0]["weight"] == 7
+        d.request_stop()
+        await task
+
+    asyncio.run(go())
+
+
+def test_a_drained_server_that_fails_stays_out_and_returns_drained(setup):
+    path, state = setup
+    kernel, checks = FakeIPVS(), ScriptedChecks()
+
+    async def go():
+        d, task = await start(path, state, kernel, checks)
+        sock = socket_path(state, path)
+        await call(sock, "drain", target="198.51.100.32")
+        checks.down.add("198.51.100.32")
+        await until(lambda: "198.51.100.32" not in weights(kernel))
+        checks.down.clear()
+        await until(lambda: "198.51.100.32" in weights(kernel))
+        assert weights(kernel)["198.51.100.32"] == 0  # health brought it back, the operator's drain holds
+        d.request_stop()
+        await task
+
+    asyncio.run(go())
+
+
+def test_bad_requests_are_refused_and_change_nothing(setup):
+    path, state = setup
+    kernel, checks = FakeIPVS(), ScriptedChecks()
+
+    async def go():
+        d, task = await start(path, state, kernel, checks)
+        sock = socket_path(state, path)
+        before = weights(kernel)
+        for request, args, message in [
+            ("drain", {"target": "198.51.100.99"}, "no real server 198.51.100.99"),
+            ("drain", {"target": "mx1", "service": "imap"}, "no service named 'imap'"),
+            ("weight", {"target": "mx1", "weight": -1}, "weight must be an integer 0..65535"),
+            ("weight", {"target": "mx1", "weight": "3"}, "weight must be an integer"),
+            ("flush", {}, "unknown request 'flush'"),
+        ]:
+            with pytest.raises(APIError, match=message):
+                await call(sock, request, **args)
+        assert weights(kernel) == before
+        assert not (state / "cluster.overrides.json").exists()
+
+        def raw():
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(str(sock))
+                s.sendall(b"not json\n")
+                return json.loads(s.makefile().readline())
+        reply = await asyncio.to_thread(raw)
+        assert reply["ok"] is False and "Expecting value" in reply["error"]
+        d.request_stop()
+        await task
+
+    asyncio.run(go())
+
+
+def test_recheck_runs_the_check_now_and_the_event_stream_follows(setup):
+    path, state = setup
+    kernel, checks = FakeIPVS(), ScriptedChecks()
+
+    async def go():
+        d, task = await start(path, state, kernel, checks)
+        sock = socket_path(state, path)
+        reader, writer = await asyncio.open_unix_connection(str(sock))
+        writer.write(b'{"request": "events"}\n')
+        assert json.loads(await reader.readline())["ok"] is True
+        calls = checks.calls
+        reply = await call(sock, "recheck", target="mx1")
+        assert checks.calls > calls
+        assert reply["results"][0]["ok"] is True and reply["results"][0]["reason"] == "smtp 198.51.100.20:25: ok"
+        await call(sock, "drain", target="mx1")
+        kinds = []
+        while "kernel" not in kinds:
+            line = await asyncio.wait_for(reader.readline(), 5)
+            kinds.append(json.loads(line)["event"]["kind"])
+        assert kinds[:2] == ["operator", "operator"]  # the re-check, then the drain
+        writer.close()
+        d.request_stop()
+        await task
+
+    asyncio.run(go())
+
+
+def test_resolve_names_addresses_and_ports():
+    spec = parse_cluster(CLUSTER)
+    assert resolve(spec, "mx1") == [("smtp", "198.51.100.20", 25)]
+    assert resolve(spec, "198.51.100.32:25") == [("smtp", "198.51.100.32", 25)]
+    with pytest.raises(LookupError, match="no real server 198.51.100.32:26"):
+        resolve(spec, "198.51.100.32:26")
+
+
+def test_vrrp_role_changes_become_events_and_counts():
+    from types import SimpleNamespace
+
+    from lvsmail.director.events import EventHub, VrrpWatch
+    from lvsmail.vrrp.state import Role
+
+    hub = EventHub(clock=lambda: 1.0)
+    watch = VrrpWatch(hub)
+    state = SimpleNamespace(role=Role.BACKUP, master="198.51.100.2")
+    failover = SimpleNamespace(runners={"VI_1": SimpleNamespace(instance=SimpleNamespace(state=state))})
+    watch.look(failover)
+    assert hub.last(10) == []  # the first look only learns the role
+    state.role, state.master = Role.MASTER, "198.51.100.1"
+    watch.look(failover)
+    watch.look(failover)
+    assert [e["text"] for e in hub.last(10)] == ["VI_1: backup -> master"]
+    assert watch.transitions == {"VI_1": 1}
+
+
+def test_a_slow_subscriber_loses_the_oldest_events_and_is_told():
+    from lvsmail.director.events import EventHub
+
+    async def go():
+        hub = EventHub()
+        queue = hub.subscribe(size=2)
+        for i in range(5):
+            hub.publish("kernel", f"op {i}")
+        assert [queue.get_nowait()["text"] for _ in range(2)] == ["op 3", "op 4"]
+        assert hub.dropped(queue) == 3 and hub.dropped(queue) == 0
+        hub.unsubscribe(queue)
+        assert hub.subscribers == 0
+
+    asyncio.run(go())
+
+
+def test_director_status_and_realserver_commands_go_through_the_api(setup):
+    from click.testing import CliRunner
+
+    from lvsmail.commands.director import status as status_cmd
+    from lvsmail.commands.realserver_ops import drain
+    from lvsmail.ipvs.model import DestKey
+
+    path, state = setup
+    kernel, checks = FakeIPVS(), ScriptedChecks()
+
+    def cli(cmd, *args):
+        return CliRunner().invoke(cmd, [*args, "--state-dir", str(state)])
+
+    async def go():
+        d, task = await start(path, state, kernel, checks)
+        await until(lambda: all(s.checked for s in d.engine.states.values()))
+        res = await asyncio.to_thread(cli, status_cmd, "--json")
+        assert res.exit_code == 0, res.output
+        data = json.loads(res.output)
+        # The kernel-table view's fields, as without a director, plus the director's own snapshot.
+        smtp = data["services"][0]
+        assert (smtp["key"], smtp["persistent"]) == ("TCP 192.0.2.33:25", 300)
+        assert {r["address"]: r["health"]["health"] for r in smtp["realservers"]} == {
+            "198.51.100.20": "up", "198.51.100.32": "up"}
+        assert data["director"]["cluster"] == "test" and set(data) >= {"timeouts", "kernel", "sync", "failover"}
+        # An active session keeps --wait waiting until its timeout (exit 1) ...
+        kernel.table[SMTP].dests[DestKey("198.51.100.20", 25)].active = 2
+        res = await asyncio.to_thread(cli, drain, "mx1", "--wait", "--timeout", "0.6")
+        assert res.exit_code == 1 and "2 active connections left after 0.6 s" in res.output
+        assert "smtp 198.51.100.20:25: draining, weight 3 configured / 0 in kernel, 2 active" in res.output
+        # ... and returns once the kernel says none is left.
+        kernel.table[SMTP].dests[DestKey("198.51.100.20", 25)].active = 0
+        res = await asyncio.to_thread(cli, drain, "mx1", "--wait", "--timeout", "5")
+        assert res.exit_code == 0 and "no active connections left" in res.output
+        res = await asyncio.to_thread(cli, status_cmd)
+        assert "operator drain of smtp 198.51.100.20:25 (weight 0)" in res.output
+        assert "TCP 192.0.2.33:25 wlc persistent 300" in res.output
+        d.request_stop()
+        await task
+
+    asyncio.run(go())
+    res = CliRunner().invoke(drain, ["mx1", "--state-dir", str(state)])
+    assert res.exit_code == 2 and "no running director answers" in res.output
+
+
+def test_reload_forgets_overrides_of_removed_servers_and_streams_end_with_their_client(setup):
+    path, state = setup
+    kernel, checks = FakeIPVS(), ScriptedChecks()
+
+    async def go():
+        d, task = await start(path, state, kernel, checks)
+        sock = socket_path(state, path)
+        await call(sock, "drain", target="mx1")
+        reader, writer = await asyncio.open_unix_connection(str(sock))
+        writer.write(b'{"request": "events"}\n')
+        await reader.readline()
+        assert d.api.hub.subscribers == 1
+        writer.close()
+        await until(lambda: d.api.hub.subscribers == 0)  # noticed at EOF, not at the next event
+        path.write_text(CLUSTER.replace("{address: 198.51.100.20, weight: 3, name: mx1}, ", ""))
+        await call(sock, "reload")
+        await until(lambda: not (state / "cluster.overrides.json").read_text().strip("[]"))
+        texts = [e["text"] for e in d.api.hub.last(20)]
+        assert "override of smtp 198.51.100.20:25 dropped: no longer in the file" in texts
+        d.request_stop()
+        await task
+
+    asyncio.run(go())
+
+
+def test_a_state_directory_that_cannot_hold_the_socket_gets_it_on_tmpfs_with_a_pointer(tmp_path, monkeypatch):
+    import lvsmail.director.api as api
+
+    monkeypatch.setattr(api, "FALLBACK_DIR", tmp_path / "run")
+    state = tmp_path / ("s" * 110)  # longer than an AF_UNIX path may be
+    path = tmp_path / "cluster.yaml"
+    path.write_text(CLUSTER)
+    kernel, checks = FakeIPVS(), ScriptedChecks()
+
+    async def go():
+        d, task = await start(path, state, kernel, checks)
+        sock = find_socket(state)
+        assert sock.parent == tmp_path / "run" and stat.S_IMODE(sock.stat().st_mode) == 0o600
+        assert (state / "cluster.sock.path").read_text().strip() == str(sock)
+        reply = await call(sock, "status")
+        assert reply["status"]["cluster"] == "test"
+        d.request_stop()
+        await task
+        assert not sock.exists() and not (state / "cluster.sock.path").exists()
+
+    asyncio.run(go())

@@ -1,0 +1,187 @@
+"""The Prometheus endpoint: scraped over HTTP from a running director, parsed with prometheus_client's parser,
+and checked against the metric names and labels the example alert rules and Grafana dashboard use."""
+
+import asyncio
+import json
+import re
+import socket
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("prometheus_client")
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from lvsmail.config import ConfigError, parse_cluster  # noqa: E402
+from lvsmail.director.daemon import Director  # noqa: E402
+from lvsmail.director.metrics import families  # noqa: E402
+from lvsmail.director.outages import Outage  # noqa: E402
+from lvsmail.ipvs.fake import FakeIPVS  # noqa: E402
+
+DIRECTORS = Path(__file__).resolve().parents[2] / "directors"
+
+CLUSTER = """\
+cluster: metrics
+vips: [192.0.2.33]
+services:
+  - name: smtp
+    vip: 192.0.2.33
+    port: 25
+    forwarding: dr
+    realservers: [198.51.100.20, 198.51.100.32]
+    check: {{type: smtp, interval: 0.05, timeout: 0.5}}
+metrics:
+  listen: "127.0.0.1:{port}"
+"""
+
+
+class ScriptedChecks:
+    def __init__(self):
+        self.down = set()
+
+    async def __call__(self, spec, address, port, creds, virtual=None):
+        from lvsmail.health.result import Result
+
+        if address in self.down:
+            return Result(False, f"smtp {address}:{port}: connect: connection refused", 0.003, "connect")
+        return Result(True, f"smtp {address}:{port}: ok", 0.02, "done")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def used_metrics() -> dict[str, set[str]]:
+    """Metric name -> labels named next to it, from the alert rules and the dashboard's queries."""
+    exprs = [r["expr"] for g in yaml.safe_load((DIRECTORS / "prometheus" / "lvsmail-rules.yml").read_text())["groups"]
+             for r in g["rules"]]
+    exprs += [t["expr"] for p in json.loads((DIRECTORS / "grafana" / "lvsmail.json").read_text())["panels"]
+              for t in p["targets"]]
+    out: dict[str, set[str]] = {}
+    for e in exprs:
+        by = set(re.findall(r"by \(([^)]*)\)", e))
+        labels = {w.strip() for group in by for w in group.split(",")} - {"instance", "le"}
+        for name in re.findall(r"\b((?:node_ipvs|lvsmail)_[a-z_]+)", e):
+            out.setdefault(name, set()).update(labels)
+    return out
+
+
+def scrape(port: int) -> dict:
+    """name -> family, from the endpoint's text."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def sample_names(fams: dict) -> set[str]:
+    return {s.name for f in fams.values() for s in f.samples}
+
+
+def test_scrape_of_a_running_director_has_the_names_and_labels_rules_use(tmp_path):
+    port = free_port()
+    path = tmp_path / "metrics.yaml"
+    path.write_text(CLUSTER.format(port=port))
+    checks = ScriptedChecks()
+
+    async def go():
+        d = Director(str(path), FakeIPVS(), repair_interval=30, state_dir=str(tmp_path / "state"),
+                     engine_options={"checker": checks})
+        task = asyncio.create_task(d.run())
+        await asyncio.wait_for(d.ready.wait(), 5)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 5
+        while not all(st.checks >= 2 for st in d.engine.states.values()):
+            assert loop.time() < end
+            await asyncio.sleep(0.02)
+        checks.down.add("198.51.100.32")
+        while d.engine.states[("smtp", "198.51.100.32", 25)].up:
+            assert loop.time() < end
+            await asyncio.sleep(0.02)
+        fams = await asyncio.to_thread(scrape, port)
+        d.request_stop()
+        await task
+        return fams
+
+    fams = asyncio.run(go())
+    names = sample_names(fams)
+    up = {tuple(sorted(s.labels.items())): s.value for s in fams["lvsmail_realserver_up"].samples}
+    assert up == {(("address", "198.51.100.20"), ("port", "25"), ("service", "smtp")): 1.0,
+                  (("address", "198.51.100.32"), ("port", "25"), ("service", "smtp")): 0.0}
+    transitions = {s.labels["address"]: s.value for s in fams["lvsmail_health_transitions"].samples
+                   if s.name == "lvsmail_health_transitions_total"}
+    assert transitions["198.51.100.32"] == 1.0
+    weights = {s.labels["remote_address"]: s.value for s in fams["node_ipvs_backend_weight"].samples}
+    assert weights == {"198.51.100.20": 1.0}  # the failed one left the kernel
+    backend = fams["node_ipvs_backend_connections_active"].samples[0].labels
+    assert set(backend) == {"local_address", "local_port", "remote_address", "remote_port", "proto", "local_mark"}
+    count = [s for s in fams["lvsmail_check_duration_seconds"].samples
+             if s.name == "lvsmail_check_duration_seconds_count"]
+    assert count[0].labels == {"service": "smtp"} and count[0].value >= 4
+    for name, labels in used_metrics().items():
+        if name.startswith(("lvsmail_vrrp", "lvsmail_failover")):
+            continue  # no failover in this cluster: checked from a snapshot below
+        assert name in names, name
+        for fam in fams.values():
+            for s in fam.samples:
+                if s.name == name:
+                    assert labels <= set(s.labels), (name, labels, s.labels)
+
+
+def test_vrrp_and_failover_families_from_a_snapshot():
+    snap = {"services": [], "failover": {"instances": [
+        {"name": "VI_1", "role": "master", "transitions": 3}, {"name": "VI_2", "role": "backup", "transitions": 1}]}}
+    outages = [Outage("director_takeover", 1.2, 1.0), Outage("director_takeover", 3.5, 2.0),
+               Outage("realserver_removal", 0.8, 3.0)]
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    class C:
+        def collect(self):
+            yield from families(snap, outages)
+
+    reg = CollectorRegistry()
+    reg.register(C())
+    fams = {f.name: f for f in text_string_to_metric_families(generate_latest(reg).decode())}
+    state = {s.labels["vrrp_instance"]: s.value for s in fams["lvsmail_vrrp_state"].samples}
+    assert state == {"VI_1": 2.0, "VI_2": 1.0}  # the rules' split-brain alert counts value 2
+    total = {s.labels["vrrp_instance"]: s.value for s in fams["lvsmail_vrrp_transitions"].samples
+             if s.name.endswith("_total")}
+    assert total == {"VI_1": 3.0, "VI_2": 1.0}
+    h = {(s.name, s.labels.get("kind"), s.labels.get("le")): s.value
+         for s in fams["lvsmail_failover_duration_seconds"].samples}
+    assert h[("lvsmail_failover_duration_seconds_count", "director_takeover", None)] == 2
+    assert h[("lvsmail_failover_duration_seconds_sum", "director_takeover", None)] == pytest.approx(4.7)
+    assert h[("lvsmail_failover_duration_seconds_bucket", "director_takeover", "2.0")] == 1
+    assert h[("lvsmail_failover_duration_seconds_bucket", "realserver_removal", "+Inf")] == 1
+    used = used_metrics()
+    names = sample_names(fams)
+    for name in [n for n in used if n.startswith(("lvsmail_vrrp", "lvsmail_failover"))]:
+        assert name in names, name
+
+
+@pytest.mark.parametrize("section, message", [
+    ('metrics: {listen: "localhost:9712"}', "'localhost' is not an IP address"),
+    ('metrics: {listen: "127.0.0.1"}', "expected address:port"),
+    ('metrics: {listen: "127.0.0.1:99999"}', "port must be 1..65535"),
+    ('metrics: {listen: "::1:9712"}', "IPv6 addresses in brackets"),
+    ('metrics: {port: 9712}', "unknown key"),
+])
+def test_bad_metrics_sections_are_refused_with_file_line_and_key(section, message):
+    text = CLUSTER.split("metrics:")[0].replace("{{", "{").replace("}}", "}") + section + "\n"
+    with pytest.raises(ConfigError, match=re.escape(message)) as err:
+        parse_cluster(text, "c.yaml")
+    assert "c.yaml:10: metrics" in str(err.value)
+
+
+def test_metrics_section_defaults_and_round_trips():
+    from lvsmail.config import dump_cluster
+
+    base = CLUSTER.split("metrics:")[0].replace("{{", "{").replace("}}", "}")
+    assert parse_cluster(base + "metrics: {}\n").metrics.listen == "127.0.0.1:9712"
+    assert parse_cluster(base + "metrics:\n").metrics.listen == "127.0.0.1:9712"
+    assert parse_cluster(base).metrics is None
+    spec = parse_cluster(base + 'metrics: {listen: "[::1]:9100"}\n')
+    assert parse_cluster(dump_cluster(spec)).metrics == spec.metrics
