@@ -24,6 +24,7 @@ from pathlib import Path
 from lvsmail.config import ConfigError, load_cluster
 from lvsmail.director import kernel_profile
 from lvsmail.director.desired import desired_table, desired_timeouts, service_key
+from lvsmail.director.overrides import OverrideStore
 from lvsmail.director.outages import REALSERVER_REMOVAL, OutageRecorder, outages_path
 from lvsmail.director.reconcile import Reconciler, ReconcileError
 from lvsmail.director.sync import SyncRole, initial_role
@@ -69,6 +70,13 @@ class Director:
         self.alerter_options = alerter_options or {}
         self.sysctl = sysctl if sysctl is not None else ProcSysctl()  # the kernel profile's sysctls
         self.sync: SyncRole | None = None  # the IPVS sync daemon role; None without a sync: section
+        self.failover = None  # director.failover.Failover while the file has a failover: section
+        self.failover_options: dict = {}  # test and benchmark hooks passed to Failover (fake network, clock)
+        self.api = None  # director.api's server, once running
+        # Operators' drain/weight (director.api), kept across restarts and applied to every desired table.
+        self.overrides = OverrideStore(self.state_dir / (Path(config_path).stem + ".overrides.json"))
+        self._health_written: float | None = None  # engine clock of the last health-file write
+        self._health_later: asyncio.TimerHandle | None = None  # the deferred write, if one is due
         self._kernel = asyncio.Lock()  # one reconcile at a time: the loop's and health transitions'
         self._reload = asyncio.Event()
         self._stop = asyncio.Event()
@@ -101,6 +109,7 @@ class Director:
         self.spec = load_cluster(self.config_path)
         self.reconciler = Reconciler(self.backend, owned=self._load_owned())
         self.membership.load(self.spec)
+        self.overrides.load()
         self.engine = HealthEngine(self.effective(), self._on_transition, **self.engine_options)
         self._set_alerter()
         prepare_kernel(self.spec)
@@ -364,8 +373,7 @@ class Director:
         """Publish health for ``status``: at once if the last write is HEALTH_FILE_PERIOD old (or ``now``), else then."""
         if self.engine is None or self.spec is None:
             return
-        at, last = self.engine.clock(), getattr(self, "_health_written", None)
-        pending = getattr(self, "_health_later", None)
+        at, last, pending = self.engine.clock(), self._health_written, self._health_later
         if now and pending is not None:  # a final write (exit) replaces the deferred one
             pending.cancel()
             self._health_later = pending = None

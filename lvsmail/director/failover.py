@@ -675,7 +675,7 @@ def _fields(spec: VrrpInstanceSpec) -> list[str]:
 
 def for_director(director) -> Failover:
     """The failover of a running Director (its file's ``failover:`` section, its sync role and health)."""
-    options = dict(getattr(director, "failover_options", {}) or {})
+    options = dict(director.failover_options)
     return Failover(
         director.spec.failover, director.spec,
         state_file=director.state_dir / (Path(director.config_path).stem + ".failover.json"),

@@ -118,13 +118,8 @@ class OverrideStore:
 
 
 def store_of(director) -> OverrideStore:
-    """The director's override store, loaded on first use (before its first table is computed)."""
-    store = getattr(director, "_operator_overrides", None)
-    if store is None:
-        store = OverrideStore(director.state_dir / (Path(director.config_path).stem + ".overrides.json"))
-        store.load()
-        director._operator_overrides = store
-    return store
+    """The director's override store (loaded when the director starts)."""
+    return director.overrides
 
 
 def apply_overrides(director, table: Table) -> Table:

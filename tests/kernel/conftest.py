@@ -11,7 +11,6 @@ soon as its namespace exists so its start-up overlaps the wiring.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from pathlib import Path
 
