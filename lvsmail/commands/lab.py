@@ -127,11 +127,14 @@ def status(prefix: str | None, state_dir: str | None) -> None:
 @click.option("--realservers", default=4, show_default=True, type=click.IntRange(2, 20), help="Real servers.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Where the JSON report and the plot go (default: $LVSMAIL_LAB_OUT or lab-out/).")
-def chaos(duration: float, seed: int, mode: str, realservers: int, out_dir: str | None) -> None:
+@click.option("--kinds", default=None, help="Only these fault kinds (comma-separated), e.g. director_kill,rs_hang.")
+def chaos(duration: float, seed: int, mode: str, realservers: int, out_dir: str | None, kinds: str | None) -> None:
     """Seeded faults while MTA-like clients send and read mail; asserts no accepted message is lost."""
     from lvsmail.lab.chaos.run import main as chaos_main
 
     argv = ["--duration", str(duration), "--seed", str(seed), "--mode", mode, "--realservers", str(realservers)]
     if out_dir:
         argv += ["--out", out_dir]
+    if kinds:
+        argv += ["--kinds", kinds]
     sys.exit(chaos_main(argv))

@@ -31,6 +31,18 @@ def cluster(topo: Topology) -> str:
             f" check: {check % ''}}}\n")
 
 
+def published_failure(path, service: str, address: str, timeout: float = 5.0) -> str:
+    """The last failure the director published for a real server (the health file is at most 1 s behind)."""
+    end, reason = time.monotonic() + timeout, ""
+    while not reason and time.monotonic() < end:
+        health = json.loads(path.read_text())
+        reason = next(r["last_failure"] for r in health["realservers"]
+                      if r["name"] == service and r["address"] == address)
+        if not reason:
+            time.sleep(0.2)
+    return reason
+
+
 def has(table, key: str, address: str) -> bool:
     svc = table.get(key)
     return svc is not None and svc.dest(address) is not None
@@ -61,9 +73,7 @@ def test_real_server_without_the_vip_fails_its_via_vip_check_only(lab_ok, mode, 
             table = kernel_table(topo)
             assert has(table, direct, rs1.address), "the direct check must still pass"
             assert has(table, smtp, topo.reals[1].address)
-            health = json.loads((tmp_path / "state" / "via.health.json").read_text())
-            reason = next(r["last_failure"] for r in health["realservers"]
-                          if r["name"] == "smtp" and r["address"] == rs1.address)
+            reason = published_failure(tmp_path / "state" / "via.health.json", "smtp", rs1.address)
             assert f"{rs1.address}:25 via {topo.vip}:25" in reason and "timeout" in reason
 
             topo.run(rs1, ["ip", "addr", "add", f"{topo.vip}/32", "dev", link])
