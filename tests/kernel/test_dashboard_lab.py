@@ -136,3 +136,75 @@ def test_drain_wait_returns_when_the_kernel_has_no_active_connection(lab):
         res = CliRunner().invoke(enable, [addr, "--socket", sock])
     assert res.exit_code == 0, res.output
     assert _weights(lab.table(), key)[addr] == lab.services["health"].weights["rs1"]
+
+
+METRICS_LISTEN = "127.0.0.1:9712"
+AVAILABILITY = """
+availability:
+  node_availability: 0.999118607
+  mtbf_hours: 8640
+  layers:
+    directors: {nodes: 2, mode: active-passive, mtfo_seconds: 4.351}
+    realservers: {nodes: 4, mode: all-active}
+    storage: {nodes: 6, mode: active-passive, mtfo_seconds: 137.162}
+metrics:
+  listen: "%s"
+""" % METRICS_LISTEN
+
+
+def test_metrics_scrape_and_availability_report_from_the_lab_director(lab):
+    """Prometheus sees the kernel's weights and a real server's removal; the report uses the measured removal."""
+    import json
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    director, key, victim = lab.cluster.director, lab.key(HEALTH_PORT), "rs3"
+    addr = lab.address(victim)
+    config = director.config
+    before = config.read_text()
+    try:
+        director.write_config(before + AVAILABILITY)
+        director.reload()
+        scrape = [sys.executable, "-c", "import urllib.request, sys; sys.stdout.write(urllib.request.urlopen("
+                  f"'http://{METRICS_LISTEN}/metrics', timeout=60).read().decode())"]
+        end = time.monotonic() + 4 * DEADLINE
+        while lab.topo.run(lab.topo.director, scrape, check=False, timeout=120).returncode != 0:
+            assert time.monotonic() < end, "the metrics endpoint never answered after the reload"
+            time.sleep(1)
+
+        lab.sinks.stop_listening(victim, [HEALTH_PORT])
+        director.wait_for(lambda t: key in t and t[key].dest(addr) is None, timeout=DEADLINE,
+                          what=f"{victim} removed after its SMTP server stopped")
+        lab.sinks.start_listening(victim, [HEALTH_PORT])
+        director.wait_for(lambda t: key in t and t[key].dest(addr) is not None, timeout=DEADLINE,
+                          what=f"{victim} back after its SMTP server restarted")
+        kernel = _weights(lab.table(), key)
+
+        samples = {}
+        for family in text_string_to_metric_families(lab.topo.run(lab.topo.director, scrape, timeout=120).stdout):
+            for s in family.samples:
+                samples.setdefault(s.name, []).append(s)
+        weights = {s.labels["remote_address"]: s.value for s in samples["node_ipvs_backend_weight"]
+                   if s.labels["local_port"] == str(HEALTH_PORT)}
+        assert weights == {a: float(w) for a, w in kernel.items()}  # the scrape says what the kernel holds
+        up = {s.labels["address"]: s.value for s in samples["lvsmail_realserver_up"]
+              if s.labels["service"] == "health"}
+        assert up[addr] == 1.0
+        removals = [s.value for s in samples["lvsmail_failover_duration_seconds_count"]
+                    if s.labels["kind"] == "realserver_removal"]
+        assert removals and removals[0] >= 1
+
+        report = subprocess.run([sys.executable, "-m", "lvsmail", "availability", "-c", str(config),
+                                 "--state-dir", str(lab.state_dir()), "--json"],
+                                cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert report.returncode == 0, report.stdout + report.stderr
+        print(f"availability from the lab director's records: {report.stdout}")
+        data = json.loads(report.stdout)
+        ours = {layer["name"]: layer for layer in data["ours"]["layers"]}
+        assert ours["realservers"]["mtfo_source"].startswith("recorded median of ")
+        assert 0 < ours["realservers"]["mtfo_seconds"] < DEADLINE  # the removal the director measured
+        assert "seed" in data  # printed beside the seed's own figures
+    finally:
+        lab.sinks.start_listening(victim, [HEALTH_PORT])
+        director.write_config(before)
+        director.reload()
