@@ -20,9 +20,9 @@ escapes, no YAML: what is between ``=`` and the end of the line is the secret.
 from __future__ import annotations
 
 import base64
-import os
-import stat
 from dataclasses import dataclass, field
+
+from lvsmail.secretfile import SecretFileError, read_secret_file
 
 #: Accepted keys and the field each one fills.
 _KEYS = {"user": "user", "login": "user", "password": "password", "passwd": "password"}
@@ -58,27 +58,9 @@ class Credentials:
 def load_credentials(path: str, *, owner_uid: int = 0) -> Credentials:
     """Read a credentials file that must be owned by ``owner_uid`` (root) and have mode ``0o600`` or stricter."""
     try:
-        # O_NOFOLLOW: the checks below must apply to the file itself, not to what a link points at.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        raise CredentialsError(f"credentials {path}: cannot open: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)  # fstat of the open file: no window between check and read
-        if not stat.S_ISREG(st.st_mode):
-            raise CredentialsError(f"credentials {path}: not a regular file")
-        if st.st_uid != owner_uid:
-            raise CredentialsError(
-                f"credentials {path}: owned by uid {st.st_uid}, must be owned by uid {owner_uid} (root); "
-                f"chown root:root {path}")
-        if st.st_mode & 0o077:
-            raise CredentialsError(
-                f"credentials {path}: mode {stat.S_IMODE(st.st_mode):04o} lets group or others access it; "
-                f"chmod 600 {path}")
-        data = os.read(fd, _MAX_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(data) > _MAX_BYTES:
-        raise CredentialsError(f"credentials {path}: larger than {_MAX_BYTES} bytes, not a credentials file")
+        data = read_secret_file(path, "credentials", owner_uid=owner_uid, max_bytes=_MAX_BYTES)
+    except SecretFileError as exc:
+        raise CredentialsError(str(exc)) from None
     return parse_credentials(data, path)
 
 

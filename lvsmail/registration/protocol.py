@@ -25,8 +25,9 @@ import ipaddress
 import os
 import re
 import secrets
-import stat
 from dataclasses import dataclass, field
+
+from lvsmail.secretfile import SecretFileError, read_secret_file
 
 #: Request headers carrying the authentication.
 H_MEMBER, H_TIMESTAMP, H_NONCE, H_SIGNATURE = (
@@ -177,24 +178,9 @@ def load_token(path: str, *, owner_uid: int | None = None) -> Token:
     """
     owner_uid = os.geteuid() if owner_uid is None else owner_uid
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)  # checks apply to the file itself
-    except OSError as exc:
-        raise TokenError(f"key file {path}: cannot open: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise TokenError(f"key file {path}: not a regular file")
-        if st.st_uid != owner_uid:
-            raise TokenError(f"key file {path}: owned by uid {st.st_uid}, must be owned by uid {owner_uid}; "
-                             f"chown root:root {path}")
-        if st.st_mode & 0o077:
-            raise TokenError(f"key file {path}: mode {stat.S_IMODE(st.st_mode):04o} lets group or others read it; "
-                             f"chmod 600 {path}")
-        data = os.read(fd, _MAX_TOKEN_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(data) > _MAX_TOKEN_BYTES:
-        raise TokenError(f"key file {path}: larger than {_MAX_TOKEN_BYTES} bytes")
+        data = read_secret_file(path, "key file", owner_uid=owner_uid, max_bytes=_MAX_TOKEN_BYTES)
+    except SecretFileError as exc:
+        raise TokenError(str(exc)) from None
     return parse_token(data, path)
 
 

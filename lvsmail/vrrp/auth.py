@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
-import stat
 import struct
 import time
 
+from lvsmail.secretfile import SecretFileError, read_secret_file
 from lvsmail.vrrp.packet import Advertisement, body
 
 MAGIC = b"LVA1"
@@ -40,22 +39,9 @@ class AuthError(ValueError):
 def load_key(path: str, *, owner_uid: int = 0) -> bytes:
     """The shared secret from a file owned by root with no group/other access (like an ssh key)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        raise AuthError(f"{path}: cannot open the VRRP key file: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise AuthError(f"{path}: not a regular file")
-        if st.st_uid != owner_uid:
-            raise AuthError(f"{path}: must be owned by uid {owner_uid}, is owned by uid {st.st_uid}")
-        if st.st_mode & 0o077:
-            raise AuthError(f"{path}: mode {stat.S_IMODE(st.st_mode):04o} lets others read it; chmod 600")
-        data = os.read(fd, _MAX_KEY_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(data) > _MAX_KEY_BYTES:
-        raise AuthError(f"{path}: larger than {_MAX_KEY_BYTES} bytes; not a key file")
+        data = read_secret_file(path, "VRRP key file", owner_uid=owner_uid, max_bytes=_MAX_KEY_BYTES)
+    except SecretFileError as exc:
+        raise AuthError(str(exc)) from None
     key = data.strip()
     if len(key) < 16:
         raise AuthError(f"{path}: the key must be at least 16 bytes")
