@@ -23,6 +23,7 @@ import time
 
 import pytest
 
+from lvsmail.lab.mailstack import MASTER_CF  # one master.cf for these and the lab's real servers
 from lvsmail.net import netns
 from lvsmail.net.sysctl import ProcSysctl
 
@@ -30,30 +31,6 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namesp
 
 RS, GW, DIRECTOR, VIP = "198.51.100.20", "198.51.100.254", "198.51.100.1", "192.0.2.33"
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MASTER_CF = """\
-smtp      inet  n       -       n       -       -       smtpd
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-tlsmgr    unix  -       -       n       1000?   1       tlsmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-smtp      unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-local     unix  -       n       n       -       -       local
-virtual   unix  -       n       n       -       -       virtual
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-"""
 
 
 def _lan(name: str) -> tuple[str, str]:
