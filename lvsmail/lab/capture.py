@@ -212,24 +212,8 @@ def arp_request(sender_mac: bytes, sender_ip: str, target_ip: str) -> bytes:
 
 def arp_probe(ns: str | None, ifname: str, sender_ip: str, target_ip: str, timeout: float = 1.0,
               tries: int = 2) -> list[str]:
-    """Ask who-has ``target_ip`` on the interface and return the MACs that answered."""
+    """Ask who-has ``target_ip`` on the interface from namespace ``ns`` and return the MACs that answered."""
+    from lvsmail.realserver.arp import who_has
+
     sock = netns.socket_in_netns(ns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
-    try:
-        sock.bind((ifname, 0))
-        my_mac = sock.getsockname()[4]
-        answers: set[str] = set()
-        for _ in range(tries):
-            sock.send(arp_request(my_mac, sender_ip, target_ip))
-            deadline = time.monotonic() + timeout / tries
-            while (left := deadline - time.monotonic()) > 0:
-                sock.settimeout(left)
-                try:
-                    data = sock.recv(2048)
-                except socket.timeout:
-                    break
-                frame = parse_frame(data)
-                if frame and frame.arp and frame.arp.op == 2 and frame.arp.sender_ip == target_ip:
-                    answers.add(frame.arp.sender_mac)
-        return sorted(answers)
-    finally:
-        sock.close()
+    return who_has(ifname, sender_ip, target_ip, timeout, tries, sock=sock)

@@ -36,9 +36,15 @@ def reply_from(frame: bytes, target_ip: str) -> str | None:
     return ":".join(f"{b:02x}" for b in smac)
 
 
-def who_has(interface: str, sender_ip: str, target_ip: str, timeout: float = 1.0, tries: int = 2) -> list[str]:
-    """MACs that answer ARP for ``target_ip`` on ``interface`` within ``timeout`` seconds (needs CAP_NET_RAW)."""
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
+def who_has(interface: str, sender_ip: str, target_ip: str, timeout: float = 1.0, tries: int = 2, *,
+            sock: socket.socket | None = None) -> list[str]:
+    """MACs that answer ARP for ``target_ip`` on ``interface`` within ``timeout`` seconds (needs CAP_NET_RAW).
+
+    ``sock``: an AF_PACKET/ETH_P_ARP socket opened elsewhere (the lab opens it in a namespace);
+    it is closed on return like the one made here.
+    """
+    if sock is None:
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
     try:
         sock.bind((interface, 0))
         my_mac = sock.getsockname()[4]
