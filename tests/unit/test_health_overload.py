@@ -116,15 +116,18 @@ async def _server(greet: bool):
 
 def test_answer_waiting_in_the_kernel_is_noticed():
     async def go():
-        server, port = await _server(greet=True)
-        dlg = Dialogue("smtp", "127.0.0.1", port)
-        await dlg.connect()
-        fd = dlg.transport.get_extra_info("socket").fileno()
-        # Stand in for a stalled event loop: block in select() (not the loop) until the greeting is in.
-        assert select.select([fd], [], [], 5.0)[0]
-        waiting = dlg.answer_waiting()
-        dlg.close()
-        server.close()
+        # A peer outside the event loop: it greets while the loop is stalled, as a real server would.
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            dlg = Dialogue("smtp", "127.0.0.1", listener.getsockname()[1])
+            await dlg.connect()
+            peer, _ = listener.accept()
+            with peer:
+                peer.sendall(b"220 ready\r\n")
+                fd = dlg.sock.fileno()
+                # Stand in for a stalled event loop: block in select() (not the loop) until the greeting is in.
+                assert select.select([fd], [], [], 5.0)[0]
+                waiting = dlg.answer_waiting()
+                dlg.close()
         return waiting
 
     assert asyncio.run(go()) is True
@@ -148,10 +151,10 @@ def test_a_connection_established_but_not_yet_noticed_counts_as_waiting():
         server, port = await _server(greet=False)
         dlg = Dialogue("smtp", "127.0.0.1", port)
         connecting = asyncio.ensure_future(dlg.connect())
-        while dlg._sock is None:  # the connect has been issued and waits for the loop to see it complete
+        while dlg.sock is None:  # the connect has been issued and waits for the loop to see it complete
             await asyncio.sleep(0)
         # Stand in for a stalled loop: block in select() until the kernel has completed the handshake.
-        assert select.select([], [dlg._sock.fileno()], [], 5.0)[1]
+        assert select.select([], [dlg.sock.fileno()], [], 5.0)[1]
         waiting = dlg.answer_waiting()
         connecting.cancel()
         await asyncio.gather(connecting, return_exceptions=True)
@@ -169,7 +172,7 @@ def test_a_read_woken_but_not_resumed_counts_as_waiting():
         await dlg.connect()
         read = asyncio.ensure_future(dlg.read_line("greeting"))
         await asyncio.sleep(0)  # the read is now waiting on the connection
-        dlg.conn._wake()  # data "arrived"; the read is cancelled before it can run, as by a deadline
+        dlg._wake()  # data "arrived"; the read is cancelled before it can run, as by a deadline
         read.cancel()
         await asyncio.gather(read, return_exceptions=True)
         waiting = dlg.answer_waiting()

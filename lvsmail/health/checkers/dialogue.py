@@ -5,11 +5,13 @@ reads as the protocol's dialogue. ``step`` always names what the checker is
 waiting for, so a timeout or a dropped connection is reported as
 ``timeout after 2.0 s waiting for greeting`` without per-call bookkeeping.
 
-The connection is a small ``asyncio.Protocol`` that buffers what the peer sends
-and wakes the checker's one pending read, not asyncio streams: a check is a
-handful of short lines, and StreamReader/StreamWriter (name lookup shortcut,
-flow-control futures, a future and a limit check per line) cost more than the
-dialogue itself. The checker still reads as a linear dialogue (``await
+Under the dialogue is a non-blocking socket watched with the event loop's
+``add_reader``, not an asyncio transport: a check is a handful of short lines,
+and a transport costs more than the dialogue itself (a 256 KiB receive buffer
+allocated and freed per read, address look-ups and extra callbacks per
+connection). TLS runs in memory (``ssl.SSLObject`` over two ``MemoryBIO``s) on
+the same socket, so plain and TLS connections share one read and one write
+path. The checker still reads as a linear dialogue (``await
 dlg.read_smtp_reply(...)``); only the plumbing under it changed.
 """
 
@@ -24,7 +26,6 @@ import select
 import socket
 import ssl
 import termios
-from typing import Any
 
 #: Longest line accepted (RFC 5321 section 4.5.3.1.5 allows 512 octets for an SMTP reply line;
 #: HTTP header and IMAP lines may be longer, and we only need to bound memory).
@@ -34,6 +35,9 @@ MAX_REPLY_LINES = 200
 #: Buffered bytes above which reading from the peer pauses until the checker consumes them
 #: (a peer that floods cannot grow our memory beyond this before the check's deadline).
 HIGH_WATER = 4 * LINE_LIMIT
+#: Bytes asked of the kernel per read: a whole reply of any check fits, and the buffer stays below
+#: the allocator's mmap threshold (a larger one, as asyncio's 256 KiB, costs three syscalls per read).
+RECV_SIZE = 65536
 
 
 class CheckFailed(Exception):
@@ -55,70 +59,6 @@ def clip(text: str, limit: int = 200) -> str:
     """Shorten peer-supplied text for a reason; printable characters only."""
     text = "".join(ch if ch.isprintable() else "?" for ch in text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-class _Connection(asyncio.Protocol):
-    """Buffers what the peer sends; the dialogue's one pending read waits on ``wait()``."""
-
-    def __init__(self) -> None:
-        self.buffer = bytearray()
-        self.transport: asyncio.Transport | None = None
-        self.eof = False  # the peer closed its side (or the connection is gone)
-        self.lost = False  # the connection is gone altogether
-        self.error: BaseException | None = None  # why it was lost, if by an error
-        self.paused = False
-        self.woken = False  # data or an end arrived for the pending read, which has not resumed yet
-        self._waiter: asyncio.Future | None = None
-
-    def connection_made(self, transport: Any) -> None:
-        """Keep the transport (called again with the TLS transport's protocol after start_tls)."""
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        """Buffer and wake the reader; pause the socket when a peer floods us."""
-        self.buffer += data
-        if len(self.buffer) > HIGH_WATER and not self.paused and self.transport is not None:
-            self.paused = True
-            self.transport.pause_reading()
-        self._wake()
-
-    def eof_received(self) -> bool:
-        """The peer half-closed: reads end, but we may still write (as asyncio streams do)."""
-        self.eof = True
-        self._wake()
-        return True
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        """The connection is gone: reads end with ``exc``, if any, once the buffer is consumed."""
-        self.eof = self.lost = True
-        self.error = exc
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-                self.woken = True
-
-    async def wait(self) -> None:
-        """Until more data, the end of the stream or the loss of the connection."""
-        if self.paused:
-            self.paused = False
-            self.transport.resume_reading()
-        self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
-        self.woken = False  # not on cancellation: answer_waiting() must still see it
-
-    def consumed(self) -> None:
-        """Resume a paused socket once the buffer has drained below the high-water mark."""
-        if self.paused and len(self.buffer) <= HIGH_WATER // 2:
-            self.paused = False
-            self.transport.resume_reading()
 
 
 def _unread(fd: int) -> int:
@@ -158,11 +98,24 @@ class Dialogue:
         self.decided = False  # the verdict is in; later steps (QUIT, LOGOUT) cannot fail the check
         self.note = ""  # appended to an ok reason, e.g. "QUIT answered 421"
         self.done: list[str] = []  # steps completed, listed in an ok reason
-        self.conn: _Connection | None = None
-        self.transport: asyncio.Transport | None = None
-        self._sock: socket.socket | None = None  # ours until a transport owns it
         self.tls_context: ssl.SSLContext | None = None  # set by run_check for checks that speak TLS
         self.server_name: str | None = None  # SNI and the name verified, if any
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.sock: socket.socket | None = None  # ours from connect() to close()
+        self.connected = False  # the TCP handshake completed and the loop noticed
+        self.buffer = bytearray()  # received (and decrypted) bytes not yet consumed
+        self.eof = False  # the peer closed its side (or the connection is gone): reads end once the buffer is used
+        self.lost = False  # the connection is gone altogether
+        self.error: BaseException | None = None  # why it was lost, if by an error
+        self.paused = False  # reading stopped until the checker consumes the buffer (a flooding peer)
+        self.woken = False  # data or an end arrived for the pending read, which has not resumed yet
+        self._waiter: asyncio.Future | None = None
+        self._reading = False  # registered with the loop for reading
+        self._unsent = bytearray()  # bytes the kernel did not take yet (written when the socket is writable)
+        self._tls: ssl.SSLObject | None = None
+        self._tls_in: ssl.MemoryBIO | None = None
+        self._tls_out: ssl.MemoryBIO | None = None
+        self._handshaken = False
 
     def did(self, *steps: str) -> None:
         """Record completed steps (an ok reason lists them)."""
@@ -176,61 +129,228 @@ class Dialogue:
     async def connect(self) -> None:
         """Open the TCP connection (with ``SO_MARK`` when given, for checks routed through the VIP)."""
         self.step = "connect"
-        loop = asyncio.get_running_loop()
-        conn = self.conn = _Connection()
+        loop = self.loop = asyncio.get_running_loop()
         if self.mark is None and self.source is None and not _is_ip(self.address):
-            self.transport, _ = await loop.create_connection(lambda: conn, self.address, self.port)
-            return
-        # A socket of our own: SO_MARK and bind for checks through the VIP, and, should the deadline
-        # expire while connecting, a way to tell a server that never answered from a loop that was
-        # too busy to notice it had (answer_waiting).
+            # A name: each of its addresses in turn, as asyncio's create_connection does.
+            infos = await loop.getaddrinfo(self.address, self.port, type=socket.SOCK_STREAM)
+            if not infos:
+                raise OSError("getaddrinfo() returned empty list")
+            errors: list[OSError] = []
+            for family, _, _, _, sockaddr in infos:
+                try:
+                    await self._connect_to(family, sockaddr)
+                    return
+                except OSError as exc:
+                    errors.append(exc)
+                    self.close()
+            if len(errors) == 1 or all(str(e) == str(errors[0]) for e in errors):
+                raise errors[0]
+            raise OSError(f"Multiple exceptions: {', '.join(str(e) for e in errors)}")
         family = socket.AF_INET6 if ":" in self.address else socket.AF_INET
-        sock = self._sock = socket.socket(family, socket.SOCK_STREAM)
+        await self._connect_to(family, (self.address, self.port))
+
+    async def _connect_to(self, family: int, sockaddr: tuple) -> None:
+        """Connect a new socket to one address; on return it is watched for reading."""
+        loop = self.loop
+        sock = self.sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        self.connected = False
         if self.mark is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)  # needs CAP_NET_ADMIN
         if self.source:
             sock.bind((self.source, 0))
-        sock.setblocking(False)
-        await loop.sock_connect(sock, (self.address, self.port))
-        self.transport, _ = await loop.create_connection(lambda: conn, sock=sock)
-        self._sock = None  # the transport closes it from now on
+        fd = sock.fileno()
+        try:
+            sock.connect(sockaddr)
+        except (BlockingIOError, InterruptedError):
+            # The handshake is under way: wait until the socket is writable. Should the deadline expire
+            # meanwhile, answer_waiting() tells a server that never answered from a loop that was too
+            # busy to notice it had.
+            waiter = loop.create_future()
+            loop.add_writer(fd, _set_done, waiter)
+            try:
+                await waiter
+            finally:
+                loop.remove_writer(fd)
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, f"Connect call failed {sockaddr}")
+        self.connected = True
+        self._start_reading()
+
+    def _start_reading(self) -> None:
+        if not self._reading and not self.lost:
+            self._reading = True
+            self.loop.add_reader(self.sock.fileno(), self._readable)
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self.loop.remove_reader(self.sock.fileno())
+
+    def _readable(self) -> None:
+        """The loop's callback: take what the kernel has, decrypt it if TLS, wake the pending read."""
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lose(exc)
+            return
+        if not data:  # the peer half-closed: reads end, but we may still write (as asyncio streams do)
+            self.eof = True
+            self._stop_reading()
+        elif self._tls is None:
+            self.buffer += data
+        else:
+            self._tls_in.write(data)
+            if self._handshaken:
+                self._decrypt()
+        if len(self.buffer) > HIGH_WATER and not self.paused:  # a peer that floods us: stop reading
+            self.paused = True
+            self._stop_reading()
+        self._wake()
+
+    def _decrypt(self) -> None:
+        """Move the application data of complete TLS records into the buffer."""
+        tls = self._tls
+        try:
+            while True:
+                data = tls.read(RECV_SIZE)
+                if not data:  # close_notify: the peer ended TLS, an end of stream
+                    self.eof = True
+                    self._stop_reading()
+                    break
+                self.buffer += data
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLZeroReturnError:  # close_notify, as some OpenSSL versions report it
+            self.eof = True
+            self._stop_reading()
+        except ssl.SSLError as exc:
+            self._lose(exc)
+        self._flush_tls()  # TLS 1.3 answers some records (key update) on its own
+
+    def _lose(self, exc: BaseException) -> None:
+        """The connection is gone: reads end with ``exc`` once the buffer is consumed."""
+        if not self.lost:
+            self.error = exc
+        self.eof = self.lost = True
+        self._stop_reading()
+        if self._unsent:
+            self._unsent.clear()
+            self.loop.remove_writer(self.sock.fileno())
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+                self.woken = True
+
+    async def _wait(self) -> None:
+        """Until more data, the end of the stream or the loss of the connection."""
+        if self.paused:
+            self.paused = False
+            self._start_reading()
+        self._waiter = self.loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+        self.woken = False  # not on cancellation: answer_waiting() must still see it
+
+    def _consumed(self) -> None:
+        """Resume a paused socket once the buffer has drained below the high-water mark."""
+        if self.paused and len(self.buffer) <= HIGH_WATER // 2:
+            self.paused = False
+            self._start_reading()
+
+    def _write(self, data: bytes) -> None:
+        """Hand bytes to the kernel; what it does not take now is written when the socket is writable."""
+        if self._unsent:
+            self._unsent += data
+            return
+        try:
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:  # the next read reports it, as a transport would
+            self._lose(exc)
+            return
+        if sent < len(data):
+            self._unsent += data[sent:]
+            self.loop.add_writer(self.sock.fileno(), self._writable)
+
+    def _writable(self) -> None:
+        """The loop's callback while bytes wait to be sent."""
+        try:
+            sent = self.sock.send(self._unsent)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lose(exc)
+            return
+        del self._unsent[:sent]
+        if not self._unsent:
+            self.loop.remove_writer(self.sock.fileno())
+
+    def _flush_tls(self) -> None:
+        """Send what the TLS engine has produced."""
+        if self._tls_out.pending:
+            self._write(self._tls_out.read())
 
     async def start_tls(self) -> None:
         """TLS handshake on the open connection (implicit TLS, or after STARTTLS/STLS was accepted)."""
         self.step = "TLS handshake"
         # Bytes the peer sent after accepting STARTTLS but before the handshake would
         # be read as if they came over TLS: the injection of RFC 3207 section 6 / CVE-2011-0411.
-        if self.conn.buffer:
+        if self.buffer:
             raise CheckFailed("plaintext data after the TLS go-ahead (possible STARTTLS injection)")
-        loop = asyncio.get_running_loop()
-        plain = self.transport
-        self.transport = await loop.start_tls(plain, self.conn, self.tls_context, server_hostname=self.server_name)
-        if self.transport is None:  # the peer closed during the handshake
-            raise ConnectionResetError("connection closed during the TLS handshake")
+        self._tls_in, self._tls_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = self._tls = self.tls_context.wrap_bio(self._tls_in, self._tls_out, server_hostname=self.server_name)
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._flush_tls()
+                if self.eof:
+                    if self.error is not None:
+                        raise self.error
+                    raise ConnectionResetError("connection closed during the TLS handshake")
+                await self._wait()
+        self._handshaken = True
+        self._flush_tls()
+        self._decrypt()  # application data that came with the peer's last handshake flight
 
     @property
     def tls(self) -> bool:
         """Whether the connection is encrypted now."""
-        return self.transport is not None and self.transport.get_extra_info("sslcontext") is not None
+        return self._handshaken
 
     async def send(self, data: str | bytes) -> None:
         """Write (callers pass whole commands with CRLF); a lost connection raises, as a stream's drain would."""
-        conn = self.conn
-        if conn.lost:
-            raise conn.error if conn.error is not None else ConnectionResetError("Connection lost")
-        self.transport.write(data.encode() if isinstance(data, str) else data)
+        if self.lost:
+            raise self.error if self.error is not None else ConnectionResetError("Connection lost")
+        data = data.encode() if isinstance(data, str) else data
+        if self._tls is None:
+            self._write(data)
+        else:
+            self._tls.write(data)
+            self._flush_tls()
 
     def _ended(self, waiting_for: str) -> Exception:
         """What a read that hit the end of the connection raises."""
-        if self.conn.error is not None:
-            return self.conn.error
+        if self.error is not None:
+            return self.error
         return CheckFailed(f"connection closed by peer waiting for {waiting_for}")
 
     async def read_line(self, waiting_for: str) -> str:
         """One CRLF-terminated line, without its terminator."""
         self.step = waiting_for
-        conn = self.conn
-        buf = conn.buffer
+        buf = self.buffer
         scanned = 0
         while True:
             end = buf.find(b"\n", scanned)
@@ -239,45 +359,43 @@ class Dialogue:
                     break
                 line = bytes(buf[:end + 1])
                 del buf[:end + 1]
-                conn.consumed()
+                self._consumed()
                 return line.rstrip(b"\r\n").decode("utf-8", "replace")
             if len(buf) > LINE_LIMIT:
                 break
-            if conn.eof:
+            if self.eof:
                 raise self._ended(waiting_for)
             scanned = len(buf)
-            await conn.wait()
+            await self._wait()
         raise CheckFailed(f"line longer than {LINE_LIMIT} bytes waiting for {waiting_for}")
 
     async def read_exactly(self, n: int, waiting_for: str) -> bytes:
         """Exactly ``n`` bytes (an IMAP literal, an HTTP body)."""
         self.step = waiting_for
-        conn = self.conn
-        while len(conn.buffer) < n:
-            if conn.eof:
+        while len(self.buffer) < n:
+            if self.eof:
                 raise self._ended(waiting_for)
-            if conn.paused:  # n is beyond the high-water mark: let the socket fill the buffer
-                conn.paused = False
-                conn.transport.resume_reading()
-            await conn.wait()
-        data = bytes(conn.buffer[:n])
-        del conn.buffer[:n]
-        conn.consumed()
+            if self.paused:  # n is beyond the high-water mark: let the socket fill the buffer
+                self.paused = False
+                self._start_reading()
+            await self._wait()
+        data = bytes(self.buffer[:n])
+        del self.buffer[:n]
+        self._consumed()
         return data
 
     async def read_some(self, n: int, waiting_for: str) -> bytes:
         """Up to ``n`` bytes as they come; ``b""`` once the peer has closed."""
         self.step = waiting_for
-        conn = self.conn
-        while not conn.buffer:
-            if conn.eof:
-                if conn.error is not None:
-                    raise conn.error
+        while not self.buffer:
+            if self.eof:
+                if self.error is not None:
+                    raise self.error
                 return b""
-            await conn.wait()
-        data = bytes(conn.buffer[:n])
-        del conn.buffer[:n]
-        conn.consumed()
+            await self._wait()
+        data = bytes(self.buffer[:n])
+        del self.buffer[:n]
+        self._consumed()
         return data
 
     async def read_smtp_reply(self, waiting_for: str) -> tuple[int, list[str]]:
@@ -310,23 +428,30 @@ class Dialogue:
         or when the connect has completed unnoticed: then an overloaded or
         stalled event loop, not the server, missed the deadline.
         """
-        conn = self.conn
-        if conn is None:
+        if self.sock is None:
             return False
-        if conn.woken:
+        if self.woken:
             return True
         try:
-            if self._sock is not None:  # still connecting
-                return _connected(self._sock)
-            sock = self.transport.get_extra_info("socket") if self.transport is not None else None
-            return sock is not None and _unread(sock.fileno()) > 0
+            if not self.connected:
+                return _connected(self.sock)
+            return _unread(self.sock.fileno()) > 0
         except (OSError, ValueError):  # closed meanwhile: nothing waiting
             return False
 
     def close(self) -> None:
         """Drop the connection at once (the verdict is in, or the check was cancelled or timed out)."""
-        if self.transport is not None:
-            self.transport.abort()
-        if self._sock is not None:  # cancelled or failed before a transport took the socket over
-            self._sock.close()
-            self._sock = None
+        sock = self.sock
+        if sock is None or sock.fileno() < 0:
+            return
+        self._stop_reading()
+        if self._unsent:
+            self._unsent.clear()
+            self.loop.remove_writer(sock.fileno())
+        sock.close()
+
+
+def _set_done(waiter: asyncio.Future) -> None:
+    """Complete a future from a loop callback (unless the deadline cancelled it first)."""
+    if not waiter.done():
+        waiter.set_result(None)
