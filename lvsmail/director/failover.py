@@ -70,7 +70,7 @@ class ThreadedNet:
 
     def __init__(self, factory: Callable[[], Any] | None = None) -> None:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="failover-net")
-        self._factory = factory or _iproute
+        self._factory = factory or _rtnl
         self._backend = None
 
     def _run(self, method: str, *args):
@@ -95,12 +95,6 @@ def _rtnl():
     from lvsmail.net.iproute import RtnlAddresses
 
     return RtnlAddresses()
-
-
-def _iproute():
-    from lvsmail.net.iproute import IPRouteBackend
-
-    return IPRouteBackend()
 
 
 # -- resources ------------------------------------------------------------------------
