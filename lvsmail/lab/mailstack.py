@@ -314,6 +314,13 @@ userdb {{
 }}
 default_internal_user = dovecot
 default_login_user = dovenull
+# Dovecot's default starts a login process per connection ("high-security mode"): under emulation
+# that is seconds per greeting, and the directors' IMAP checks time out. Its documented
+# "high-performance mode": long-lived login processes, one kept ready.
+service imap-login {{
+  service_count = 0
+  process_min_avail = 1
+}}
 !include_try conf.d/*.conf
 """)
         return self

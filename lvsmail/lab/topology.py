@@ -188,6 +188,10 @@ class Topology(AbstractContextManager):
                 continue
             netns.create_netns(node.ns)
             self._created.append(node.ns)
+            # lo up before anything starts in the namespace: without it there is no local routing
+            # table, and IPVS refuses every real server with EINVAL (a director started early).
+            subprocess.run(["ip", "-n", node.ns, "link", "set", "lo", "up"], check=True, capture_output=True,
+                           timeout=60)
             self.call(node, _sysctl, _base_sysctls(forward=node is self.gw or
                                                    (node in self.directors and self.mode == "nat")))
 

@@ -14,6 +14,8 @@ Usage: ``python3 -m lvsmail.lab.vm run [--memory 2G] [--timeout S] -- CMD ...``
 from __future__ import annotations
 
 import argparse
+import compileall
+import importlib.util
 import os
 import re
 import shlex
@@ -35,6 +37,8 @@ LAB_MODULES = ("ip_vs", "ip_vs_wlc", "ip_vs_wrr", "ip_vs_rr", "ipip", "ip6_tunne
 EXIT_TIMEOUT = 124
 EXIT_NO_STATUS = 125
 EXIT_SETUP = 126
+#: matplotlib's config and font cache for the guest, under the output directory (see warm_matplotlib).
+MPL_DIR = ".matplotlib"
 
 #: Environment variables copied from the caller into the guest.
 PASSTHROUGH_ENV = ("CI", "PYTEST_ADDOPTS", "TERM", "COLUMNS")
@@ -108,11 +112,41 @@ def guest_env(out_dir: Path, environ: dict[str, str] | None = None) -> dict[str,
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONUNBUFFERED": "1",
         "PYTHONPATH": str(REPO),
+        # The guest's home is read-only: matplotlib (the chaos plot) would rebuild its font cache in a
+        # temporary directory on every run, minutes under emulation. See warm_matplotlib().
+        "MPLCONFIGDIR": str(out_dir / MPL_DIR),
     }
     for key, value in environ.items():
         if key in PASSTHROUGH_ENV or key.startswith(PASSTHROUGH_PREFIXES):
             env.setdefault(key, value)
     return env
+
+
+def precompile(package: Path = REPO / "lvsmail") -> None:
+    """Write lvsmail's bytecode here, where the guest will find it.
+
+    The guest sees this file system read-only and so compiles every module from
+    source in every process; under emulation that is seconds per process start
+    (a director, each ``lvsmail`` command), paid again at every restart.
+    """
+    if not compileall.compile_dir(str(package), quiet=1):
+        raise LabError(f"cannot compile {package} (a syntax error?)")
+
+
+def warm_matplotlib(out_dir: Path) -> None:
+    """Build matplotlib's font cache on this machine (seconds) where the guest will look for it.
+
+    The guest shares this file system, so the cache's font paths hold there too. Nothing to do
+    without matplotlib (the chaos plot is then skipped with a note) or when the cache exists.
+    """
+    config = out_dir / MPL_DIR
+    if list(config.glob("fontlist-*.json")) or importlib.util.find_spec("matplotlib") is None:
+        return
+    config.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run([sys.executable, "-c", "import matplotlib.font_manager"], capture_output=True, text=True,
+                          env=dict(os.environ, MPLCONFIGDIR=str(config)), timeout=300)
+    if done.returncode != 0:
+        raise LabError(f"matplotlib could not build its font cache in {config}: {done.stderr.strip()[-300:]}")
 
 
 def guest_script(cmd: list[str], env: dict[str, str], cwd: Path, status_file: Path,
@@ -216,6 +250,8 @@ def run(cmd: list[str], memory: str = "2G", timeout: float | None = None, out_di
     tag = f"{os.getpid()}-{int(time.time())}"
     script = out_dir / f".lab-run-{tag}.sh"
     status_file = out_dir / f".lab-run-{tag}.status"
+    warm_matplotlib(out_dir)
+    precompile()
     script.write_text(guest_script(list(cmd), guest_env(out_dir), cwd, status_file))
     argv = vng_argv(kernel, script, [out_dir], memory=memory, cpus=cpus, cwd=cwd)
     note = f"lab: {cap.reason}; booting {kernel.name} under emulation (no KVM)\n".encode()

@@ -32,8 +32,11 @@ def _lab_problem() -> str | None:
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """Group kernel tests by forwarding method so each cluster is built once."""
+    """Group kernel tests by forwarding method so each cluster is built once; whole-cluster tests
+    (``lvsmail lab up``, ``lab chaos``: their own topology of a dozen namespaces) run last."""
     def mode_of(item) -> int:
+        if item.get_closest_marker("whole_cluster"):
+            return len(MODES)
         case = getattr(getattr(item, "callspec", None), "params", {}).get("case", "")
         mode = str(case).rstrip("6")
         return MODES.index(mode) if mode in MODES else 0  # tests without a case use the first cluster
@@ -149,6 +152,17 @@ def clusters(lab_ok, lab_out):
             current[mode] = cluster
         return current[mode]
 
+    def close() -> None:
+        for mode in list(current):
+            current.pop(mode).close()
+
+    get.close = close
     yield get
-    for cluster in current.values():
-        cluster.close()
+    close()
+
+
+@pytest.fixture
+def alone_in_the_lab(clusters) -> None:
+    """For whole-cluster tests: the last forwarding method's cluster is stopped first (the VM's two
+    emulated CPUs are all the whole cluster gets)."""
+    clusters.close()

@@ -67,7 +67,8 @@ class _Clients:
 
 
 class _Held:
-    pass
+    sessions: dict = {}
+    failures: dict = {}
 
 
 def _msg(mid, accepted=True, ambiguous=0):

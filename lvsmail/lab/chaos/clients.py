@@ -22,6 +22,7 @@ thread that entered the client's namespace (sockets are created there).
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import random
 import threading
@@ -150,7 +151,7 @@ class MtaClients:
     """Senders and readers running in the client namespace until stopped; collects events and messages."""
 
     def __init__(self, ns: str, vip: str, sources: list[str], seed: int = 0, senders: int = 6, readers: int = 2,
-                 rate: float = 2.0, max_messages: int = 5000) -> None:
+                 rate: float = 1.0, max_messages: int = 5000) -> None:
         self.ns, self.vip, self.sources = ns, vip, sources
         self.rng = random.Random(seed)
         self.senders, self.readers, self.rate, self.max_messages = senders, readers, rate, max_messages
@@ -280,13 +281,23 @@ class HeldSessions:
         #: session id -> (opened, closed or None, server, reason)
         self.sessions: dict[int, list] = {}
         self.lock = threading.Lock()
+        #: why sessions could not be opened or broke: reason -> count (shown in the report)
+        self.failures: collections.Counter[str] = collections.Counter()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> "HeldSessions":
         """Open the sessions in a thread in the client namespace; each is reopened when it breaks."""
-        self._thread = netns.start_in_netns(self.ns, lambda: asyncio.run(self._main()), thread_name="lab-held")
+        self._thread = netns.start_in_netns(self.ns, self._run, thread_name="lab-held")
         return self
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # recorded for the report, then the thread ends with it
+            with self.lock:
+                self.failures[f"crashed: {type(exc).__name__}: {exc}"[:200]] += 1
+            raise
 
     def stop(self) -> None:
         """Close them (QUIT) and stop."""
@@ -314,7 +325,9 @@ class HeldSessions:
             try:
                 reader, writer = await asyncio.wait_for(
                     asyncio.open_connection(self.vip, 25, local_addr=(source, 0)), SMTP_TIMEOUT)
-            except (OSError, asyncio.TimeoutError):
+            except (OSError, asyncio.TimeoutError) as exc:
+                with self.lock:
+                    self.failures[f"connect: {type(exc).__name__}"] += 1
                 await asyncio.sleep(1)
                 continue
             sid = next(ids)
@@ -344,6 +357,7 @@ class HeldSessions:
                         self.sessions[sid][1] = None
             except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
                 with self.lock:
+                    self.failures[f"session: {type(exc).__name__}"] += 1
                     if sid in self.sessions:
                         self.sessions[sid][1] = time.time()
                         self.sessions[sid][3] = f"{type(exc).__name__}: {exc}"[:200]

@@ -99,7 +99,8 @@ def build_report(*, seed, duration, mode, realservers, faults, records, clients,
         "sessions": totals,
         "held_sessions_across_takeovers": {
             "open": sum(r["held_sessions_open"] for r in held_rows),
-            "survived": sum(r["held_sessions_survived"] for r in held_rows)},
+            "survived": sum(r["held_sessions_survived"] for r in held_rows),
+            "opened_in_run": len(held.sessions), "failures": dict(held.failures)},
         "messages": {
             "created": len(messages), "accepted": len(accepted), "never_accepted": unaccepted,
             "attempts": sum(m.attempts for m in messages), "ambiguous_attempts": sum(m.ambiguous for m in messages),
@@ -177,7 +178,8 @@ def text_summary(report: dict) -> str:
     a = report["availability"]
     lines += ["", f"sessions: SMTP {s['smtp']['ok']} ok / {s['smtp']['failed']} failed, IMAP {s['imap']['ok']} ok / "
                   f"{s['imap']['failed']} failed; held SMTP sessions across director faults: {h['survived']}/{h['open']}"
-                  " survived",
+                  f" survived ({h['opened_in_run']} held sessions opened in the run"
+                  + "".join(f"; {n}× {why}" for why, n in sorted(h["failures"].items())) + ")",
               f"messages: {m['created']} created, {m['accepted']} accepted (250 to DATA), {m['attempts']} attempts, "
               f"{m['ambiguous_attempts']} ambiguous; {m['found_in_maildirs']} copies in the Maildirs",
               f"lost: {len(m['lost'])}; duplicates: {len(m['duplicates'])} "

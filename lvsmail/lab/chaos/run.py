@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lvsmail.lab.chaos.schedule import DIRECTOR_KINDS, KINDS, FaultSpec, make_schedule
-from lvsmail.lab.topology import GW_FRONT, GW_INSIDE, wait_until
+from lvsmail.lab.topology import GW_FRONT, GW_INSIDE
 
 #: Bounds of the run's waits (emulation is slow, a shared machine slower still).
 RECOVER_TIMEOUT = 240.0
@@ -75,30 +75,48 @@ class ChaosRun:
             raise RuntimeError("no director holds the VIP")
         return d
 
-    def table_has(self, role: str | None = None, weight: int | None = None, absent: str | None = None) -> bool:
-        """Both directors alive with complete tables (listed servers up); optional extra conditions."""
+    def unmet(self, role: str | None = None, weight: int | None = None, absent: str | None = None) -> list[str]:
+        """What keeps the cluster from being whole: both directors alive with complete tables (every
+        listed server up), director 1 alone holding the VIP (failback), plus the optional conditions
+        (``role``'s SMTP weight, ``role`` present, ``absent`` gone). Empty when all hold."""
         from lvsmail.lab.mailstack import _alive
 
         addresses = {rs.role: rs.address for rs in self.topo.reals}
+        unmet = []
         for d in self.cluster.directors:
             if d.pid is None or not _alive(d.pid):
-                return False
-            table = self.cluster.table(d)
-            for key, svc in table.items():
+                unmet.append(f"director{d.number} not running")
+                continue
+            for key, svc in self.cluster.table(d).items():
                 if not key.startswith(f"TCP {self.topo.vip}:"):
                     continue
                 dests = {x.address: x.weight for x in svc.dests}
-                if any(dests.get(rs.address, 0) == 0 for rs in self.cluster.reals):
-                    return False
+                where = f"director{d.number} {key}"
+                unmet += [f"{where}: {rs.role} {'weight 0' if rs.address in dests else 'absent'}"
+                          for rs in self.cluster.reals if dests.get(rs.address, 0) == 0]
                 if role is not None and key.endswith(":25") and weight is not None \
                         and dests.get(addresses[role]) != weight:
-                    return False
+                    unmet.append(f"{where}: {role} weight {dests.get(addresses[role])}, not {weight}")
                 if role is not None and weight is None and addresses[role] not in dests:
-                    return False
+                    unmet.append(f"{where}: {role} absent")
                 if absent is not None and addresses[absent] in dests:
-                    return False
-        # Failback: director 1 (the higher priority, preempting) alone holds the VIP again.
-        return self.cluster.vip_holders() == [self.cluster.directors[0]]
+                    unmet.append(f"{where}: {absent} still present")
+        holders = self.cluster.vip_holders()
+        if holders != [self.cluster.directors[0]]:
+            unmet.append("VIP on " + (", ".join(f"director{d.number}" for d in holders) or "no director")
+                         + " (director1 alone after failback)")
+        return unmet
+
+    def wait_whole(self, what: str, timeout: float, **conditions) -> float:
+        """Poll :meth:`unmet` until nothing is; the time it became true, or TimeoutError saying what was not."""
+        deadline = time.monotonic() + timeout
+        while True:
+            unmet = self.unmet(**conditions)
+            if not unmet:
+                return time.time()
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}: " + "; ".join(unmet[:6]))
+            time.sleep(0.5)
 
     # -- faults -----------------------------------------------------------------------------------
 
@@ -197,14 +215,13 @@ class ChaosRun:
             c.stop_process(f"{role}-dovecot")
             c.stop_process(f"{role}-http")
 
-    def recovered(self, rec: FaultRecord) -> bool:
-        """Whether the cluster is whole again after ``rec`` was healed."""
-        kind, role = rec.spec.kind, rec.spec.target
-        if kind == "join_leave":
-            return self.table_has(absent=role)
-        if kind == "reload":
-            return self.table_has(role, weight=1)
-        return self.table_has()
+    def recovery_conditions(self, rec: FaultRecord) -> dict:
+        """What :meth:`unmet` must also see after ``rec`` was healed."""
+        if rec.spec.kind == "join_leave":
+            return {"absent": rec.spec.target}
+        if rec.spec.kind == "reload":
+            return {"role": rec.spec.target, "weight": 1}
+        return {}
 
     def wait_applied(self, rec: FaultRecord, timeout: float = 120) -> None:
         """For faults whose effect must be seen before holding: the reload's weight, the joined server."""
@@ -212,11 +229,10 @@ class ChaosRun:
         t0 = time.time()
         try:
             if kind == "reload":
-                wait_until(lambda: self.table_has(role, weight=3), timeout, interval=0.5,
-                           what=f"weight 3 for {role} in both tables")
+                self.wait_whole(f"weight 3 for {role} in both tables", timeout, role=role, weight=3)
                 rec.notes.append(f"reload applied in both kernels after {time.time() - t0:.1f} s")
             elif kind == "join_leave":
-                wait_until(lambda: self.table_has(role), timeout, interval=0.5, what=f"{role} in both tables")
+                self.wait_whole(f"{role} in both tables", timeout, role=role)
                 rec.notes.append(f"registered {role} in both tables after {time.time() - t0:.1f} s")
         except TimeoutError as exc:
             rec.notes.append(str(exc))
@@ -255,9 +271,8 @@ class ChaosRun:
             rec.healed = time.time()
             self.heal(rec)
             try:
-                wait_until(lambda: self.recovered(rec), RECOVER_TIMEOUT, interval=0.5,
-                           what=f"recovery from {spec.kind}")
-                rec.recovered = time.time()
+                rec.recovered = self.wait_whole(f"recovery from {spec.kind}", RECOVER_TIMEOUT,
+                                                **self.recovery_conditions(rec))
             except TimeoutError as exc:
                 rec.notes.append(str(exc))
                 rec.recovered = 0.0
@@ -355,6 +370,9 @@ def run_chaos(duration: float, seed: int, mode: str = "tun", realservers: int = 
                 clients.stop()
             except RuntimeError as exc:
                 say(f"clients: {exc}")
+        logs = cluster.save_logs()
+        if logs is not None:
+            say(f"logs of every daemon copied to {logs}")
         problems = cluster.down(say=say)
         for p in problems:
             say(f"teardown: {p}")

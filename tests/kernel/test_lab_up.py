@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.whole_cluster]
 
 #: Under emulation `lab up` takes minutes (two directors, four joins, eight mail daemons).
 UP_TIMEOUT = 1500
@@ -37,7 +37,7 @@ def _lvsmail(log: Path, *args: str, timeout: float = UP_TIMEOUT) -> subprocess.C
     return done
 
 
-def test_lab_up_mail_through_the_vip_and_back_over_imap_then_down_leaves_nothing(lab_ok, lab_out, capsys):
+def test_lab_up_mail_through_the_vip_and_back_over_imap_then_down_leaves_nothing(lab_ok, lab_out, alone_in_the_lab, capsys):
     from lvsmail.lab.cluster_up import MailCluster, find_states
     from lvsmail.lab.demo import send_and_read_back
     from lvsmail.lab.mailstack import _alive
