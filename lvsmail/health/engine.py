@@ -27,6 +27,7 @@ keeps its task and state, so a reload never flaps a server.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import random
@@ -184,7 +185,12 @@ class HealthEngine:
         await asyncio.gather(*(link.stop() for link in links), return_exceptions=True)
 
     def _apply_targets(self, new: dict[Key, Target]) -> None:
+        """Follow ``new``. A real server that appears while the engine runs (a reload adds it, or it
+        joined through the registration API) has never been checked: it starts down and enters the
+        table with its first good check. ``start:`` is for the director's own start, where ``up``
+        keeps a restarting director's table as it was."""
         now = self.clock()
+        known = set(self._targets)
         for key in list(self._targets):
             if key not in new or new[key] != self._targets[key]:
                 old = self._targets.pop(key)
@@ -201,7 +207,10 @@ class HealthEngine:
                 continue
             self._targets[key] = t
             if key not in self.states:
-                self.states[key] = HealthState.initial(t.check, now)
+                state = HealthState.initial(t.check, now)
+                if self._running and key not in known and state.up and t.check.type != "on":
+                    state = dataclasses.replace(state, up=False, last_reason="new: down until its first good check")
+                self.states[key] = state
             if self._running and self.share(key) == 0:
                 self._tasks[key] = asyncio.get_running_loop().create_task(self._watch(t), name=f"check {key}")
         for link in self._links:  # a worker keeps the state of its unchanged targets, as this process does

@@ -121,6 +121,33 @@ def test_reload_with_a_different_probe_starts_that_server_afresh():
     asyncio.run(go())
 
 
+def test_a_server_added_while_running_enters_with_its_first_good_check_not_before():
+    script, seen = Script(), []
+    script.ok["198.51.100.40"], script.calls["198.51.100.40"] = False, 0
+    three = CLUSTER.replace("[198.51.100.20, 198.51.100.32]", "[198.51.100.20, 198.51.100.32, 198.51.100.40]")
+
+    async def on_transition(target, event):
+        seen.append((target.address, event.word))
+
+    async def go():
+        engine = HealthEngine(cluster(interval=0.05), on_transition, checker=script)
+        assert all(engine.health().values())  # start: up applies to the director's own start
+        engine.start()
+        engine.update(parse_cluster(three.format(interval=0.05, fall=1, extra="")))  # a reload (or a join) adds it
+        new = ("smtp", "198.51.100.40", 25)
+        assert engine.health()[new] is False, "never checked: no traffic yet"
+        assert engine.states[new].last_reason.startswith("new: down until its first good check")
+        assert engine.health()[("smtp", "198.51.100.20", 25)] is True  # the others keep their verdict
+        await settle(lambda: script.calls["198.51.100.40"] >= 2)
+        assert engine.health()[new] is False and seen == []  # failing checks: it never entered, no flap
+        script.ok["198.51.100.40"] = True
+        await settle(lambda: engine.health()[new])
+        await engine.stop()
+
+    asyncio.run(go())
+    assert seen == [("198.51.100.40", "up")]
+
+
 def test_first_checks_are_spread_over_the_interval():
     starts = []
 
