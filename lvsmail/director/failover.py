@@ -129,6 +129,12 @@ class VipResource:
                 except OSError as exc:
                     if exc.errno != errno.EEXIST:
                         raise
+        self.announce()
+
+    def announce(self) -> None:
+        """Gratuitous ARP / unsolicited NA for every VIP, ``garp.count`` times (again, if asked twice)."""
+        if self._announcing is not None:
+            self._announcing.cancel()
         addrs = tuple(str(ipaddress.ip_interface(c).ip) for c in self.spec.vips)
         self._announcing = asyncio.create_task(
             self.announcer(self.spec.interface, addrs, self.spec.garp.count, self.spec.garp.interval))
@@ -346,6 +352,12 @@ class Runner:
         self._retry: asyncio.TimerHandle | None = None
 
     # hooks called by VrrpInstance
+    def announce(self, reason: str) -> None:
+        """Re-announce our VIPs while master (see vrrp.state.Announce); only if we hold them."""
+        if self.vips in self.group.held:
+            log.info("failover: %s: %s; announcing %s again", self.spec.name, reason, ", ".join(self.spec.vips))
+            self.vips.announce()
+
     def want_resources(self, held: bool) -> None:
         """The state machine took or left the master role."""
         self.group.want(held)

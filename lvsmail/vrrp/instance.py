@@ -18,7 +18,7 @@ from typing import Protocol
 
 from lvsmail.vrrp.packet import Advertisement
 from lvsmail.vrrp.state import (
-    Advert, Discard, Event, ReleaseResources, Role, RunNotify, SendAdvert, Start, Stop, TakeResources, Tick,
+    Advert, Announce, Discard, Event, ReleaseResources, Role, RunNotify, SendAdvert, Start, Stop, TakeResources, Tick,
     VrrpParams, VrrpState, initial, next_deadline, step,
 )
 
@@ -43,6 +43,9 @@ class Hooks(Protocol):
 
     def changed(self, state: VrrpState) -> None:
         """The role changed (publish it)."""
+
+    def announce(self, reason: str) -> None:
+        """Announce the held addresses again (gratuitous ARP / NA); returns at once."""
 
 
 class VrrpInstance:
@@ -123,6 +126,8 @@ class VrrpInstance:
                 self.hooks.want_resources(False)
             elif isinstance(action, RunNotify):
                 self.hooks.notify(action.role, action.priority)
+            elif isinstance(action, Announce):
+                self.hooks.announce(action.reason)
             elif isinstance(action, Discard):
                 log.debug("vrrp %s: %s", self.name, action.reason)
         if (self.state.role, self.state.priority, self.state.master) != (before.role, before.priority, before.master):

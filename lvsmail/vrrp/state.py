@@ -138,6 +138,19 @@ class RunNotify:
 
 
 @dataclass(frozen=True)
+class Announce:
+    """Announce the addresses again (gratuitous ARP / unsolicited NA) while staying master.
+
+    After a split brain heals, the hosts on the link may still send to the other
+    master's MAC address, which it learnt while both claimed the addresses; the
+    other master now stands down without announcing anything. keepalived does the
+    same on a lower-priority advert (``garp_lower_prio_repeat``).
+    """
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class Discard:
     """An advert was ignored; ``reason`` is for the debug log."""
 
@@ -145,7 +158,7 @@ class Discard:
 
 
 Event = Start | Stop | Tick | Advert | Track | ResourceFault
-Action = SendAdvert | TakeResources | ReleaseResources | RunNotify | Discard
+Action = SendAdvert | TakeResources | ReleaseResources | RunNotify | Announce | Discard
 
 
 # -- timing (RFC 5798 §6.1) ------------------------------------------------------
@@ -281,9 +294,15 @@ def _advert(params: VrrpParams, st: VrrpState, adv: Advert, now: float) -> tuple
             # Another router gave up the address we hold: assert ourselves at once.
             return replace(st, advert_at=now + params.advert_interval / 100), [SendAdvert(st.priority)]
         if adv.priority > st.priority or (adv.priority == st.priority and _greater(adv.source, params.primary)):
+            # Two masters: a split brain is healing. One last advert before standing down (§6.4.3 asks
+            # for none) is how the winner learns of it and announces the addresses again (Announce):
+            # the hosts on the link may be sending to our MAC address. RFC 5798 routers take it for an
+            # ordinary advert from a lower-priority master; the winner's next advert follows.
+            last = SendAdvert(st.priority)
             st = _become_backup(params, st, now, adv.interval, adv.source)
-            return st, [ReleaseResources(), RunNotify(Role.BACKUP, st.priority)]
-        return st, [Discard(f"priority {adv.priority} from {adv.source} does not beat ours ({st.priority})")]
+            return st, [last, ReleaseResources(), RunNotify(Role.BACKUP, st.priority)]
+        return st, [Announce(f"another master, {adv.source}, advertised priority {adv.priority} (ours "
+                             f"{st.priority}) and gives way: a split brain healing")]
     return st, [Discard(f"in {st.role.value}")]
 
 

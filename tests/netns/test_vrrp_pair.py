@@ -363,15 +363,30 @@ def _isolate(on: bool) -> None:
                         "on" if on else "off"], check=True, capture_output=True)
 
 
-def test_split_gives_two_masters_and_heal_exactly_one(nodes):
+def test_split_gives_two_masters_and_heal_exactly_one_which_announces_the_vip_again(nodes):
     a, b = pair(nodes)
-    _isolate(True)  # a and b can no longer hear each other (both still reach the client)
-    until(lambda: a.role() == "master" and b.role() == "master", 5, "both masters while split", (a, b))
-    until(lambda: a.has_vip() and b.has_vip(), 5, "the VIP on both while split", (a, b))
-    _isolate(False)
-    until(lambda: a.role() == "master" and b.role() == "backup", 5, "one master after heal", (a, b))
-    until(lambda: not b.has_vip(), 5, "b dropped the VIP", (a, b))
-    assert a.has_vip()
+    watch = ArpWatch()
+    try:
+        _isolate(True)  # a and b can no longer hear each other (both still reach the client)
+        until(lambda: a.role() == "master" and b.role() == "master", 5, "both masters while split", (a, b))
+        until(lambda: a.has_vip() and b.has_vip(), 5, "the VIP on both while split", (a, b))
+        seen: list[str] = []
+        until(lambda: seen.extend(watch.senders()) or mac("b") in seen, 5, "b announced the VIP while split",
+              (a, b))
+        time.sleep(0.5)  # b's announcements are over: the client now sends the VIP's traffic to b
+        watch.senders()
+        _isolate(False)
+        until(lambda: a.role() == "master" and b.role() == "backup", 5, "one master after heal", (a, b))
+        until(lambda: not b.has_vip(), 5, "b dropped the VIP", (a, b))
+        assert a.has_vip()
+        # b stood down without a word; a, hearing the other master, announces again so the client's
+        # ARP entry for the VIP leaves b (a lower-priority advert, as keepalived's garp_lower_prio_repeat).
+        seen.clear()
+        until(lambda: seen.extend(watch.senders()) or mac("a") in seen, 5, "a announced the VIP after the heal",
+              (a, b))
+        assert mac("b") not in seen
+    finally:
+        watch.close()
 
 
 def test_unicast_peers_elect_and_fail_over(nodes):
