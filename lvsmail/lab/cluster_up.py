@@ -1,15 +1,18 @@
 """``lvsmail lab up|down|status``: the seed deployment, whole, in network namespaces.
 
-What :func:`up` builds (TUN by default, DR on request):
+What :func:`up` builds (TUN by default, DR or NAT on request):
 
 * the lab topology with **two directors** side by side (``Topology(directors=2)``),
   each running ``lvsmail director start`` with the same services, a VRRPv3
   instance that places the VIP (priority 150 on director 1, 100 on director 2,
   preemption on: failback), and IPVS connection sync whose role follows VRRP;
+  with NAT a second instance on the inside link moves the real servers' default
+  gateway (``NAT_GATEWAY``) with the VIP;
 * **N real servers** (default 4), each running a private Postfix, Dovecot and a
   static web server for the health page, all delivering into one shared
   directory (the shared storage of the seed), each prepared by ``lvsmail
-  realserver join`` (VIP on ``tunl0`` or ``lo``, ARP and rp_filter sysctls,
+  realserver join`` (VIP on ``tunl0`` or ``lo``, ARP and rp_filter sysctls, or
+  with NAT the default route through the directors,
   the cluster's ``mail:`` settings in Postfix and Dovecot, the health page);
 * services smtp/25 (persistent 120 s, as the seed), imap/143 and http/80, each
   with its protocol's health check.
@@ -39,7 +42,8 @@ from typing import Callable
 from lvsmail.lab import mailstack
 from lvsmail.lab.cluster import lvsmail_argv, parse_proc_ip_vs
 from lvsmail.lab.topology import (
-    CLIENT, CLIENT_EXTRA, DIRECTOR2_INSIDE, DIRECTOR_INSIDE, RealServer, Topology, wait_until,
+    CLIENT, CLIENT_EXTRA, DIRECTOR2_INSIDE, DIRECTOR_INSIDE, GW_INSIDE, MODES, NAT_GATEWAY, RealServer, Topology,
+    wait_until,
 )
 from lvsmail.net import netns
 
@@ -105,9 +109,8 @@ class MailCluster:
 
     def __init__(self, mode: str = "tun", reals: int = 4, spare: int = 0, prefix: str | None = None,
                  state_dir: Path = STATE_DIR) -> None:
-        if mode not in ("tun", "dr"):
-            raise LabUpError("lab up builds a director pair, which the lab has for tun and dr only "
-                             "(NAT would need a floating gateway address for the real servers)")
+        if mode not in MODES:
+            raise LabUpError(f"--mode must be one of {', '.join(MODES)}")
         if not 1 <= reals <= 20:
             raise LabUpError("--realservers must be between 1 and 20")
         self.mode, self.nreals, self.nspare = mode, reals, spare
@@ -182,7 +185,8 @@ class MailCluster:
         lines = [f"# lvsmail lab up {self.topo.prefix}: the seed deployment ({self.mode}, "
                  f"{self.nreals} real servers, a director pair)",
                  "cluster: clustermail-lab", f'vips: ["{vip}"]',
-                 "kernel: {expire_nodest_conn: 1, expire_quiescent_template: 1}", "services:"]
+                 "kernel: {expire_nodest_conn: 1, expire_quiescent_template: 1"
+                 + (", ip_forward: 1}" if self.mode == "nat" else "}"), "services:"]
         for name, port, check in SERVICES:
             lines += [f"  - name: {name}", f'    vip: "{vip}"', f"    port: {port}", "    scheduler: wlc",
                       f"    forwarding: {self.mode}"]
@@ -195,9 +199,18 @@ class MailCluster:
         lines += ["sync: {interface: eth1, syncid: %d, role: auto}" % SYNC_ID]
         if director is not None:
             priority = PRIORITIES[director - 1]
-            lines += ["failover:", "  interface: eth0", "  instances:",
-                      f"    - {{name: mail, vrid: {VRID}, priority: {priority}, advert_interval: {ADVERT}, "
-                      f"preempt: true, vips: [{vip}/24], sync: true}}"]
+            common = f"priority: {priority}, advert_interval: {ADVERT}, preempt: true"
+            lines += ["failover:", "  interface: eth0", "  instances:"]
+            if self.mode != "nat":
+                lines.append(f"    - {{name: mail, vrid: {VRID}, {common}, vips: [{vip}/24], sync: true}}")
+            else:
+                # NAT: the real servers answer through their default gateway, which must be on the director
+                # holding the VIP. Two instances elect alike; each tracks the other's interface, so a link
+                # lost on the master moves both (keepalived would use a vrrp_sync_group).
+                lines += [f"    - {{name: mail, vrid: {VRID}, {common}, vips: [{vip}/24], sync: true, "
+                          "track_interfaces: [eth1]}",
+                          f"    - {{name: gateway, vrid: {VRID + 1}, interface: eth1, {common}, "
+                          f"vips: [{NAT_GATEWAY}/24], track_interfaces: [eth0]}}"]
         inside = [d.inside for d in self.directors]
         lines += ["registration:"]
         if director is not None:
@@ -208,6 +221,7 @@ class MailCluster:
                   f'  token_file: "{self.token}"', "  drain_timeout: 20",
                   "realserver:", "  services: [smtp, imap, http]",
                   f"  directors: [{', '.join(inside)}]",
+                  *([f"  nat_gateway: {NAT_GATEWAY}"] if self.mode == "nat" else []),
                   "mail:", f"  hostname: {mailstack.HOSTNAME}", f"  domain: {mailstack.DOMAIN}",
                   f'  mailbox: {{layout: virtual, root: "{self.store.boxes}", maps: "texthash:{self.store.vmailbox}", '
                   "owner: nobody}",
@@ -425,6 +439,10 @@ class MailCluster:
         held = self.vip_holders()
         return held[0] if held else None
 
+    def rs_gateway(self) -> str:
+        """A real server's default gateway: the floating NAT gateway on the directors, else the router."""
+        return NAT_GATEWAY if self.mode == "nat" else GW_INSIDE
+
     def clients(self) -> list[str]:
         """Client source addresses available in the client namespace."""
         return [CLIENT, *CLIENT_EXTRA, *EXTRA_CLIENTS]
@@ -616,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m lvsmail.lab.cluster_up", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="verb", required=True)
     p = sub.add_parser("up")
-    p.add_argument("--mode", choices=("tun", "dr"), default="tun")
+    p.add_argument("--mode", choices=MODES, default="tun")
     p.add_argument("--realservers", type=int, default=4)
     p.add_argument("--then", default=None, help="shell command to run once up, then tear down")
     p.add_argument("--state-dir", type=Path, default=STATE_DIR)

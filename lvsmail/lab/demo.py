@@ -18,7 +18,7 @@ import sys
 import time
 from collections import Counter
 
-from lvsmail.lab.topology import wait_until
+from lvsmail.lab.topology import MODES, wait_until
 
 
 def _say(msg: str) -> None:
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python3 -m lvsmail.lab.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=30)
-    parser.add_argument("--mode", choices=("tun", "dr"), default="tun")
+    parser.add_argument("--mode", choices=MODES, default="tun")
     parser.add_argument("--reals", type=int, default=4)
     args = parser.parse_args(argv)
     if os.environ.get("LVSMAIL_IN_LAB") == "1" or vm.host_capability().ok:

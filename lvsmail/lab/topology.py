@@ -65,6 +65,9 @@ DIRECTOR_INSIDE, DIRECTOR_INSIDE6 = "198.51.100.1", "2001:db8:5::1"
 #: The second director of a failover pair.
 DIRECTOR2_FRONT, DIRECTOR2_FRONT6 = "192.0.2.3", "2001:db8:f::3"
 DIRECTOR2_INSIDE, DIRECTOR2_INSIDE6 = "198.51.100.2", "2001:db8:5::2"
+#: NAT with a director pair: the real servers' default gateway, an address on the inside link that
+#: moves with the VIP (VRRP holds both), as keepalived's LVS-NAT examples do.
+NAT_GATEWAY = "198.51.100.253"
 #: Host numbers of the first real servers, as in the deployment the project comes from.
 REAL_HOSTS = (20, 32, 35, 36)
 
@@ -129,8 +132,6 @@ class Topology(AbstractContextManager):
             raise ValueError(f"mode must be one of {', '.join(MODES)}")
         if directors not in (1, 2):
             raise ValueError("directors must be 1 or 2")
-        if directors == 2 and mode == "nat":
-            raise ValueError("a director pair is built for tun and dr only (NAT needs a floating gateway)")
         if vip_on is not None and not 1 <= vip_on <= directors:
             raise ValueError(f"vip_on must be None or a director number from 1 to {directors}")
         if not 1 <= reals <= 200:
@@ -153,6 +154,9 @@ class Topology(AbstractContextManager):
         self._created: list[str] = []
         self._procs: list[subprocess.Popen] = []
         self._built = False
+        if directors == 2 and mode == "nat" and any(rs.role not in self.bare for rs in self.reals):
+            raise ValueError("a NAT director pair needs bare real servers: their default route is the floating "
+                             f"gateway {NAT_GATEWAY}, set by `lvsmail realserver join` (realserver.nat_gateway)")
 
     # -- life cycle ----------------------------------------------------------
 

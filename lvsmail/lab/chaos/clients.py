@@ -203,11 +203,15 @@ class MtaClients:
             return [m for m in self.messages if m.accepted_at is None]
 
     def stop(self) -> None:
-        """Stop every task and join the thread; re-raise what killed the loop, if anything did."""
-        if self._loop is not None and self._stop is not None:
+        """Stop every task and join the thread; re-raise what killed the loop, if anything did.
+
+        Safe to call again (the run's clean-up calls it after the accounting did)."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread is not None:
-            self._thread.join(timeout=60)
+        thread.join(timeout=60)
         if self.error is not None:
             raise RuntimeError(f"the lab clients failed: {self.error!r}") from self.error
 

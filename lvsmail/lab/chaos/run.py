@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lvsmail.lab.chaos.schedule import DIRECTOR_KINDS, KINDS, FaultSpec, make_schedule
-from lvsmail.lab.topology import GW_FRONT, GW_INSIDE
+from lvsmail.lab.topology import GW_FRONT, MODES
 
 #: Bounds of the run's waits (emulation is slow, a shared machine slower still).
 RECOVER_TIMEOUT = 240.0
@@ -185,7 +185,7 @@ class ChaosRun:
             ns = self.topo.node(role).ns
             self._ip(ns, "link", "set", "eth0", "up")
             # IPv4 routes through a link that went down are gone (fib_disable_ip): the boot scripts' route.
-            self._ip(ns, "route", "replace", "default", "via", GW_INSIDE)
+            self._ip(ns, "route", "replace", "default", "via", c.rs_gateway())
             c.start_mail(role)
         elif kind == "rs_hang":
             c.postfix(role).thaw()
@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lvsmail lab chaos", description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=300.0)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--mode", choices=("tun", "dr"), default="tun")
+    parser.add_argument("--mode", choices=MODES, default="tun")
     parser.add_argument("--realservers", type=int, default=4)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--kinds", default=None, help=f"comma-separated subset of: {', '.join(KINDS)}")
