@@ -73,7 +73,8 @@ def _in_lab() -> bool:
 
 
 @lab.command()
-@click.option("--mode", default="tun", show_default=True, type=click.Choice(["tun", "dr", "nat"]), help="Forwarding method.")
+@click.option("--mode", default="tun", show_default=True, type=click.Choice(["tun", "dr", "nat"]),
+              help="Forwarding method.")
 @click.option("--realservers", default=4, show_default=True, type=click.IntRange(1, 20), help="Real servers.")
 @click.option("--then", "then_cmd", default=None,
               help="Shell command to run once the cluster is up; the cluster is torn down afterwards. "
@@ -123,7 +124,8 @@ def status(prefix: str | None, state_dir: str | None) -> None:
 @click.option("--duration", default=300.0, show_default=True, type=click.FloatRange(20, 3600),
               help="Seconds of faults (setup, final delivery and accounting come on top).")
 @click.option("--seed", default=1, show_default=True, type=int, help="Seed of the fault schedule.")
-@click.option("--mode", default="tun", show_default=True, type=click.Choice(["tun", "dr", "nat"]), help="Forwarding method.")
+@click.option("--mode", default="tun", show_default=True, type=click.Choice(["tun", "dr", "nat"]),
+              help="Forwarding method.")
 @click.option("--realservers", default=4, show_default=True, type=click.IntRange(2, 20), help="Real servers.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Where the JSON report and the plot go (default: $LVSMAIL_LAB_OUT or lab-out/).")
