@@ -161,6 +161,7 @@ class MtaClients:
         self._stop: asyncio.Event | None = None
         self._producing = True
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue | None = None
         self._thread: threading.Thread | None = None
         self._seq = itertools.count(1)
         self.started = 0.0
@@ -217,10 +218,41 @@ class MtaClients:
 
     # -- the loop -------------------------------------------------------------------------------
 
+    def send_direct(self, host: str, count: int, timeout: float = 120) -> list[Message]:
+        """``count`` new messages sent straight to ``host`` (a real server's own address, not the VIP),
+        one attempt each; those it does not accept join the senders' queue and go through the VIP.
+
+        The queue-full fault uses it to put mail in a real server's queue while its deliveries are
+        deferred: mail a server accepted and holds must still arrive exactly once.
+        """
+        future = asyncio.run_coroutine_threadsafe(self._send_direct(host, count), self._loop)
+        return future.result(timeout)
+
+    async def _send_direct(self, host: str, count: int) -> list[Message]:
+        batch = [self._new_message() for _ in range(count)]
+        await asyncio.gather(*(send_one(host, m) for m in batch))  # concurrently, as several MTAs would
+        for m in batch:
+            if m.accepted_at is None:
+                m.next_try = time.time() + RETRY_AFTER
+                self._queue.put_nowait(m)
+        return batch
+
+    def _new_message(self) -> Message:
+        """The next message, from one of the MTAs (client addresses) to one of the mailboxes."""
+        users = list(USERS)
+        n = next(self._seq)
+        m = Message(mid=f"lab-{n}-{self.rng.getrandbits(32):08x}@client.example.net",
+                    rcpt=f"{users[n % len(users)]}@{DOMAIN}", source=self.sources[n % len(self.sources)],
+                    created=time.time())
+        with self.lock:
+            self.messages.append(m)
+        return m
+
     async def _main(self, ready: threading.Event) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         queue: asyncio.Queue[Message] = asyncio.Queue()
+        self._queue = queue
         tasks = [asyncio.create_task(self._produce(queue))]
         tasks += [asyncio.create_task(self._sender(queue)) for _ in range(self.senders)]
         tasks += [asyncio.create_task(self._reader(i)) for i in range(self.readers)]
@@ -232,18 +264,11 @@ class MtaClients:
 
     async def _produce(self, queue: asyncio.Queue) -> None:
         """New messages at ``rate`` per second, each from one of the MTAs (client addresses) to a mailbox."""
-        users = list(USERS)
         while True:
             await asyncio.sleep(1.0 / self.rate)
             if not self._producing or len(self.messages) >= self.max_messages:
                 continue
-            n = next(self._seq)
-            m = Message(mid=f"lab-{n}-{self.rng.getrandbits(32):08x}@client.example.net",
-                        rcpt=f"{users[n % len(users)]}@{DOMAIN}", source=self.sources[n % len(self.sources)],
-                        created=time.time())
-            with self.lock:
-                self.messages.append(m)
-            queue.put_nowait(m)
+            queue.put_nowait(self._new_message())
 
     async def _sender(self, queue: asyncio.Queue) -> None:
         """Take a message, try it; on failure put it back to be retried after RETRY_AFTER."""

@@ -32,6 +32,8 @@ RECOVER_TIMEOUT = 240.0
 FINAL_TIMEOUT = 300.0
 #: Postfix's free-space floor that makes smtpd answer 452 4.3.1 (a queue file system "full").
 FULL_QUEUE_MINFREE = str(10 ** 15)
+#: Messages put into a real server's queue by the queue-full fault.
+QUEUE_FILL = 5
 
 
 def _say(msg: str) -> None:
@@ -55,8 +57,8 @@ class FaultRecord:
 class ChaosRun:
     """Faults against a running :class:`~lvsmail.lab.cluster_up.MailCluster`."""
 
-    def __init__(self, cluster, say=_say) -> None:
-        self.cluster, self.say = cluster, say
+    def __init__(self, cluster, say=_say, clients=None) -> None:
+        self.cluster, self.say, self.clients = cluster, say, clients
         self.topo = cluster.topo
 
     # -- helpers ----------------------------------------------------------------------------------
@@ -167,6 +169,12 @@ class ChaosRun:
         """Half-way through the hold: a queue that filled up now refuses new mail."""
         if rec.spec.kind == "queue_full":
             pf = self.cluster.postfix(rec.spec.target)
+            # Mail this server accepted and cannot deliver yet: straight to it, as an MTA whose
+            # connection landed there would have (the VIP's persistence may send nobody there now).
+            address = self.topo.node(rec.spec.target).address
+            sent = self.clients.send_direct(address, QUEUE_FILL)
+            rec.notes.append(f"{sum(m.accepted_at is not None for m in sent)} of {len(sent)} message(s) sent "
+                             f"straight to {rec.spec.target} accepted")
             # queue_minfree above the free space makes smtpd answer 452 4.3.1, as on a full queue
             # file system (RFC 3463 X.3.1: mail system full).
             pf.postconf(f"queue_minfree = {FULL_QUEUE_MINFREE}")
@@ -334,8 +342,8 @@ def run_chaos(duration: float, seed: int, mode: str = "tun", realservers: int = 
     try:
         timings = cluster.up(say=say)
         say(f"cluster up in {timings['ready']:.0f} s")
-        run = ChaosRun(cluster, say)
         clients = MtaClients(cluster.topo.client.ns, cluster.topo.vip, cluster.clients(), seed=seed).start()
+        run = ChaosRun(cluster, say, clients)
         held = HeldSessions(cluster.topo.client.ns, cluster.topo.vip, cluster.clients()).start()
         start = time.time()
         records = run.execute(faults, clients, held, start)

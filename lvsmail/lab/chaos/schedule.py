@@ -20,8 +20,8 @@ KINDS = {
     "rs_kill": "kill a real server outright (SIGKILL of every daemon, its link down), boot it again",
     "rs_hang": "hang a real server's SMTP: SIGSTOP of every Postfix process (the kernel still accepts, "
                "nobody greets), SIGCONT",
-    "queue_full": "fill a real server's queue: deliveries deferred and free-space floor raised (452 4.3.1), "
-                  "then the queue flushed",
+    "queue_full": "fill a real server's queue: deliveries deferred, messages sent straight to it held in its "
+                  "queue, free-space floor raised (452 4.3.1), then the queue flushed",
     "director_kill": "SIGKILL the master director (VIP and kernel state stay behind), restart it (failback)",
     "director_link": "take the master director's links down, bring them up (failback)",
     "director_split": "split the directors' link (VRRP adverts dropped both ways: split brain), heal it",
