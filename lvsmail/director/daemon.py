@@ -112,6 +112,7 @@ class Director:
         self.membership.load(self.spec)
         self.overrides.load()
         self.engine = HealthEngine(self.effective(), self._on_transition, **self.engine_options)
+        self.engine.hold = lambda: self.failover.link_fault() if self.failover is not None else None
         self._set_alerter()
         prepare_kernel(self.spec)
         await self._apply_kernel_profile()

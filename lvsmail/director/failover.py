@@ -45,6 +45,11 @@ log = logging.getLogger("lvsmail.failover")
 
 #: Seconds between polls of tracked interfaces and services.
 TRACK_INTERVAL = 0.2
+#: A failed health check asks whether our own links are down; a link reading older than this is renewed.
+LINK_FRESH = 0.05
+#: Seconds between two re-announcements a lower-priority master's adverts ask for (keepalived paces
+#: its own with ``vrrp_garp_lower_prio_delay``).
+ANNOUNCE_HOLDOFF = 5.0
 #: Seconds a resource failure keeps an instance in Fault before it may try again.
 RESOURCE_RETRY = 30.0
 #: Seconds an ``on_master`` / ``on_backup`` command or a notify hook may run.
@@ -348,15 +353,27 @@ class Runner:
             resources.append(self.commands)
         self.group = ResourceGroup(resources, self._resource_failed, failover.save)
         self.last_track: Track | None = None
+        self.link_faults: frozenset[str] = frozenset()  # the faults of last_track that are our own links being down
+        self._announced = float("-inf")  # when the VIPs were last announced again (announce)
+        self._unannounced = 0  # adverts that asked for it since, within the hold-off
         self._tasks: set[asyncio.Task] = set()
         self._retry: asyncio.TimerHandle | None = None
 
     # hooks called by VrrpInstance
     def announce(self, reason: str) -> None:
-        """Re-announce our VIPs while master (see vrrp.state.Announce); only if we hold them."""
-        if self.vips in self.group.held:
-            log.info("failover: %s: %s; announcing %s again", self.spec.name, reason, ", ".join(self.spec.vips))
-            self.vips.announce()
+        """Re-announce our VIPs while master (see vrrp.state.Announce); only if we hold them, and at most
+        once per ``ANNOUNCE_HOLDOFF``: a misconfigured peer that stays master below our priority sends
+        such an advert every interval, and should cost neither a gratuitous ARP nor a log line each time."""
+        if self.vips not in self.group.held:
+            return
+        now = self.failover.clock()
+        if now - self._announced < ANNOUNCE_HOLDOFF:
+            self._unannounced += 1
+            return
+        more = f" ({self._unannounced} more such adverts since the last announcement)" if self._unannounced else ""
+        log.info("failover: %s: %s; announcing %s again%s", self.spec.name, reason, ", ".join(self.spec.vips), more)
+        self._announced, self._unannounced = now, 0
+        self.vips.announce()
 
     def want_resources(self, held: bool) -> None:
         """The state machine took or left the master role."""
@@ -539,6 +556,7 @@ class Failover:
         self.resource_retry = resource_retry
         self.runners: dict[str, Runner] = {}
         self._poller: asyncio.Task | None = None
+        self._links_read = float("-inf")  # when link states were last read (tracking poll or link_fault)
 
     async def start(self) -> None:
         """Clear VIPs a killed predecessor left behind, start every instance, start tracking."""
@@ -623,6 +641,8 @@ class Failover:
         while True:
             await asyncio.sleep(self.track_interval)
             links = await self._link_states()
+            if links:
+                self._links_read = self.clock()
             for runner in list(self.runners.values()):
                 await self._track_one(runner, links)
                 if runner.instance is None:
@@ -631,16 +651,9 @@ class Failover:
     async def _track_one(self, runner: Runner, links: dict[str, bool]) -> None:
         """Tracking result of one instance: faults and total weight of what is down."""
         spec = runner.spec
-        faults: set[str] = set()
-        penalty = 0
-        if not links.get(spec.interface, False):
-            faults.add(f"interface {spec.interface} down")
-        for t in spec.track_interfaces:
-            if not links.get(t.name, False):
-                if t.weight:
-                    penalty += t.weight
-                else:
-                    faults.add(f"tracked interface {t.name} down")
+        runner.link_faults = _link_faults(spec, links)
+        faults = set(runner.link_faults)
+        penalty = sum(t.weight for t in spec.track_interfaces if t.weight and not links.get(t.name, False))
         if spec.track_services:
             states = self.health() or {}
             known = {s.name for s in self.cluster.services}
@@ -658,6 +671,37 @@ class Failover:
                     faults.add(down)
         runner.track(Track(penalty=penalty, faults=frozenset(faults)))
 
+    def link_fault(self) -> str | None:
+        """Why this director serves no VIP at all because its own links are down, or None.
+
+        Only when every instance is in fault for an interface (its own, or one
+        tracked without a weight): the peer then holds every VIP, and this
+        director's table carries no traffic until a link returns. The health
+        engine asks on a failed check, so that checks failing only because our
+        links are down do not empty the table the director takes back on
+        failback. The answer must not lag the link: a check can fail within
+        the first moment of an outage, before the next tracking poll, so the
+        link states are read afresh when the last reading is older than
+        ``LINK_FRESH``.
+        """
+        if self.direct is not None and self.clock() - self._links_read > LINK_FRESH:
+            try:
+                links = self.direct.link_states()
+            except OSError as exc:
+                log.error("failover: cannot read link states: %s", exc)
+            else:
+                self._note_links(links)
+        faults = [r.link_faults for r in self.runners.values()]
+        if not faults or not all(faults):
+            return None
+        return "; ".join(sorted(frozenset().union(*faults)))
+
+    def _note_links(self, links: dict[str, bool]) -> None:
+        """Remember which instances' links are down (for ``link_fault``)."""
+        self._links_read = self.clock()
+        for runner in self.runners.values():
+            runner.link_faults = _link_faults(runner.spec, links)
+
     def status(self) -> dict:
         """Every instance's role, priority, master, since, transitions, faults."""
         now_wall, now_mono = time.time(), self.clock()
@@ -671,6 +715,17 @@ class Failover:
         from lvsmail.director.daemon import _write_json
 
         _write_json(self.state_file, self.status())
+
+
+def _link_faults(spec: VrrpInstanceSpec, links: dict[str, bool]) -> frozenset[str]:
+    """The faults that put an instance in FAULT because a link is down: its interface, or one tracked
+    without a weight (a weighted one only lowers the priority)."""
+    faults = set()
+    if not links.get(spec.interface, False):
+        faults.add(f"interface {spec.interface} down")
+    faults.update(f"tracked interface {t.name} down" for t in spec.track_interfaces
+                  if not t.weight and not links.get(t.name, False))
+    return frozenset(faults)
 
 
 def _fields(spec: VrrpInstanceSpec) -> list[str]:

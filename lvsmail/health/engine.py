@@ -12,7 +12,13 @@ Each real server of each checked service gets one task:
 * while a transition is pending the next check comes sooner (``next_interval``);
 * a check that timed out while the server's answer sat unread in our socket
   is inconclusive, not a failure (see ``run_check``): an overloaded director
-  must not take healthy servers out.
+  must not take healthy servers out;
+* so is a failed check while ``hold`` names a fault of the director's own
+  (the director passes its failover's ``link_fault``: all its links to the
+  VRRP peer are down and the peer holds the VIPs). Otherwise every server
+  would fail at once, leave the table, and the sessions the peer kept would
+  be reset when this director takes the VIPs back. A maintenance file is the
+  operator's word, not a check, and is never held.
 
 Transitions are handed to a callback (the director turns them into one scoped
 IPVS change). With ``workers`` > 0 the targets are shared between this process
@@ -136,6 +142,9 @@ class HealthEngine:
         self.workers = workers  # extra processes that run checks (0: all here; None: default_workers at start)
         self._links: list = []  # one WorkerLink per worker process, once started
         self.on_result: Callable[[Key, Result], None] | None = None  # every result (a worker's outbox)
+        self.hold: Callable[[], str | None] | None = None  # a fault of the director's own: failures not counted
+        self._holding: str | None = None  # the hold in force, logged when it begins and ends
+        self._held = 0  # failures not counted under it
         self.maintenance_dir = cluster.maintenance_dir if cluster is not None else None
         self._pending = targets(cluster) if cluster is not None else {}
         for key, t in self._pending.items():
@@ -240,11 +249,12 @@ class HealthEngine:
     async def record(self, t: Target, result: Result) -> HealthState:
         """Count one result of ``t`` (checked here or by a worker): the new state; a transition is acted on."""
         self.checks_done += 1
+        result = self._held_result(result)
         state, event = step(self.states[t.key], result, self.clock())
         self.states[t.key] = state
         if self.on_result is not None:
             self.on_result(t.key, result)
-        if result.inconclusive:
+        if result.inconclusive and self._holding is None:
             log.info("health: %s %s:%s not counted: %s", t.service, t.address, t.port, result.reason)
         if event is not None:
             log.warning("health: %s %s:%s %s: %s", t.service, t.address, t.port, event.word, event.reason)
@@ -253,6 +263,24 @@ class HealthEngine:
             except Exception:  # the director's problem must not stop this server's checks
                 log.exception("health: acting on %s transition of %s failed", event.word, t.key)
         return state
+
+    def _held_result(self, result: Result) -> Result:
+        """``result``, or a failure turned inconclusive while ``hold`` names a fault of the director's own."""
+        if self.hold is None or (result.ok and self._holding is None):
+            return result  # asked on failures only (and, while holding, to see it end): a success costs nothing
+        why = self.hold()
+        if why != self._holding:
+            if self._holding is not None:
+                log.warning("health: checks count again (%d failed checks not counted while %s)",
+                            self._held, self._holding)
+            if why is not None:
+                log.warning("health: failed checks not counted while %s: the failures are this director's own",
+                            why)
+            self._holding, self._held = why, 0
+        if why is None or result.ok or result.inconclusive or result.step == "maintenance":
+            return result
+        self._held += 1
+        return replace(result, inconclusive=True, reason=f"{result.reason} (not counted: {why})")
 
     async def remote_result(self, key: Key, result: Result) -> None:
         """A worker's result: counted if ``key`` is still watched (a reload may have removed it meanwhile)."""

@@ -352,3 +352,72 @@ def test_status_text_and_json_of_published_instances(tmp_path):
     assert "fault: no real server of service smtp is up" in text
     assert fmt.failover_json(published)[0]["cluster"] == "pair"
     assert fmt.read_failover(str(tmp_path), "nothere") == []
+
+
+TWO = """\
+cluster: two
+vips: [192.0.2.33, 192.0.2.34]
+services: []
+failover:
+  interface: eth0
+  instances:
+    - name: mail
+      vrid: 51
+      priority: 100
+      vips: [192.0.2.33/24]
+      track_interfaces: [{name: eth2, weight: 20}]
+    - name: web
+      vrid: 52
+      priority: 100
+      interface: eth1
+      vips: [192.0.2.34/24]
+      track_interfaces: [eth0]
+"""
+
+
+def test_link_fault_only_when_every_instance_lost_a_link_it_cannot_do_without(tmp_path):
+    """What the health engine holds its failures on: read afresh (no waiting for the tracking poll),
+    and only when this director serves no VIP because of its own links."""
+    spec = parse_cluster(TWO)
+    net = FakeNetBackend({name: FakeLink(True, [f"192.0.2.{i}/24"]) for i, name in enumerate(("eth0", "eth1", "eth2"), 1)})
+    f = Failover(spec.failover, spec, state_file=tmp_path / "f.json", net=ThreadedNet(lambda: net),
+                 transport_factory=FakeWire().transport("a"), announcer=lambda *a: None, track_interval=3600)
+    f.direct = net  # as a real director's own rtnetlink socket: read on the spot
+
+    async def go():
+        await f.start()
+        assert f.link_fault() is None
+        net.links["eth2"].carrier = False  # weighted: lowers mail's priority, no fault
+        await asyncio.sleep(0.06)
+        assert f.link_fault() is None
+        net.links["eth1"].carrier = False  # web is in fault, mail still serves
+        await asyncio.sleep(0.06)
+        assert f.link_fault() is None
+        net.links["eth0"].carrier = False  # mail's own interface and web's tracked one
+        await asyncio.sleep(0.06)
+        assert f.link_fault() == "interface eth0 down; interface eth1 down; tracked interface eth0 down"
+        net.links["eth0"].carrier = net.links["eth1"].carrier = True
+        await asyncio.sleep(0.06)
+        assert f.link_fault() is None
+        f.direct = None  # the fake has no socket to close
+        await f.stop()
+
+    asyncio.run(go())
+
+
+def test_a_lower_priority_master_that_stays_gets_one_announcement_per_holdoff(tmp_path):
+    """Split-brain heal asks for one re-announcement; a misconfigured peer asking every advert gets one per
+    ANNOUNCE_HOLDOFF, not a gratuitous ARP and a log line each time."""
+    from lvsmail.director import failover as fo
+
+    now = [100.0]
+    f, net, announced = make(FakeWire(), "a", "192.0.2.1", 200, tmp_path, clock=lambda: now[0])
+    runner = fo.Runner(f, f.spec.instances[0])
+    runner.group.held.append(runner.vips)
+    sent = []
+    runner.vips.announce = lambda: sent.append(now[0])
+    for t in (100.0, 101.0, 102.0, 100.0 + fo.ANNOUNCE_HOLDOFF, 106.0):
+        now[0] = t
+        runner.announce("another master gives way")
+    assert sent == [100.0, 100.0 + fo.ANNOUNCE_HOLDOFF]
+    assert runner._unannounced == 1

@@ -245,3 +245,36 @@ def test_maintenance_applies_to_services_without_a_check(tmp_path):
     health = asyncio.run(go())
     assert seen == [("198.51.100.20", "down")]
     assert health == {("web", "198.51.100.20", 0): False, ("web", "198.51.100.32", 0): True}
+
+
+def test_failures_are_not_counted_while_the_director_s_own_links_are_down(tmp_path):
+    """A director whose links are down fails every check; with ``hold`` those failures leave its table
+    alone (its peer holds the VIPs), a maintenance file still counts, and checks count again after."""
+    maint = tmp_path / "maint"
+    maint.mkdir()
+    script, seen, own = Script(), [], {"fault": None}
+
+    async def on_transition(target, event):
+        seen.append((target.address, event.word))
+
+    text = CLUSTER.format(interval=0.05, fall=1, extra="").replace("cluster: t\n", f"cluster: t\nmaintenance_dir: {maint}\n")
+    key = ("smtp", "198.51.100.20", 25)
+
+    async def go():
+        engine = HealthEngine(parse_cluster(text), on_transition, checker=script)
+        engine.hold = lambda: own["fault"]
+        engine.start()
+        own["fault"] = "interface eth0 down"
+        script.ok["198.51.100.20"] = False
+        calls = script.calls["198.51.100.20"]
+        await settle(lambda: script.calls["198.51.100.20"] >= calls + 4)
+        assert seen == [] and engine.health()[key] is True
+        assert engine.states[key].last_reason.endswith("(not counted: interface eth0 down)")
+        assert engine.states[key].inconclusive_checks >= 3
+        (maint / "198.51.100.32:25").write_text("")  # the operator's word is not held
+        await settle(lambda: seen == [("198.51.100.32", "down")])
+        own["fault"] = None  # the link is back: the next failure counts
+        await settle(lambda: ("198.51.100.20", "down") in seen)
+        await engine.stop()
+
+    asyncio.run(go())
