@@ -202,7 +202,10 @@ class MailCluster:
             common = f"priority: {priority}, advert_interval: {ADVERT}, preempt: true"
             lines += ["failover:", "  interface: eth0", "  instances:"]
             if self.mode != "nat":
-                lines.append(f"    - {{name: mail, vrid: {VRID}, {common}, vips: [{vip}/24], sync: true}}")
+                # The inside link is tracked: a director that cannot reach its real servers must not hold the
+                # VIP, and while either link is down its failed checks are its own (not counted).
+                lines.append(f"    - {{name: mail, vrid: {VRID}, {common}, vips: [{vip}/24], sync: true, "
+                             "track_interfaces: [eth1]}")
             else:
                 # NAT: the real servers answer through their default gateway, which must be on the director
                 # holding the VIP. Two instances elect alike; each tracks the other's interface, so a link
