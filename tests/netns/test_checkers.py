@@ -151,6 +151,46 @@ def test_smtp_connection_refused_fails():
     assert result.step == "connect"
 
 
+@pytest.mark.parametrize("kind", ["smtp", "imap", "pop3", "connect"])
+def test_a_handshake_that_never_ends_times_out_waiting_for_connect(kind):
+    """SMTP, IMAP and POP3 learn the handshake's end from the greeting; a SYN nobody answers is still
+    the connect's timeout, not the greeting's. Linux drops a SYN to a listener whose accept queue is full."""
+    import socket
+
+    with socket.create_server((LOOPBACK, 0), backlog=0) as listener:
+        port = listener.getsockname()[1]
+        with socket.create_connection((LOOPBACK, port)):  # fills the queue of one
+            result = run(run_check(spec(kind, timeout=0.5), LOOPBACK, port))
+    assert not result.ok and result.expired and not result.inconclusive
+    assert result.reason == f"{kind} 127.0.0.1:{port}: timeout after 0.5 s waiting for connect"
+    assert result.step == "connect"
+
+
+def test_a_reset_before_the_greeting_is_the_greeting_s_failure():
+    """Accepted, then reset before a byte was sent: the server failed at its greeting, not at the connect."""
+    import socket
+    import struct
+
+    async def go():
+        with socket.create_server((LOOPBACK, 0)) as listener:
+            port = listener.getsockname()[1]
+
+            def reset():
+                conn, _ = listener.accept()
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()
+
+            resetter = threading.Thread(target=reset)
+            resetter.start()
+            result = await run_check(spec("smtp"), LOOPBACK, port)
+            resetter.join()
+            return port, result
+
+    port, result = run(go())
+    assert result.reason == f"smtp 127.0.0.1:{port}: connection reset by peer waiting for greeting"
+    assert result.step == "greeting"
+
+
 def test_smtp_accept_then_silence_times_out_and_closes_the_socket():
     async def go():
         async with ScriptedPeer([Hold(5)]) as peer:

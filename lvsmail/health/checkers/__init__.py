@@ -113,9 +113,9 @@ async def run_check(spec: CheckSpec, address: str, port: int, credentials: Crede
         ok = True
     except TimeoutError as exc:
         if deadline.expired():
-            tail, expired = f"timeout after {seconds(spec.timeout)} waiting for {dlg.step}", True
             # The answer arrived but our event loop had not read it: we were late, not the server.
-            late = dlg.answer_waiting()
+            late = dlg.timed_out()
+            tail, expired = f"timeout after {seconds(spec.timeout)} waiting for {dlg.step}", True
         else:  # the kernel's own ETIMEDOUT (connect), not our deadline
             tail = _os_error(exc, dlg.step)
     except CheckFailed as exc:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import errno
 import fcntl
 import functools
 import ipaddress
@@ -38,6 +39,12 @@ HIGH_WATER = 4 * LINE_LIMIT
 #: Bytes asked of the kernel per read: a whole reply of any check fits, and the buffer stays below
 #: the allocator's mmap threshold (a larger one, as asyncio's 256 KiB, costs three syscalls per read).
 RECV_SIZE = 65536
+
+
+#: Errors only a TCP handshake ends with: seen by the first read of a connection opened for a greeting,
+#: they are reported as the connect's. A reset before the first byte is the greeting's.
+HANDSHAKE_ERRORS = frozenset({errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH,
+                              errno.EHOSTDOWN})
 
 
 class CheckFailed(Exception):
@@ -103,6 +110,7 @@ class Dialogue:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.sock: socket.socket | None = None  # ours from connect() to close()
         self.connected = False  # the TCP handshake completed and the loop noticed
+        self.connecting = False  # opened for a greeting: the handshake's end is learnt from the first read
         self.buffer = bytearray()  # received (and decrypted) bytes not yet consumed
         self.eof = False  # the peer closed its side (or the connection is gone): reads end once the buffer is used
         self.lost = False  # the connection is gone altogether
@@ -126,8 +134,17 @@ class Dialogue:
         """The peer as reasons name it."""
         return hostport(self.address, self.port)
 
-    async def connect(self) -> None:
-        """Open the TCP connection (with ``SO_MARK`` when given, for checks routed through the VIP)."""
+    async def connect(self, greeting_first: bool = False) -> None:
+        """Open the TCP connection (with ``SO_MARK`` when given, for checks routed through the VIP).
+
+        ``greeting_first``: the server speaks first (SMTP, IMAP and POP3 in
+        plain text), so return while the handshake is under way and learn its
+        outcome from the first read: the greeting, or the refusal or reset as
+        that read's error. That saves a wake-up of the loop and three system
+        calls per check (bench/RESULTS.md); a failure is still reported as the
+        connect's (``connect: connection refused``) and a deadline that expires
+        before the handshake ends as ``waiting for connect`` (``timed_out``).
+        """
         self.step = "connect"
         loop = self.loop = asyncio.get_running_loop()
         if self.mark is None and self.source is None and not _is_ip(self.address):
@@ -138,7 +155,7 @@ class Dialogue:
             errors: list[OSError] = []
             for family, _, _, _, sockaddr in infos:
                 try:
-                    await self._connect_to(family, sockaddr)
+                    await self._connect_to(family, sockaddr, False)
                     return
                 except OSError as exc:
                     errors.append(exc)
@@ -147,35 +164,48 @@ class Dialogue:
                 raise errors[0]
             raise OSError(f"Multiple exceptions: {', '.join(str(e) for e in errors)}")
         family = socket.AF_INET6 if ":" in self.address else socket.AF_INET
-        await self._connect_to(family, (self.address, self.port))
+        await self._connect_to(family, (self.address, self.port), greeting_first)
 
-    async def _connect_to(self, family: int, sockaddr: tuple) -> None:
-        """Connect a new socket to one address; on return it is watched for reading."""
-        loop = self.loop
+    async def _connect_to(self, family: int, sockaddr: tuple, greeting_first: bool) -> None:
+        """Connect a new socket to one address; on return it is watched for reading (and, when
+        ``greeting_first``, possibly still connecting)."""
         sock = self.sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         self.connected = False
         if self.mark is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)  # needs CAP_NET_ADMIN
         if self.source:
             sock.bind((self.source, 0))
-        fd = sock.fileno()
         try:
             sock.connect(sockaddr)
         except (BlockingIOError, InterruptedError):
-            # The handshake is under way: wait until the socket is writable. Should the deadline expire
-            # meanwhile, answer_waiting() tells a server that never answered from a loop that was too
-            # busy to notice it had.
-            waiter = loop.create_future()
-            loop.add_writer(fd, _set_done, waiter)
-            try:
-                await waiter
-            finally:
-                loop.remove_writer(fd)
-            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if err:
-                raise OSError(err, f"Connect call failed {sockaddr}")
+            if greeting_first:
+                self.connecting = True
+                self._start_reading()
+                return
+            await self._handshake()
         self.connected = True
         self._start_reading()
+
+    async def _handshake(self) -> None:
+        """Wait until the TCP handshake under way ends; OSError if it failed. Should the deadline expire
+        meanwhile, answer_waiting() tells a server that never answered from a loop that was too busy to
+        notice it had."""
+        loop, fd = self.loop, self.sock.fileno()
+        waiter = loop.create_future()
+        loop.add_writer(fd, _set_done, waiter)
+        try:
+            await waiter
+        finally:
+            loop.remove_writer(fd)
+        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise OSError(err, f"Connect call failed {self.peer}")
+
+    async def _connected_now(self) -> None:
+        """Before writing on a connection opened for a greeting: its handshake must have ended."""
+        if self.connecting and not self.lost:
+            await self._handshake()
+            self.connecting, self.connected = False, True
 
     def _start_reading(self) -> None:
         if not self._reading and not self.lost:
@@ -196,6 +226,8 @@ class Dialogue:
         except OSError as exc:
             self._lose(exc)
             return
+        if self.connecting:  # bytes came: the handshake of a connection opened for a greeting is done
+            self.connecting, self.connected = False, True
         if not data:  # the peer half-closed: reads end, but we may still write (as asyncio streams do)
             self.eof = True
             self._stop_reading()
@@ -303,6 +335,7 @@ class Dialogue:
 
     async def start_tls(self) -> None:
         """TLS handshake on the open connection (implicit TLS, or after STARTTLS/STLS was accepted)."""
+        await self._connected_now()
         self.step = "TLS handshake"
         # Bytes the peer sent after accepting STARTTLS but before the handshake would
         # be read as if they came over TLS: the injection of RFC 3207 section 6 / CVE-2011-0411.
@@ -332,6 +365,7 @@ class Dialogue:
 
     async def send(self, data: str | bytes) -> None:
         """Write (callers pass whole commands with CRLF); a lost connection raises, as a stream's drain would."""
+        await self._connected_now()
         if self.lost:
             raise self.error if self.error is not None else ConnectionResetError("Connection lost")
         data = data.encode() if isinstance(data, str) else data
@@ -342,8 +376,11 @@ class Dialogue:
             self._flush_tls()
 
     def _ended(self, waiting_for: str) -> Exception:
-        """What a read that hit the end of the connection raises."""
+        """What a read that hit the end of the connection raises (a connection opened for a greeting
+        that failed before any byte came failed at its connect: refused, unreachable, timed out)."""
         if self.error is not None:
+            if self.connecting and getattr(self.error, "errno", None) in HANDSHAKE_ERRORS:
+                self.step = "connect"
             return self.error
         return CheckFailed(f"connection closed by peer waiting for {waiting_for}")
 
@@ -420,6 +457,22 @@ class Dialogue:
                 return code, texts
         raise CheckFailed(f"more than {MAX_REPLY_LINES} lines waiting for {waiting_for}")
 
+    def timed_out(self) -> bool:
+        """The check's deadline expired: settle the step it expired at, and tell whether we were late.
+
+        A connection opened for a greeting whose handshake has not ended
+        expired waiting for its connect, not for the greeting.
+        """
+        if self.connecting and self.sock is not None and not self.woken and not self._handshake_done():
+            self.step = "connect"
+        return self.answer_waiting()
+
+    def _handshake_done(self) -> bool:
+        try:
+            return _connected(self.sock)
+        except (OSError, ValueError):  # closed meanwhile
+            return False
+
     def answer_waiting(self) -> bool:
         """Whether the peer's answer is here but unread: the check ran out of time on us, not on the server.
 
@@ -433,7 +486,7 @@ class Dialogue:
         if self.woken:
             return True
         try:
-            if not self.connected:
+            if not self.connected and not self.connecting:
                 return _connected(self.sock)
             return _unread(self.sock.fileno()) > 0
         except (OSError, ValueError):  # closed meanwhile: nothing waiting

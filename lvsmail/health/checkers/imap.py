@@ -120,7 +120,7 @@ async def _capabilities(dlg: Dialogue, tag: str) -> set[str]:
 async def check(dlg: Dialogue, spec: CheckSpec, tls: str, credentials: Credentials | None) -> None:
     """The IMAP dialogue; returns when the server passed, raises CheckFailed when not."""
     tags = (f"L{n}" for n in itertools.count(1))
-    await dlg.connect()
+    await dlg.connect(greeting_first=tls != "implicit")
     if tls == "implicit":
         await dlg.start_tls()
         dlg.did("TLS")

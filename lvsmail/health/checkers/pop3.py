@@ -27,7 +27,7 @@ async def _ask(dlg: Dialogue, command: str, verb: str) -> str:
 
 async def check(dlg: Dialogue, spec: CheckSpec, tls: str, credentials: Credentials | None) -> None:
     """The POP3 dialogue; returns when the server passed, raises CheckFailed when not."""
-    await dlg.connect()
+    await dlg.connect(greeting_first=tls != "implicit")
     if tls == "implicit":
         await dlg.start_tls()
         dlg.did("TLS")

@@ -75,7 +75,7 @@ async def _auth(dlg: Dialogue, extensions: dict[str, list[str]], credentials: Cr
 async def check(dlg: Dialogue, spec: CheckSpec, tls: str, credentials: Credentials | None) -> None:
     """The SMTP dialogue; returns when the server passed, raises CheckFailed when not."""
     helo = spec.helo or DEFAULT_HELO
-    await dlg.connect()
+    await dlg.connect(greeting_first=tls != "implicit")
     if tls == "implicit":
         await dlg.start_tls()
         dlg.did("TLS")
