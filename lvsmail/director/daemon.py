@@ -148,6 +148,7 @@ class Director:
                     await self._do_reload()
                 else:
                     await self._sync(refresh=True, why="repair")
+                    await self.membership.retry()
                 self._save_health()
                 if self.alerter:
                     self.alerter.remind({k: st.last_failure for k, st in self.engine.states.items() if not st.up})

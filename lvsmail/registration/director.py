@@ -3,11 +3,17 @@
 The Director owns one ``Membership``; it asks it for the merged spec wherever it
 needs the effective cluster, and lets it start, restart or stop the API when the
 cluster file's ``registration`` section appears, changes or goes away.
+
+A director may start before its inside address is configured (boot order, or a
+link brought up later): then none of the listen addresses is ours yet, and the
+director tries again every repair period (``retry``) until one is.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 from pathlib import Path
 from typing import Awaitable, Callable
 
@@ -30,6 +36,7 @@ class Membership:
         self.connections = connections
         self.api: RegistrationAPI | None = None
         self._serving: tuple | None = None  # (listen, tls_cert, tls_key, token_file) the API was started with
+        self._waiting: ClusterSpec | None = None  # no listen address was ours yet: retried (``retry``)
 
     def load(self, spec: ClusterSpec) -> None:
         """Read the persisted members (before the first table is computed).
@@ -71,6 +78,7 @@ class Membership:
         """
         reg = spec.registration
         wanted = _serving(reg)
+        self._waiting = None
         if wanted == self._serving and self.api is not None:
             self.api.token = _reload_token(reg, self.api.token)
             return
@@ -83,15 +91,37 @@ class Membership:
             context = server_context(reg.tls_cert, reg.tls_key) if reg.tls_cert else None
             await api.start(reg.listen_addresses, context)
         except (TokenError, ValueError, OSError) as exc:
-            log.error("registration: API not started on %s: %s", ", ".join(reg.listen), exc)
+            waiting = isinstance(exc, OSError) and exc.errno == errno.EADDRNOTAVAIL
+            log.error("registration: API not started on %s: %s%s", ", ".join(reg.listen), exc,
+                      "; started when one of them is configured here" if waiting else "")
+            if waiting:
+                self._waiting = spec
             return
         self.api, self._serving = api, wanted
+
+    async def retry(self) -> None:
+        """Start the API if it waits for a listen address that is now one of ours (every repair period)."""
+        spec = self._waiting
+        if spec is None or not any(_is_local(host) for host, _ in spec.registration.listen_addresses):
+            return
+        await self.configure(spec)
 
     async def close(self) -> None:
         """Stop serving (members stay persisted)."""
         if self.api is not None:
             await self.api.close()
             self.api, self._serving = None, None
+
+
+def _is_local(host: str) -> bool:
+    """Whether ``host`` is an address of this host (a socket can be bound to it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, 0))
+        except OSError:
+            return False
+    return True
 
 
 def _serving(reg: RegistrationSpec | None) -> tuple | None:

@@ -161,3 +161,33 @@ def test_drain_then_deregister_from_the_member_itself(lab):
     members = json.loads((tmp / "state" / "rgtest.members.json").read_text())["members"]
     assert members == []
     assert _eventually(lambda: not _joined(tmp))  # status no longer lists it
+
+
+def test_the_api_starts_when_its_address_appears_after_the_director(lab, tmp_path):
+    """A director started before its inside address is configured (boot order) serves the API as soon as
+    the address is there, without a reload: the lab's directors start while their links are wired."""
+    topo, _, tmp = lab
+    late = ("198.51.100.9", 8731)
+    config = tmp_path / "late.yaml"
+    config.write_text(CLUSTER.format(token=tmp / "registration.key").replace(
+        "listen: [198.51.100.1:8730, 198.51.100.2:8730]", f"listen: [{late[0]}:{late[1]}]"))
+    log = open(tmp_path / "director.log", "wb")
+    proc = topo.popen(topo.director, [sys.executable, str(tmp / "director.py"), str(config), str(tmp_path / "state")],
+                      cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=log, stderr=log)
+
+    def connects() -> bool:
+        with socket.socket() as s:
+            s.settimeout(1)
+            return s.connect_ex(late) == 0
+
+    try:
+        assert _eventually(lambda: "started when one of them is configured here" in
+                           (tmp_path / "director.log").read_text(), 30), (tmp_path / "director.log").read_text()
+        assert not topo.call(topo.reals[0], connects)
+        topo.run(topo.director, ["ip", "addr", "add", f"{late[0]}/24", "dev", "eth1"])
+        assert _eventually(lambda: topo.call(topo.reals[0], connects), 10), (tmp_path / "director.log").read_text()
+        assert "registration: API listening on 198.51.100.9 port 8731" in (tmp_path / "director.log").read_text()
+    finally:
+        topo.stop(proc)
+        log.close()
+        topo.run(topo.director, ["ip", "addr", "del", f"{late[0]}/24", "dev", "eth1"], check=False)
