@@ -14,8 +14,8 @@ Each real server of each checked service gets one task:
   is inconclusive, not a failure (see ``run_check``): an overloaded director
   must not take healthy servers out;
 * so is a failed check while ``hold`` names a fault of the director's own
-  (the director passes its failover's ``link_fault``: all its links to the
-  VRRP peer are down and the peer holds the VIPs). Otherwise every server
+  (the director passes its failover's ``link_fault``: every VRRP instance is
+  in fault for a link of its own, so the peer holds the VIPs). Otherwise every server
   would fail at once, leave the table, and the sessions the peer kept would
   be reset when this director takes the VIPs back. A maintenance file is the
   operator's word, not a check, and is never held.
