@@ -178,12 +178,19 @@ def test_metrics_scrape_and_availability_report_from_the_lab_director(lab):
         lab.sinks.start_listening(victim, [HEALTH_PORT])
         director.wait_for(lambda t: key in t and t[key].dest(addr) is not None, timeout=DEADLINE,
                           what=f"{victim} back after its SMTP server restarted")
-        kernel = _weights(lab.table(), key)
-
-        samples = {}
-        for family in text_string_to_metric_families(lab.topo.run(lab.topo.director, scrape, timeout=120).stdout):
-            for s in family.samples:
-                samples.setdefault(s.name, []).append(s)
+        # The scrape must say what the kernel holds. Health checks keep running meanwhile, and on a loaded
+        # machine a server can flap between reading the kernel and scraping: compare a scrape only with a
+        # kernel table that was the same just before and just after it (a few tries, bounded).
+        for _ in range(5):
+            kernel = _weights(lab.table(), key)
+            samples = {}
+            for family in text_string_to_metric_families(lab.topo.run(lab.topo.director, scrape, timeout=120).stdout):
+                for s in family.samples:
+                    samples.setdefault(s.name, []).append(s)
+            if _weights(lab.table(), key) == kernel:
+                break
+        else:
+            pytest.fail("the kernel's table changed during each of 5 scrapes")
         weights = {s.labels["remote_address"]: s.value for s in samples["node_ipvs_backend_weight"]
                    if s.labels["local_port"] == str(HEALTH_PORT)}
         assert weights == {a: float(w) for a, w in kernel.items()}  # the scrape says what the kernel holds
