@@ -261,24 +261,10 @@ class APIServer:
 
     async def _recheck(self, key) -> dict:
         """Run one server's check now through the engine (the verdict counts like a scheduled one)."""
-        from lvsmail.health.result import Result
-
-        engine = self.director.engine
-        target = engine._targets.get(key)
-        if target is None:
-            raise APIError(f"{key[0]} {_hp(key[1], key[2])} has no health check")
-        flag = engine._maintenance_file(target)
-        if flag:
-            result = Result(False, f"{target.check.type} {target.address}:{target.port}: in maintenance "
-                                   f"({flag} exists)", 0.0, "maintenance")
-        else:
-            creds = engine._creds(target.check)
-            if isinstance(creds, Exception):
-                result = Result(False, f"{target.check.type} {target.address}:{target.port}: {creds}", 0.0,
-                                "credentials")
-            else:
-                result = await engine._probe(target, creds)
-        state = await engine.record(target, result)
+        try:
+            result, state = await self.director.engine.check_now(key)
+        except KeyError:
+            raise APIError(f"{key[0]} {_hp(key[1], key[2])} has no health check") from None
         self.hub.publish("operator", f"{key[0]} {_hp(key[1], key[2])} re-checked: {result}", service=key[0],
                          address=key[1], port=key[2])
         return {"service": key[0], "address": key[1], "port": key[2], "ok": result.ok,

@@ -1,14 +1,17 @@
 """The health engine: when to check which real server, and what to do with the verdicts.
 
 Checkers only check and the state machine only decides; this module owns time.
-Each real server of each checked service gets one task:
+Each real server of each checked service has a place in one schedule, kept on
+the check driver (``lvsmail.health.driver``: the checks' sockets and timers
+without an asyncio task per check, which is most of a check's cost at a
+thousand servers):
 
 * its first check waits a random fraction of the interval (warm-up jitter), so
   a thousand servers are spread over the interval instead of probed at once;
 * later checks start at a fixed rate (start + interval), not interval after
   the previous one ended, so a slow server does not drift its own schedule;
-* a semaphore bounds how many checks are in flight, and a hung server only
-  holds its own task until the check's timeout;
+* at most ``concurrency`` checks are in flight (the others wait their turn
+  in order), and a hung server only holds its own check until its timeout;
 * while a transition is pending the next check comes sooner (``next_interval``);
 * a check that timed out while the server's answer sat unread in our socket
   is inconclusive, not a failure (see ``run_check``): an overloaded director
@@ -20,8 +23,8 @@ Each real server of each checked service gets one task:
   be reset when this director takes the VIPs back. A maintenance file is the
   operator's word, not a check, and is never held.
 
-Transitions are handed to a callback (the director turns them into one scoped
-IPVS change). With ``workers`` > 0 the targets are shared between this process
+Transitions are handed, in the order decided, to a callback run by one task
+(the director turns them into one scoped IPVS change). With ``workers`` > 0 the targets are shared between this process
 and that many worker processes (``lvsmail.health.worker``), each checking its
 share on its own event loop and sending every result back; the rise/fall
 decisions, and so the transitions and the status, stay in this process.
@@ -39,11 +42,13 @@ import os
 import random
 import time
 import zlib
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
-from lvsmail.health.checkers import run_check
+from lvsmail.health.checkers import probe
 from lvsmail.health.credentials import Credentials, CredentialsError, load_credentials
+from lvsmail.health.driver import Driver, Job, Timer, driver_for
 from lvsmail.health.result import Result
 from lvsmail.health.state import HealthState, TransitionEvent, next_interval, step
 from lvsmail.health.via_vip import probe_marks, source_towards
@@ -63,6 +68,7 @@ DEFAULT_CONCURRENCY = 64
 AUTO_WORKER_TARGETS = 100
 
 Key = tuple[str, str, int]  # (service name, real server address, port)
+#: A checker coroutine function (``probe``'s signature), run on the check driver.
 Checker = Callable[..., Awaitable[Result]]
 OnTransition = Callable[["Target", TransitionEvent], Awaitable[None]]
 
@@ -123,7 +129,7 @@ class HealthEngine:
         on_transition: OnTransition,
         *,
         concurrency: int = DEFAULT_CONCURRENCY,
-        checker: Checker = run_check,
+        checker: Checker = probe,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         workers: int | None = None,
@@ -134,9 +140,14 @@ class HealthEngine:
         self.rng = rng or random.Random()
         self.states: dict[Key, HealthState] = {}
         self.checks_done = 0
-        self._sem = asyncio.Semaphore(concurrency)
+        self.concurrency = concurrency
         self._targets: dict[Key, Target] = {}
-        self._tasks: dict[Key, asyncio.Task] = {}
+        self._driver: Driver | None = None  # the running loop's, from start()
+        self._timers: dict[Key, Timer] = {}  # the next check of each target of this process's share
+        self._jobs: dict[Key, Job] = {}  # checks in flight
+        self._queue: deque[Target] = deque()  # checks due while ``concurrency`` were in flight
+        self._transitions: asyncio.Queue | None = None  # decided, for on_transition (in order)
+        self._acting: asyncio.Task | None = None
         self._credentials: dict[str, Credentials | CredentialsError] = {}
         self._running = False
         self.workers = workers  # extra processes that run checks (0: all here; None: default_workers at start)
@@ -157,8 +168,11 @@ class HealthEngine:
     def start(self) -> None:
         """Start one task per target of this process's share, and the workers (call from the running loop)."""
         self._running = True
+        self._driver = driver_for()
+        self._transitions = asyncio.Queue()
+        self._acting = asyncio.get_running_loop().create_task(self._act(), name="health transitions")
         if self.workers is None:  # worker processes cannot run a checker passed in (tests script theirs)
-            self.workers = default_workers(len(self._pending), self.checker is run_check, os.cpu_count())
+            self.workers = default_workers(len(self._pending), self.checker is probe, os.cpu_count())
         if self.workers > 0 and not self._links:
             from lvsmail.health.worker import WorkerLink
 
@@ -183,13 +197,15 @@ class HealthEngine:
         self._apply_targets(new)
 
     async def stop(self) -> None:
-        """Cancel every check task and wait for them (their sockets close on cancellation)."""
+        """Stop the schedule and cancel the checks in flight (their sockets close on cancellation)."""
         self._running = False
-        tasks = list(self._tasks.values())
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._tasks.clear()
+        for key in list(self._targets):
+            self._unschedule(key)
+        self._queue.clear()
+        if self._acting is not None:
+            self._acting.cancel()
+            await asyncio.gather(self._acting, return_exceptions=True)
+            self._acting = None
         links, self._links = self._links, []
         await asyncio.gather(*(link.stop() for link in links), return_exceptions=True)
 
@@ -202,10 +218,8 @@ class HealthEngine:
         known = set(self._targets)
         for key in list(self._targets):
             if key not in new or new[key] != self._targets[key]:
+                self._unschedule(key)
                 old = self._targets.pop(key)
-                task = self._tasks.pop(key, None)
-                if task:
-                    task.cancel()
                 if key in new and _same_probe(old.check, new[key].check):
                     # Only rise/fall/interval-like settings changed: keep the verdict.
                     self.states[key] = self.states[key].retuned(new[key].check)
@@ -221,33 +235,99 @@ class HealthEngine:
                     state = dataclasses.replace(state, up=False, last_reason="new: down until its first good check")
                 self.states[key] = state
             if self._running and self.share(key) == 0:
-                self._tasks[key] = asyncio.get_running_loop().create_task(self._watch(t), name=f"check {key}")
+                # Warm-up jitter: the first checks spread over one interval.
+                self._schedule(t, self._driver.time() + self.rng.uniform(0, t.check.interval))
         for link in self._links:  # a worker keeps the state of its unchanged targets, as this process does
             link.assign({k: t for k, t in new.items() if self.share(k) == link.index}, self.maintenance_dir)
 
-    async def _watch(self, t: Target) -> None:
-        """Check one target forever at its interval."""
-        await asyncio.sleep(self.rng.uniform(0, t.check.interval))  # warm-up jitter
-        loop = asyncio.get_running_loop()
-        while True:
-            started = loop.time()
-            creds = self._creds(t.check)
-            flag = self._maintenance_file(t)
-            if flag:
-                result = Result(False, f"{t.check.type} {t.address}:{t.port}: in maintenance ({flag} exists)",
-                                0.0, "maintenance")
-            elif isinstance(creds, CredentialsError):
-                # Probing without the configured login would pass a server whose logins fail.
-                result = Result(False, f"{t.check.type} {t.address}:{t.port}: {creds}", 0.0, "credentials")
-            else:
-                async with self._sem:
-                    result = await self._probe(t, creds)
-            state = await self.record(t, result)
-            delay = next_interval(state, t.check) - (loop.time() - started)
-            await asyncio.sleep(max(0.0, delay))
+    # -- the schedule ----------------------------------------------------------------------------
 
-    async def record(self, t: Target, result: Result) -> HealthState:
-        """Count one result of ``t`` (checked here or by a worker): the new state; a transition is acted on."""
+    def _schedule(self, t: Target, when: float) -> None:
+        self._timers[t.key] = self._driver.call_at(when, lambda: self._due(t))
+
+    def _unschedule(self, key: Key) -> None:
+        """Forget ``key``'s next check and cancel the one in flight (a removed or changed target)."""
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        job = self._jobs.pop(key, None)
+        if job is not None:
+            job.cancel()
+
+    def _due(self, t: Target) -> None:
+        """``t``'s check is due: start it, or queue it while ``concurrency`` checks are in flight."""
+        del self._timers[t.key]
+        if len(self._jobs) >= self.concurrency:
+            self._queue.append(t)
+        else:
+            self._begin(t)
+
+    def _begin(self, t: Target) -> None:
+        """Start one check of ``t``; its result is counted and its next check scheduled when it ends."""
+        started = self._driver.time()
+        result = self._precheck(t)
+        if result is not None:
+            self._finished(t, started, result, None)
+            return
+        job = self._driver.spawn(self._probe(t, self._creds(t.check)),
+                                 lambda value, exc: self._finished(t, started, value, exc))
+        if not job.finished:
+            self._jobs[t.key] = job
+
+    def _finished(self, t: Target, started: float, result: Result | None, exc: BaseException | None) -> None:
+        """One check of ``t`` ended: count it, schedule the next, start a queued check."""
+        job = self._jobs.get(t.key)
+        if job is not None and job.finished:
+            del self._jobs[t.key]
+        if not isinstance(exc, asyncio.CancelledError) and self._targets.get(t.key) is t:
+            # (else cancelled: removed, changed or stopped; a changed target has its own schedule)
+            if exc is not None:  # a checker bug must not stop this server's checks
+                log.error("health: %s check of %s:%s raised %s: %s", t.check.type, t.address, t.port,
+                          type(exc).__name__, exc, exc_info=exc)
+                result = Result(False, f"{t.check.type} {t.address}:{t.port}: checker error: "
+                                       f"{type(exc).__name__}: {exc}", 0.0, "checker error")
+            state = self.record(t, result)
+            if self._running:
+                self._schedule(t, max(self._driver.time(), started + next_interval(state, t.check)))
+        while self._queue and len(self._jobs) < self.concurrency and self._running:
+            queued = self._queue.popleft()
+            if self._targets.get(queued.key) is queued:
+                self._begin(queued)
+
+    def _precheck(self, t: Target) -> Result | None:
+        """The verdict without a probe, if there is one: a maintenance file, or credentials that cannot be read."""
+        flag = self._maintenance_file(t)
+        if flag:
+            return Result(False, f"{t.check.type} {t.address}:{t.port}: in maintenance ({flag} exists)",
+                          0.0, "maintenance")
+        creds = self._creds(t.check)
+        if isinstance(creds, CredentialsError):
+            # Probing without the configured login would pass a server whose logins fail.
+            return Result(False, f"{t.check.type} {t.address}:{t.port}: {creds}", 0.0, "credentials")
+        return None
+
+    async def check_now(self, key: Key) -> tuple[Result, HealthState]:
+        """Check ``key`` once now, outside its schedule (an operator's re-check); the result counts as usual."""
+        t = self._targets.get(key)
+        if t is None:
+            raise KeyError(key)
+        result = self._precheck(t)
+        if result is None:
+            result = await (self._driver or driver_for()).run(self._probe(t, self._creds(t.check)))
+        return result, self.record(t, result)
+
+    async def _act(self) -> None:
+        """Hand each transition to ``on_transition``, in the order decided."""
+        while True:
+            t, event = await self._transitions.get()
+            try:
+                await self.on_transition(t, event)
+            except Exception:  # the director's problem must not stop this server's checks
+                log.exception("health: acting on %s transition of %s failed", event.word, t.key)
+
+    def record(self, t: Target, result: Result) -> HealthState:
+        """Count one result of ``t`` (checked here or by a worker): the new state; a transition is queued
+        for ``on_transition``."""
         self.checks_done += 1
         result = self._held_result(result)
         state, event = step(self.states[t.key], result, self.clock())
@@ -258,10 +338,8 @@ class HealthEngine:
             log.info("health: %s %s:%s not counted: %s", t.service, t.address, t.port, result.reason)
         if event is not None:
             log.warning("health: %s %s:%s %s: %s", t.service, t.address, t.port, event.word, event.reason)
-            try:
-                await self.on_transition(t, event)
-            except Exception:  # the director's problem must not stop this server's checks
-                log.exception("health: acting on %s transition of %s failed", event.word, t.key)
+            if self._transitions is not None:
+                self._transitions.put_nowait((t, event))
         return state
 
     def _held_result(self, result: Result) -> Result:
@@ -282,11 +360,11 @@ class HealthEngine:
         self._held += 1
         return replace(result, inconclusive=True, reason=f"{result.reason} (not counted: {why})")
 
-    async def remote_result(self, key: Key, result: Result) -> None:
+    def remote_result(self, key: Key, result: Result) -> None:
         """A worker's result: counted if ``key`` is still watched (a reload may have removed it meanwhile)."""
         t = self._targets.get(key)
         if t is not None and key in self.states:
-            await self.record(t, result)
+            self.record(t, result)
 
     async def _probe(self, t: Target, creds: Credentials | None) -> Result:
         """Run the check: at the real server, or at the VIP with the server's probe mark."""

@@ -82,7 +82,7 @@ class WorkerLink:
             try:
                 while True:
                     for key, result in await read_frame(self.proc.stdout):
-                        await self.engine.remote_result(key, result)
+                        self.engine.remote_result(key, result)
             except asyncio.IncompleteReadError:
                 pass
             status = await self.proc.wait()

@@ -15,6 +15,7 @@ from lvsmail.director.daemon import Director
 from lvsmail.health.checkers import run_check
 from lvsmail.health.checkers.dialogue import Dialogue
 from lvsmail.health.engine import HealthEngine
+from lvsmail.health.driver import driver_for
 from lvsmail.health.result import Result
 from lvsmail.health.state import HealthState, step
 from lvsmail.ipvs.fake import FakeIPVS
@@ -115,7 +116,7 @@ async def _server(greet: bool):
 
 
 def test_answer_waiting_in_the_kernel_is_noticed():
-    async def go():
+    async def check():
         # A peer outside the event loop: it greets while the loop is stalled, as a real server would.
         with socket.create_server(("127.0.0.1", 0)) as listener:
             dlg = Dialogue("smtp", "127.0.0.1", listener.getsockname()[1])
@@ -130,6 +131,9 @@ def test_answer_waiting_in_the_kernel_is_noticed():
                 dlg.close()
         return waiting
 
+    async def go():
+        return await driver_for().run(check())
+
     assert asyncio.run(go()) is True
 
 
@@ -137,7 +141,7 @@ def test_silence_is_not_mistaken_for_a_waiting_answer():
     async def go():
         server, port = await _server(greet=False)
         dlg = Dialogue("smtp", "127.0.0.1", port)
-        await dlg.connect()
+        await driver_for().run(dlg.connect())
         waiting = dlg.answer_waiting()
         dlg.close()
         server.close()
@@ -150,32 +154,13 @@ def test_a_connection_established_but_not_yet_noticed_counts_as_waiting():
     async def go():
         server, port = await _server(greet=False)
         dlg = Dialogue("smtp", "127.0.0.1", port)
-        connecting = asyncio.ensure_future(dlg.connect())
-        while dlg.sock is None:  # the connect has been issued and waits for the loop to see it complete
-            await asyncio.sleep(0)
+        connecting = driver_for().run(dlg.connect())
+        assert dlg.sock is not None  # the connect has been issued and waits for the driver to see it complete
         # Stand in for a stalled loop: block in select() until the kernel has completed the handshake.
         assert select.select([], [dlg.sock.fileno()], [], 5.0)[1]
         waiting = dlg.answer_waiting()
         connecting.cancel()
         await asyncio.gather(connecting, return_exceptions=True)
-        dlg.close()
-        server.close()
-        return waiting
-
-    assert asyncio.run(go()) is True
-
-
-def test_a_read_woken_but_not_resumed_counts_as_waiting():
-    async def go():
-        server, port = await _server(greet=True)
-        dlg = Dialogue("smtp", "127.0.0.1", port)
-        await dlg.connect()
-        read = asyncio.ensure_future(dlg.read_line("greeting"))
-        await asyncio.sleep(0)  # the read is now waiting on the connection
-        dlg._wake()  # data "arrived"; the read is cancelled before it can run, as by a deadline
-        read.cancel()
-        await asyncio.gather(read, return_exceptions=True)
-        waiting = dlg.answer_waiting()
         dlg.close()
         server.close()
         return waiting

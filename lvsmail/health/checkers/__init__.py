@@ -1,18 +1,20 @@
-"""Health checkers: one linear coroutine per protocol family, and ``run_check`` to run any of them.
+"""Health checkers: one linear coroutine per protocol family, and ``probe`` to run any of them.
 
 A checker connects, reads each whole reply, checks its code and goes on to the
 next step; it never sleeps, retries or counts (the engine and the rise/fall
-state machine do). ``run_check`` gives it the check's ``timeout`` as one
-deadline over the whole dialogue (``asyncio.timeout``), closes the connection
-however it ends, and turns every outcome into a ``Result`` whose reason names
-the protocol, the peer and the step::
+state machine do). ``probe`` gives it the check's ``timeout`` as one deadline
+over the whole dialogue, closes the connection however it ends, and turns
+every outcome into a ``Result`` whose reason names the protocol, the peer and
+the step::
 
     smtp 127.0.0.1:2525: greeting 421 4.3.2 busy
     smtp 127.0.0.1:2525: timeout after 2.0 s waiting for greeting
     imap 127.0.0.1:1143: LOGIN failed: NO [AUTHENTICATIONFAILED] Authentication failed.
 
-Network and protocol problems never raise out of ``run_check``; cancellation
-does (after the socket is closed).
+Network and protocol problems never raise out of ``probe``; cancellation
+does (after the socket is closed). ``probe`` runs on the check driver
+(``lvsmail.health.driver``), as the engine runs it; ``run_check`` is the same
+check awaited from ordinary asyncio code (the API, the command line, tests).
 
 Credentials are sent only over TLS, or to a loopback address (where, like
 Dovecot's ``disable_plaintext_auth``, clear text never leaves the host); a
@@ -22,7 +24,6 @@ the password in every encoding a dialogue could carry it.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import os
@@ -34,6 +35,8 @@ from lvsmail.health.checkers import external, http, imap, pop3, smtp, tcp
 from lvsmail.health.checkers import tls as tlsconf
 from lvsmail.health.checkers.dialogue import CheckFailed, Dialogue, hostport
 from lvsmail.health.credentials import Credentials
+from lvsmail.health.driver import deadline as driver_deadline
+from lvsmail.health.driver import driver_for
 from lvsmail.health.result import Result
 from lvsmail.spec import CheckSpec
 
@@ -74,7 +77,18 @@ def seconds(value: float) -> str:
 async def run_check(spec: CheckSpec, address: str, port: int, credentials: Credentials | None = None, *,
                     virtual: tuple[str, int | None] | None = None, mark: int | None = None,
                     source: str | None = None, peer: str | None = None) -> Result:
+    """``probe`` from asyncio code: the same check, run on this loop's check driver."""
+    return await driver_for().run(probe(spec, address, port, credentials, virtual=virtual, mark=mark,
+                                        source=source, peer=peer))
+
+
+async def probe(spec: CheckSpec, address: str, port: int, credentials: Credentials | None = None, *,
+                virtual: tuple[str, int | None] | None = None, mark: int | None = None,
+                source: str | None = None, peer: str | None = None) -> Result:
     """Check one real server once and return the Result; never raises for network or protocol trouble.
+
+    A coroutine for the check driver (the engine spawns it there; ``run_check``
+    runs it from asyncio code).
 
     ``port`` is the real server's port; the check's ``port`` (ldirectord's
     ``checkport``) overrides it. ``virtual`` is the virtual service
@@ -102,10 +116,10 @@ async def run_check(spec: CheckSpec, address: str, port: int, credentials: Crede
                                  f"{exc.strerror or exc}", 0.0, "TLS setup")
         dlg.server_name = tlsconf.server_name(spec)
     started = time.perf_counter()
-    deadline = asyncio.timeout(spec.timeout)
+    deadline = driver_deadline(spec.timeout)
     ok, tail, expired, late = False, "", False, False
     try:
-        async with deadline:
+        with deadline:
             if spec.type == "external":
                 await external.check(dlg, spec, virtual)
             else:

@@ -5,14 +5,16 @@ reads as the protocol's dialogue. ``step`` always names what the checker is
 waiting for, so a timeout or a dropped connection is reported as
 ``timeout after 2.0 s waiting for greeting`` without per-call bookkeeping.
 
-Under the dialogue is a non-blocking socket watched with the event loop's
-``add_reader``, not an asyncio transport: a check is a handful of short lines,
-and a transport costs more than the dialogue itself (a 256 KiB receive buffer
-allocated and freed per read, address look-ups and extra callbacks per
-connection). TLS runs in memory (``ssl.SSLObject`` over two ``MemoryBIO``s) on
-the same socket, so plain and TLS connections share one read and one write
-path. The checker still reads as a linear dialogue (``await
-dlg.read_smtp_reply(...)``); only the plumbing under it changed.
+Under the dialogue is a non-blocking socket watched by the check driver
+(``lvsmail.health.driver``), not an asyncio transport: a check is a handful of
+short lines, and a transport costs more than the dialogue itself (a 256 KiB
+receive buffer allocated and freed per read, address look-ups and extra
+callbacks per connection). A read that must wait parks the checker's
+coroutine; the socket's readiness resumes it directly. TLS runs in memory
+(``ssl.SSLObject`` over two ``MemoryBIO``s) on the same socket, so plain and
+TLS connections share one read and one write path. The checker still reads as
+a linear dialogue (``await dlg.read_smtp_reply(...)``); only the plumbing
+under it changed. A dialogue runs only in a coroutine the driver steps.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import select
 import socket
 import ssl
 import termios
+
+from lvsmail.health.driver import Job, current_job, park
 
 #: Longest line accepted (RFC 5321 section 4.5.3.1.5 allows 512 octets for an SMTP reply line;
 #: HTTP header and IMAP lines may be longer, and we only need to bound memory).
@@ -107,7 +111,7 @@ class Dialogue:
         self.done: list[str] = []  # steps completed, listed in an ok reason
         self.tls_context: ssl.SSLContext | None = None  # set by run_check for checks that speak TLS
         self.server_name: str | None = None  # SNI and the name verified, if any
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self.job: Job | None = None  # the driver's job running the checker (set at connect)
         self.sock: socket.socket | None = None  # ours from connect() to close()
         self.connected = False  # the TCP handshake completed and the loop noticed
         self.connecting = False  # opened for a greeting: the handshake's end is learnt from the first read
@@ -116,9 +120,9 @@ class Dialogue:
         self.lost = False  # the connection is gone altogether
         self.error: BaseException | None = None  # why it was lost, if by an error
         self.paused = False  # reading stopped until the checker consumes the buffer (a flooding peer)
-        self.woken = False  # data or an end arrived for the pending read, which has not resumed yet
-        self._waiter: asyncio.Future | None = None
-        self._reading = False  # registered with the loop for reading
+        self._parked = False  # the checker waits for data, an end, or the handshake's end
+        self._reading = False  # watched for reading
+        self._handshaking = False  # watched for writability: the end of the TCP handshake
         self._unsent = bytearray()  # bytes the kernel did not take yet (written when the socket is writable)
         self._tls: ssl.SSLObject | None = None
         self._tls_in: ssl.MemoryBIO | None = None
@@ -146,10 +150,10 @@ class Dialogue:
         before the handshake ends as ``waiting for connect`` (``timed_out``).
         """
         self.step = "connect"
-        loop = self.loop = asyncio.get_running_loop()
+        self.job = current_job()
         if self.mark is None and self.source is None and not _is_ip(self.address):
             # A name: each of its addresses in turn, as asyncio's create_connection does.
-            infos = await loop.getaddrinfo(self.address, self.port, type=socket.SOCK_STREAM)
+            infos = await asyncio.get_running_loop().getaddrinfo(self.address, self.port, type=socket.SOCK_STREAM)
             if not infos:
                 raise OSError("getaddrinfo() returned empty list")
             errors: list[OSError] = []
@@ -188,15 +192,15 @@ class Dialogue:
 
     async def _handshake(self) -> None:
         """Wait until the TCP handshake under way ends; OSError if it failed. Should the deadline expire
-        meanwhile, answer_waiting() tells a server that never answered from a loop that was too busy to
-        notice it had."""
-        loop, fd = self.loop, self.sock.fileno()
-        waiter = loop.create_future()
-        loop.add_writer(fd, _set_done, waiter)
+        meanwhile, answer_waiting() tells a server that never answered from a director that was too busy
+        to notice it had."""
+        self._handshaking = True
+        self._listen()
         try:
-            await waiter
+            await self._park()
         finally:
-            loop.remove_writer(fd)
+            self._handshaking = False
+            self._listen()
         err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             raise OSError(err, f"Connect call failed {self.peer}")
@@ -207,18 +211,24 @@ class Dialogue:
             await self._handshake()
             self.connecting, self.connected = False, True
 
+    def _listen(self) -> None:
+        """Tell the driver what this socket waits for now: data, writability (unsent bytes or the
+        handshake's end), or nothing."""
+        self.job.driver.listen(self.sock.fileno(), self, self._reading,
+                               self._handshaking or bool(self._unsent))
+
     def _start_reading(self) -> None:
         if not self._reading and not self.lost:
             self._reading = True
-            self.loop.add_reader(self.sock.fileno(), self._readable)
+            self._listen()
 
     def _stop_reading(self) -> None:
         if self._reading:
             self._reading = False
-            self.loop.remove_reader(self.sock.fileno())
+            self._listen()
 
     def _readable(self) -> None:
-        """The loop's callback: take what the kernel has, decrypt it if TLS, wake the pending read."""
+        """The driver's callback: take what the kernel has, decrypt it if TLS, wake the pending read."""
         try:
             data = self.sock.recv(RECV_SIZE)
         except (BlockingIOError, InterruptedError):
@@ -267,31 +277,30 @@ class Dialogue:
         if not self.lost:
             self.error = exc
         self.eof = self.lost = True
-        self._stop_reading()
-        if self._unsent:
-            self._unsent.clear()
-            self.loop.remove_writer(self.sock.fileno())
+        self._reading = False
+        self._unsent.clear()
+        self._listen()
         self._wake()
 
     def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-                self.woken = True
+        """Resume the checker if it waits (called from the driver's callbacks)."""
+        if self._parked:
+            self._parked = False
+            self.job.resume()
+
+    async def _park(self) -> None:
+        self._parked = True
+        try:
+            await park()
+        finally:
+            self._parked = False
 
     async def _wait(self) -> None:
         """Until more data, the end of the stream or the loss of the connection."""
         if self.paused:
             self.paused = False
             self._start_reading()
-        self._waiter = self.loop.create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
-        self.woken = False  # not on cancellation: answer_waiting() must still see it
+        await self._park()
 
     def _consumed(self) -> None:
         """Resume a paused socket once the buffer has drained below the high-water mark."""
@@ -313,10 +322,15 @@ class Dialogue:
             return
         if sent < len(data):
             self._unsent += data[sent:]
-            self.loop.add_writer(self.sock.fileno(), self._writable)
+            self._listen()
 
     def _writable(self) -> None:
-        """The loop's callback while bytes wait to be sent."""
+        """The driver's callback: the handshake has ended, or the kernel takes more of the unsent bytes."""
+        if self._handshaking:
+            self._handshaking = False
+            self._listen()
+            self._wake()
+            return
         try:
             sent = self.sock.send(self._unsent)
         except (BlockingIOError, InterruptedError):
@@ -326,7 +340,7 @@ class Dialogue:
             return
         del self._unsent[:sent]
         if not self._unsent:
-            self.loop.remove_writer(self.sock.fileno())
+            self._listen()
 
     def _flush_tls(self) -> None:
         """Send what the TLS engine has produced."""
@@ -463,7 +477,7 @@ class Dialogue:
         A connection opened for a greeting whose handshake has not ended
         expired waiting for its connect, not for the greeting.
         """
-        if self.connecting and self.sock is not None and not self.woken and not self._handshake_done():
+        if self.connecting and self.sock is not None and not self._handshake_done():
             self.step = "connect"
         return self.answer_waiting()
 
@@ -476,15 +490,12 @@ class Dialogue:
     def answer_waiting(self) -> bool:
         """Whether the peer's answer is here but unread: the check ran out of time on us, not on the server.
 
-        Asked when the deadline expires. True when the pending read was woken
-        but had not resumed, when the kernel holds unread bytes for the socket,
-        or when the connect has completed unnoticed: then an overloaded or
-        stalled event loop, not the server, missed the deadline.
+        Asked when the deadline expires. True when the kernel holds unread
+        bytes for the socket, or when the connect has completed unnoticed: then
+        an overloaded or stalled director, not the server, missed the deadline.
         """
         if self.sock is None:
             return False
-        if self.woken:
-            return True
         try:
             if not self.connected and not self.connecting:
                 return _connected(self.sock)
@@ -497,14 +508,8 @@ class Dialogue:
         sock = self.sock
         if sock is None or sock.fileno() < 0:
             return
-        self._stop_reading()
-        if self._unsent:
-            self._unsent.clear()
-            self.loop.remove_writer(sock.fileno())
+        if self.job is not None:
+            self.job.driver.listen(sock.fileno(), self, False, False)
+        self._reading = self._handshaking = False
+        self._unsent.clear()
         sock.close()
-
-
-def _set_done(waiter: asyncio.Future) -> None:
-    """Complete a future from a loop callback (unless the deadline cancelled it first)."""
-    if not waiter.done():
-        waiter.set_result(None)
