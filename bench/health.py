@@ -15,9 +15,12 @@ every 2 s with a 3 s timeout, for N = 100, 500 and 1,000. For each checker:
 
 The checkers: ``lvsmail director start`` (health engine + reconciler), keepalived's
 checker process with SMTP_CHECK, ldirectord with ``checktype = negotiate`` and
-``service = smtp``; all three from this machine's packages.
+``service = smtp``; all three from this machine's packages (``deploy/setup``
+installs keepalived; the benchmark also needs ``apt-get install ldirectord``).
+``pyfloor`` (bench/health_pyfloor.py) is the cheapest SMTP check Python can make,
+CPU only: what of lvsmail's cost is Python itself, in the same run.
 
-Run it in the lab (about 35 minutes under emulation)::
+Run it in the lab (about 10–35 minutes under emulation)::
 
     deploy/lab/run --timeout 3000 --out lab-out/health -- python3 bench/health.py --json lab-out/health/health.json
     deploy/lab/run --timeout 900 -- python3 bench/health.py --sizes 100      # quick
@@ -232,6 +235,8 @@ def measure(name: str, n: int, run: Run, exe: Path, rng: random.Random) -> dict 
             f" {s['period'] or float('nan'):5.1f} s, longest gap {mmm(s['max_gap'] or [], '{:.1f}')} s"
             f" | responder {s['responder_cpu_per_1000']:.3f} s/1000 | machine busy {s['machine_busy']:.0%}"
             f" | healthy servers removed {s['healthy_removed']}")
+        if not checker.detects:
+            return res
         period = max(args.interval, s["period"] or args.interval * 10)
         limit = min(args.event_limit, 3 * period + args.timeout + 5)
         reps = args.reps if period <= 3 * args.interval else args.reps_slow
@@ -306,7 +311,7 @@ def report(run: Run) -> None:
     by = {(r["tool"], r["n"]): r for r in run.results if "steady" in r}
     run.emit("")
     run.emit(f"Health checks, SMTP, interval {args.interval:g} s, timeout {args.timeout:g} s (min/median/max)")
-    mine = sorted({r["tool"] for r in run.results if r["tool"].startswith("lvsmail")})
+    mine = sorted({r["tool"] for r in run.results if r["tool"].startswith(("lvsmail", "pyfloor"))})
     for n, tool in sorted((n, t) for n in {r["n"] for r in run.results} for t in mine):
         ours = by.get((tool, n))
         for ref in ("keepalived", "ldirectord"):
@@ -334,8 +339,8 @@ def report(run: Run) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="100,500,1000", help="comma-separated numbers of real servers")
-    ap.add_argument("--tools", default="keepalived,lvsmail,lvsmail-w1,ldirectord",
-                    help="lvsmail-cK: the same director with the engine's concurrency bound set to K;"
+    ap.add_argument("--tools", default="keepalived,lvsmail,pyfloor,ldirectord",
+                    help="pyfloor: the cheapest Python SMTP check (CPU only); lvsmail-cK: the same director with the engine's concurrency bound set to K;"
                          " lvsmail-uv, lvsmail-wN, lvsmail-uv-wN: on uvloop and/or with N check worker processes")
     ap.add_argument("--variant-sizes", default="1000", help="the N at which lvsmail-cK variants run")
     ap.add_argument("--interval", type=float, default=2.0)

@@ -202,6 +202,7 @@ class Checker:
 
     name = ""
     preseed = False  # fill the kernel table before starting (see LdirectordChecker)
+    detects = True  # it programs IPVS, so detection and recovery can be timed (see PyFloorChecker)
 
     def __init__(self, job: Job, work: Path):
         self.job = job
@@ -358,6 +359,8 @@ class LdirectordChecker(Checker):
             f"checkinterval={self.job.interval:g}\nautoreload=no\nquiescent=no\nsupervised=yes\nfork=no\n"
             f"virtual={VIP}:{PORT}\n{reals}\tservice=smtp\n\tchecktype=negotiate\n\tscheduler=wlc\n\tprotocol=tcp\n"
         )
+        if shutil.which("ldirectord") is None:
+            raise RuntimeError("ldirectord is not installed (apt-get install ldirectord)")
         return ["ldirectord", str(cfg), "start"]
 
 
@@ -367,5 +370,23 @@ def preseed_rules(addrs: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+class PyFloorChecker(Checker):
+    """The cheapest Python SMTP check (bench/health_pyfloor.py): CPU only, it programs no IPVS.
+
+    The table is filled before it starts and stays as it is, so the benchmark
+    measures its steady state and skips detection.
+    """
+
+    name = "pyfloor"
+    preseed = True
+    detects = False
+
+    def argv(self) -> list[str]:
+        listing = self.work / f"pyfloor-{len(self.job.addrs)}.txt"
+        listing.write_text("\n".join(self.job.addrs) + "\n")
+        return [sys.executable, str(HERE / "health_pyfloor.py"), "--interval", f"{self.job.interval:g}",
+                "--timeout", f"{self.job.timeout:g}", "--port", str(PORT), "--helo", HELO, str(listing)]
+
+
 CHECKERS = {"lvsmail": LvsmailChecker, "lvsmail-uv": LvsmailVariantChecker, "keepalived": KeepalivedChecker,
-            "ldirectord": LdirectordChecker}
+            "ldirectord": LdirectordChecker, "pyfloor": PyFloorChecker}

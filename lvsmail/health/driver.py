@@ -12,7 +12,7 @@ directly. No task, no future, no handle per step.
 
 What a coroutine run by the driver may await:
 
-* ``park()`` — until ``resume`` (a ``Dialogue`` parks until its socket is
+* ``PARK`` — until ``resume`` (a ``Dialogue`` parks until its socket is
   readable or writable, see ``listen``);
 * any asyncio future (a name lookup, an external command's subprocess, a
   test's ``asyncio.sleep``): resumed from the future's done callback, as an
@@ -32,12 +32,15 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import select
 import threading
 import time
 import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any
+
+log = logging.getLogger("lvsmail.health")
 
 _IN = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP | select.EPOLLRDHUP
 _OUT = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
@@ -53,12 +56,8 @@ class _Park:
         yield self
 
 
-_PARK = _Park()
-
-
-def park() -> _Park:
-    """Await this to wait until the driver is asked to ``resume`` the current job."""
-    return _PARK
+#: ``await PARK``: wait until the driver is asked to ``resume`` the current job.
+PARK = _Park()
 
 
 def current_job() -> "Job":
@@ -175,6 +174,7 @@ class Driver:
         self._seq = itertools.count()
         self._armed: asyncio.TimerHandle | None = None
         self._armed_at = float("inf")
+        self._firing = False  # _fire is running the due timers
         loop.add_reader(self._epoll.fileno(), self._poll)
 
     # -- jobs --------------------------------------------------------------------------------------
@@ -216,7 +216,7 @@ class Driver:
                 if not isinstance(error, (Exception, asyncio.CancelledError)):
                     raise  # KeyboardInterrupt, SystemExit
                 return
-            if waits is _PARK:
+            if waits is PARK:
                 job.parked = True
             elif getattr(waits, "_asyncio_future_blocking", None) is not None:
                 waits._asyncio_future_blocking = False
@@ -278,7 +278,7 @@ class Driver:
         """Run ``callback`` at ``when`` (the loop's clock)."""
         timer = Timer(when, callback)
         heapq.heappush(self._timers, (when, next(self._seq), timer))
-        if when < self._armed_at:
+        if when < self._armed_at and not self._firing:  # (_fire arms for the earliest when it is done)
             self._arm(when)
         return timer
 
@@ -293,24 +293,26 @@ class Driver:
         self._armed, self._armed_at = None, float("inf")
         timers = self._timers
         now = self.time()
+        self._firing = True
+        try:
+            self._run_due(now)
+        finally:
+            self._firing = False
+        while timers and timers[0][2].cancelled:
+            heapq.heappop(timers)
+        if timers:
+            self._arm(timers[0][0])
+
+    def _run_due(self, now: float) -> None:
+        timers = self._timers
         while timers and timers[0][0] <= now:
             timer = heapq.heappop(timers)[2]
             if not timer.cancelled:
                 timer.cancelled = True  # ran: a later cancel() is harmless
-                timer.callback()
-        while timers and timers[0][2].cancelled:
-            heapq.heappop(timers)
-        if timers and timers[0][0] < self._armed_at:  # a callback may have armed it already
-            self._arm(timers[0][0])
-
-    def close(self) -> None:
-        """Stop watching the epoll (the loop is closing)."""
-        loop = self._loop()
-        if loop is not None and not loop.is_closed():
-            loop.remove_reader(self._epoll.fileno())
-        if self._armed is not None:
-            self._armed.cancel()
-        self._epoll.close()
+                try:
+                    timer.callback()
+                except Exception:  # one bad callback must not stop the schedule: the others are due too
+                    log.exception("check driver: timer callback %r failed", timer.callback)
 
 
 _drivers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Driver]" = weakref.WeakKeyDictionary()

@@ -43,8 +43,9 @@ import random
 import time
 import zlib
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
+from typing import Any
 
 from lvsmail.health.checkers import probe
 from lvsmail.health.credentials import Credentials, CredentialsError, load_credentials
@@ -146,7 +147,8 @@ class HealthEngine:
         self._timers: dict[Key, Timer] = {}  # the next check of each target of this process's share
         self._jobs: dict[Key, Job] = {}  # checks in flight
         self._queue: deque[Target] = deque()  # checks due while ``concurrency`` were in flight
-        self._transitions: asyncio.Queue | None = None  # decided, for on_transition (in order)
+        self._starting = False  # _start_queued is running
+        self._transitions: asyncio.Queue = asyncio.Queue()  # decided, for on_transition (in order)
         self._acting: asyncio.Task | None = None
         self._credentials: dict[str, Credentials | CredentialsError] = {}
         self._running = False
@@ -166,10 +168,9 @@ class HealthEngine:
         return {k: s.up for k, s in self.states.items()}
 
     def start(self) -> None:
-        """Start one task per target of this process's share, and the workers (call from the running loop)."""
+        """Schedule the checks of this process's share, start the workers (call from the running loop)."""
         self._running = True
         self._driver = driver_for()
-        self._transitions = asyncio.Queue()
         self._acting = asyncio.get_running_loop().create_task(self._act(), name="health transitions")
         if self.workers is None:  # worker processes cannot run a checker passed in (tests script theirs)
             self.workers = default_workers(len(self._pending), self.checker is probe, os.cpu_count())
@@ -289,10 +290,20 @@ class HealthEngine:
             state = self.record(t, result)
             if self._running:
                 self._schedule(t, max(self._driver.time(), started + next_interval(state, t.check)))
-        while self._queue and len(self._jobs) < self.concurrency and self._running:
-            queued = self._queue.popleft()
-            if self._targets.get(queued.key) is queued:
-                self._begin(queued)
+        self._start_queued()
+
+    def _start_queued(self) -> None:
+        """Start queued checks while there is room (a loop, not a recursion: a check may end at once)."""
+        if self._starting:
+            return
+        self._starting = True
+        try:
+            while self._queue and len(self._jobs) < self.concurrency and self._running:
+                queued = self._queue.popleft()
+                if self._targets.get(queued.key) is queued:
+                    self._begin(queued)
+        finally:
+            self._starting = False
 
     def _precheck(self, t: Target) -> Result | None:
         """The verdict without a probe, if there is one: a maintenance file, or credentials that cannot be read."""
@@ -338,8 +349,7 @@ class HealthEngine:
             log.info("health: %s %s:%s not counted: %s", t.service, t.address, t.port, result.reason)
         if event is not None:
             log.warning("health: %s %s:%s %s: %s", t.service, t.address, t.port, event.word, event.reason)
-            if self._transitions is not None:
-                self._transitions.put_nowait((t, event))
+            self._transitions.put_nowait((t, event))
         return state
 
     def _held_result(self, result: Result) -> Result:
@@ -366,19 +376,23 @@ class HealthEngine:
         if t is not None and key in self.states:
             self.record(t, result)
 
-    async def _probe(self, t: Target, creds: Credentials | None) -> Result:
-        """Run the check: at the real server, or at the VIP with the server's probe mark."""
+    def _probe(self, t: Target, creds: Credentials | None) -> Coroutine[Any, Any, Result]:
+        """The check's coroutine: at the real server, or at the VIP with the server's probe mark.
+
+        The checker's own coroutine, not one awaiting it: each level of an
+        await chain is walked again every time the check resumes.
+        """
         if t.mark is None:
-            return await self.checker(t.check, t.address, t.port, creds, virtual=t.virtual)
+            return self.checker(t.check, t.address, t.port, creds, virtual=t.virtual)
         vip, vport = t.virtual
         port = t.check.port or vport
         try:
             source = source_towards(t.address)
         except OSError as exc:
-            return Result(False, f"{t.check.type} {t.address}:{t.port} via {vip}:{port}: no route: {exc.strerror}",
-                          0.0, "route")
-        return await self.checker(t.check, vip, vport, creds, virtual=t.virtual, mark=t.mark, source=source,
-                                  peer=f"{t.address}:{port} via {vip}:{port}")
+            return _result(Result(False, f"{t.check.type} {t.address}:{t.port} via {vip}:{port}: no route: "
+                                         f"{exc.strerror}", 0.0, "route"))
+        return self.checker(t.check, vip, vport, creds, virtual=t.virtual, mark=t.mark, source=source,
+                            peer=f"{t.address}:{port} via {vip}:{port}")
 
     def _maintenance_file(self, t: Target) -> str | None:
         """The maintenance file that forces this server down (ldirectord's maintenancedir), if any."""
@@ -401,6 +415,11 @@ class HealthEngine:
                 log.error("health: %s", exc)
                 self._credentials[check.credentials] = exc
         return self._credentials[check.credentials]
+
+
+async def _result(result: Result) -> Result:
+    """A verdict reached without probing, as a check coroutine."""
+    return result
 
 
 def _same_probe(a: CheckSpec, b: CheckSpec) -> bool:

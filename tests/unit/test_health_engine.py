@@ -278,3 +278,79 @@ def test_failures_are_not_counted_while_the_director_s_own_links_are_down(tmp_pa
         await engine.stop()
 
     asyncio.run(go())
+
+
+def test_a_checker_that_raises_counts_as_a_failure_and_the_checks_go_on():
+    calls, seen = [], []
+
+    async def checker(spec, address, port, creds, virtual=None):
+        calls.append(address)
+        if address == "198.51.100.20":
+            raise ValueError("bug in a checker")
+        return Result(True, "ok")
+
+    async def on_transition(target, event):
+        seen.append((target.address, event.word, event.reason))
+
+    async def go():
+        engine = HealthEngine(cluster(interval=0.05), on_transition, checker=checker)
+        engine.start()
+        await settle(lambda: calls.count("198.51.100.20") >= 3)
+        await engine.stop()
+
+    asyncio.run(go())
+    assert seen == [("198.51.100.20", "down",
+                     "smtp 198.51.100.20:25: checker error: ValueError: bug in a checker")]
+
+
+def test_checks_beyond_the_concurrency_bound_wait_their_turn():
+    in_flight, most, done = [0], [0], []
+
+    async def checker(spec, address, port, creds, virtual=None):
+        in_flight[0] += 1
+        most[0] = max(most[0], in_flight[0])
+        await asyncio.sleep(0.05)
+        in_flight[0] -= 1
+        done.append(address)
+        return Result(True, "ok")
+
+    many = "cluster: t\nservices:\n  - name: s\n    fwmark: 1\n    realservers: [" + ", ".join(
+        f"198.51.100.{i}" for i in range(1, 21)) + "]\n    check: {type: connect, interval: 0.01}\n"
+
+    async def go():
+        engine = HealthEngine(parse_cluster(many), lambda t, e: asyncio.sleep(0), checker=checker, concurrency=3)
+        engine.start()
+        await settle(lambda: len(set(done)) == 20)  # every server is checked in turn
+        await engine.stop()
+
+    asyncio.run(go())
+    assert most[0] == 3
+
+
+def test_many_queued_checks_that_end_at_once_do_not_recurse():
+    """Checks queued behind a full bound that end without waiting (here: a scripted verdict; in the
+    director, a maintenance file) are started in a loop, not by nested calls."""
+    gate, done = [None], []
+
+    async def checker(spec, address, port, creds, virtual=None):
+        if address == "198.51.0.1":  # the first due
+            await gate[0]  # holds the only slot until released
+        done.append(address)
+        return Result(True, "ok")
+
+    many = "cluster: t\nservices:\n  - name: s\n    fwmark: 1\n    realservers: [" + ", ".join(
+        f"198.51.{i // 250}.{i % 250 + 1}" for i in range(2000)) + "]\n    check: {type: connect, interval: 0.5}\n"
+
+    async def go():
+        gate[0] = asyncio.get_running_loop().create_future()
+        engine = HealthEngine(parse_cluster(many), lambda t, e: asyncio.sleep(0), checker=checker, concurrency=1)
+        engine.rng.uniform = lambda a, b: 0.0  # everything due at once
+        engine.start()
+        await asyncio.sleep(0.05)
+        queued = len(engine._queue)
+        gate[0].set_result(None)
+        await settle(lambda: len(set(done)) == 2000)
+        await engine.stop()
+        return queued
+
+    assert asyncio.run(go()) >= 1500

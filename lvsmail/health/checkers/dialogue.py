@@ -25,12 +25,13 @@ import errno
 import fcntl
 import functools
 import ipaddress
+import os
 import select
 import socket
 import ssl
 import termios
 
-from lvsmail.health.driver import Job, current_job, park
+from lvsmail.health.driver import PARK, Job, current_job
 
 #: Longest line accepted (RFC 5321 section 4.5.3.1.5 allows 512 octets for an SMTP reply line;
 #: HTTP header and IMAP lines may be longer, and we only need to bound memory).
@@ -179,14 +180,15 @@ class Dialogue:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)  # needs CAP_NET_ADMIN
         if self.source:
             sock.bind((self.source, 0))
-        try:
-            sock.connect(sockaddr)
-        except (BlockingIOError, InterruptedError):
+        err = sock.connect_ex(sockaddr)  # an errno, not an exception: the usual EINPROGRESS costs less
+        if err in (errno.EINPROGRESS, errno.EINTR):
             if greeting_first:
                 self.connecting = True
                 self._start_reading()
                 return
             await self._handshake()
+        elif err:
+            raise OSError(err, os.strerror(err))
         self.connected = True
         self._start_reading()
 
@@ -197,7 +199,7 @@ class Dialogue:
         self._handshaking = True
         self._listen()
         try:
-            await self._park()
+            await self._wait()
         finally:
             self._handshaking = False
             self._listen()
@@ -288,19 +290,18 @@ class Dialogue:
             self._parked = False
             self.job.resume()
 
-    async def _park(self) -> None:
-        self._parked = True
-        try:
-            await park()
-        finally:
-            self._parked = False
-
     async def _wait(self) -> None:
-        """Until more data, the end of the stream or the loss of the connection."""
+        """Until ``_wake``: more data, the end of the stream, the loss of the connection, or the end of
+        the handshake. Every read that waits parks here directly: each level of an await chain is
+        walked again on every resume."""
         if self.paused:
             self.paused = False
             self._start_reading()
-        await self._park()
+        self._parked = True
+        try:
+            await PARK
+        finally:
+            self._parked = False
 
     def _consumed(self) -> None:
         """Resume a paused socket once the buffer has drained below the high-water mark."""

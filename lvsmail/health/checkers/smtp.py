@@ -31,12 +31,17 @@ def _text(lines: list[str]) -> str:
     return clip(" ".join(t for t in lines if t))
 
 
-async def _ehlo(dlg: Dialogue, helo: str) -> dict[str, list[str]]:
-    """EHLO and its multi-line 250 reply, as keyword -> parameters (RFC 5321 section 4.1.1.1)."""
+async def _ehlo(dlg: Dialogue, helo: str) -> list[str]:
+    """EHLO and its multi-line 250 reply (RFC 5321 section 4.1.1.1): the reply's lines."""
     await dlg.send(f"EHLO {helo}\r\n")
     code, lines = await dlg.read_smtp_reply("reply to EHLO")
     if code != 250:
         raise CheckFailed(f"EHLO {code} {_text(lines)}")
+    return lines
+
+
+def _extensions(lines: list[str]) -> dict[str, list[str]]:
+    """An EHLO reply's extensions as keyword -> parameters (read only when STARTTLS or AUTH needs them)."""
     extensions: dict[str, list[str]] = {}
     for line in lines[1:]:  # the first line is the server's name and greeting
         words = line.split()
@@ -82,10 +87,10 @@ async def check(dlg: Dialogue, spec: CheckSpec, tls: str, credentials: Credentia
     code, lines = await dlg.read_smtp_reply("greeting")
     if code != 220:  # 421 (RFC 5321 section 3.8) or 554 (section 3.1): no service here now
         raise CheckFailed(f"greeting {code} {_text(lines)}")
-    extensions = await _ehlo(dlg, helo)
+    ehlo = await _ehlo(dlg, helo)
     dlg.did("greeting", "EHLO")
     if tls == "starttls":
-        if "STARTTLS" not in extensions:
+        if "STARTTLS" not in _extensions(ehlo):
             need = "required for submission" if spec.type == "submission" else "required by tls: starttls"
             raise CheckFailed(f"STARTTLS not offered in the EHLO reply ({need})")
         await dlg.send("STARTTLS\r\n")
@@ -93,10 +98,10 @@ async def check(dlg: Dialogue, spec: CheckSpec, tls: str, credentials: Credentia
         if code != 220:
             raise CheckFailed(f"STARTTLS {code} {_text(lines)}")
         await dlg.start_tls()
-        extensions = await _ehlo(dlg, helo)  # RFC 3207 section 4.2: forget what was said before TLS
+        ehlo = await _ehlo(dlg, helo)  # RFC 3207 section 4.2: forget what was said before TLS
         dlg.did("STARTTLS", "EHLO")
     if credentials is not None:
-        dlg.did(await _auth(dlg, extensions, credentials))
+        dlg.did(await _auth(dlg, _extensions(ehlo), credentials))
     dlg.decided = True
     await dlg.send("QUIT\r\n")
     code, lines = await dlg.read_smtp_reply("reply to QUIT")
