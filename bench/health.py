@@ -199,6 +199,8 @@ def measure(name: str, n: int, run: Run, exe: Path, rng: random.Random) -> dict 
     job = Job(addrs, args.interval, args.timeout)
     if name == "lvsmail":
         checker = LvsmailChecker(job, out, repair_interval=args.lvsmail_repair)
+    elif name.startswith("lvsmail@"):  # another source tree, to compare commits in one run
+        checker = LvsmailChecker(job, out, repair_interval=args.lvsmail_repair, tree=Path(name[len("lvsmail@"):]))
     elif name.startswith(("lvsmail-uv", "lvsmail-w")):  # on uvloop (-uv), with N check worker processes (-wN)
         rest = name[len("lvsmail-"):]
         uvloop = rest.startswith("uv")
@@ -210,6 +212,7 @@ def measure(name: str, n: int, run: Run, exe: Path, rng: random.Random) -> dict 
         checker = KeepalivedChecker(job, out, retry=args.keepalived_retry)
     else:
         checker = CHECKERS[name](job, out)
+    name = checker.name  # lvsmail@DIR is reported by the tree's directory name
     ipvsadm("-C")
     if checker.preseed:
         ipvsadm("-R", stdin=preseed_rules(addrs))
@@ -340,7 +343,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="100,500,1000", help="comma-separated numbers of real servers")
     ap.add_argument("--tools", default="keepalived,lvsmail,pyfloor,ldirectord",
-                    help="pyfloor: the cheapest Python SMTP check (CPU only); lvsmail-cK: the same director with the engine's concurrency bound set to K;"
+                    help="pyfloor: the cheapest Python SMTP check (CPU only); lvsmail@DIR: the lvsmail of the"
+                         " source tree DIR (a git worktree of another commit); lvsmail-cK: the same director with the engine's concurrency bound set to K;"
                          " lvsmail-uv, lvsmail-wN, lvsmail-uv-wN: on uvloop and/or with N check worker processes")
     ap.add_argument("--variant-sizes", default="1000", help="the N at which lvsmail-cK variants run")
     ap.add_argument("--interval", type=float, default=2.0)

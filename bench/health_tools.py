@@ -204,9 +204,10 @@ class Checker:
     preseed = False  # fill the kernel table before starting (see LdirectordChecker)
     detects = True  # it programs IPVS, so detection and recovery can be timed (see PyFloorChecker)
 
-    def __init__(self, job: Job, work: Path):
+    def __init__(self, job: Job, work: Path, cwd: Path | None = None):
         self.job = job
         self.work = work
+        self.cwd = cwd  # where it runs (lvsmail from another source tree: ``python3 -m`` looks there first)
         self.proc: subprocess.Popen | None = None
         self.log = work / f"{self.name}-{len(job.addrs)}.log"
 
@@ -219,7 +220,7 @@ class Checker:
         argv = self.argv()
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+                                         start_new_session=True, cwd=self.cwd)
 
     def alive(self) -> bool:
         """Whether the checker is still running."""
@@ -258,12 +259,19 @@ class Checker:
 
 
 class LvsmailChecker(Checker):
-    """lvsmail's director: the health engine programs IPVS through the reconciler."""
+    """lvsmail's director: the health engine programs IPVS through the reconciler.
+
+    ``tree``: run the lvsmail of another source tree (a ``git worktree`` of an
+    older commit), named ``lvsmail@<its directory name>``, to compare two
+    commits in one lab run.
+    """
 
     name = "lvsmail"
 
-    def __init__(self, job: Job, work: Path, repair_interval: float = 3600.0):
-        super().__init__(job, work)
+    def __init__(self, job: Job, work: Path, repair_interval: float = 3600.0, tree: Path | None = None):
+        if tree is not None:
+            self.name = f"lvsmail@{tree.name}"
+        super().__init__(job, work, cwd=tree)
         self.repair_interval = repair_interval
 
     def argv(self) -> list[str]:

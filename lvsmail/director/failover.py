@@ -557,6 +557,7 @@ class Failover:
         self.runners: dict[str, Runner] = {}
         self._poller: asyncio.Task | None = None
         self._links_read = float("-inf")  # when link states were last read (tracking poll or link_fault)
+        self._links_unreadable = False  # link_fault's last read failed (logged once until one succeeds)
 
     async def start(self) -> None:
         """Clear VIPs a killed predecessor left behind, start every instance, start tracking."""
@@ -688,8 +689,15 @@ class Failover:
             try:
                 links = self.direct.link_states()
             except OSError as exc:
-                log.error("failover: cannot read link states: %s", exc)
+                # Asked on every failed check: say it once, and try again after LINK_FRESH, not per check.
+                if not self._links_unreadable:
+                    log.error("failover: cannot read link states (the last reading stands): %s", exc)
+                self._links_unreadable = True
+                self._links_read = self.clock()
             else:
+                if self._links_unreadable:
+                    log.warning("failover: link states can be read again")
+                self._links_unreadable = False
                 self._note_links(links)
         faults = [r.link_faults for r in self.runners.values()]
         if not faults or not all(faults):

@@ -421,3 +421,27 @@ def test_a_lower_priority_master_that_stays_gets_one_announcement_per_holdoff(tm
         runner.announce("another master gives way")
     assert sent == [100.0, 100.0 + fo.ANNOUNCE_HOLDOFF]
     assert runner._unannounced == 1
+
+
+def test_link_states_that_cannot_be_read_are_reported_once_not_per_failed_check(tmp_path, caplog):
+    spec = parse_cluster(TWO)
+    net = FakeNetBackend({name: FakeLink(True, [f"192.0.2.{i}/24"]) for i, name in enumerate(("eth0", "eth1", "eth2"), 1)})
+    now = [100.0]
+    f = Failover(spec.failover, spec, state_file=tmp_path / "f.json", net=ThreadedNet(lambda: net),
+                 transport_factory=FakeWire().transport("a"), announcer=lambda *a: None, track_interval=3600,
+                 clock=lambda: now[0])
+
+    class Broken:
+        def link_states(self):
+            raise OSError(105, "No buffer space available")
+
+    f.direct = Broken()
+    for step in range(10):  # failed checks asking, some within LINK_FRESH of each other
+        now[0] += 0.02 if step % 2 else 0.2
+        assert f.link_fault() is None  # nothing known: no hold
+    errors = [r for r in caplog.records if "cannot read link states" in r.getMessage()]
+    assert len(errors) == 1 and "No buffer space available" in errors[0].getMessage()
+    f.direct = net
+    now[0] += 1.0
+    assert f.link_fault() is None
+    assert "link states can be read again" in caplog.text
