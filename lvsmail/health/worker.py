@@ -24,6 +24,7 @@ import asyncio
 import logging
 import os
 import pickle
+import signal
 import struct
 import sys
 import time
@@ -156,6 +157,11 @@ def main() -> int:
     """Entry point of ``python3 -m lvsmail.health.worker`` (started by the engine, not by hand)."""
     # The director logs transitions; a worker only reports its own trouble.
     logging.basicConfig(level=logging.ERROR, format="lvsmail health worker: %(levelname)s %(message)s")
+    # A worker ends when the director closes its stdin (or dies). A signal to the whole process group
+    # (systemd's KillMode=control-group, Ctrl-C in a terminal) reaches the worker too: dying of it made
+    # the director, which was shutting down itself, restart the worker and wait for its start-up.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from lvsmail.health import loop
 
     loop.run(serve())

@@ -282,3 +282,28 @@ def test_a_failing_timer_callback_is_logged_and_the_others_still_run(caplog):
 
     assert run(main) == ["same time", "later"]
     assert "timer callback" in caplog.text and "ValueError: bug" in caplog.text
+
+
+def test_timers_do_not_wake_the_loop_again_and_again_on_uvloop():
+    """uvloop rounds delays to whole milliseconds and may wake the driver before a timer is due; the
+    driver must run it then, not re-arm and spin until the clock catches up (five wake-ups per timer)."""
+    uvloop = pytest.importorskip("uvloop", reason="uvloop (the 'fast' extra) is not installed")
+
+    async def main():
+        driver, ran, fired = driver_for(), [], [0]
+        fire = driver._fire
+
+        def counting():
+            fired[0] += 1
+            fire()
+
+        driver._fire = counting
+        now = driver.time()
+        for i in range(100):
+            driver.call_at(now + 0.01 + i * 0.0023, lambda: ran.append(1))
+        await asyncio.sleep(0.4)
+        return len(ran), fired[0]
+
+    ran, fired = uvloop.run(main())
+    assert ran == 100
+    assert fired <= 110

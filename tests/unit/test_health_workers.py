@@ -76,3 +76,32 @@ def test_one_worker_by_default_only_for_a_large_cluster_of_real_checks_on_severa
     assert default_workers(big, real_checks=True, cpus=1) == 0  # a second process would only compete
     assert default_workers(big, real_checks=False, cpus=8) == 0  # a scripted checker cannot cross processes
     assert default_workers(big, real_checks=True, cpus=None) == 0
+
+
+def test_a_sigterm_meant_for_the_whole_process_group_does_not_end_a_worker():
+    """systemd's KillMode=control-group signals every process of the director: the worker must not die of it
+    (the director, itself shutting down, restarted it and waited for its start-up); it ends when the director
+    closes its pipe."""
+    import os
+    import signal
+
+    async def go():
+        engine = HealthEngine(parse_cluster(cluster([closed_port() for _ in range(8)])), lambda t, e: asyncio.sleep(0),
+                              workers=1)
+        engine.start()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 20
+        while not all(s.checks >= 1 for s in engine.states.values()):  # the worker is up and reporting
+            assert loop.time() < end, "the worker's results did not arrive"
+            await asyncio.sleep(0.05)
+        link = engine._links[0]
+        worker = link.proc
+        os.kill(worker.pid, signal.SIGTERM)
+        await asyncio.sleep(1.0)
+        alive_after_sigterm = worker.returncode is None and link.proc is worker
+        await engine.stop()
+        return alive_after_sigterm, worker.returncode
+
+    alive, returncode = asyncio.run(go())
+    assert alive
+    assert returncode is not None  # closing its stdin ended it
