@@ -102,12 +102,28 @@ class TransitionEvent:
 Transition = TransitionEvent
 
 
+def _evolve(state: HealthState, **changes) -> HealthState:
+    """``dataclasses.replace`` for the hot path: a copy of the fields with ``changes`` applied.
+
+    ``replace`` reads every field and runs the frozen ``__init__`` again (17
+    guarded assignments): 5 us a check natively, twenty times that under the
+    lab's emulation, for a thousand servers every 2 s. The fields of a frozen
+    dataclass without slots live in its ``__dict__``; copying that is the
+    same new, immutable state.
+    """
+    new = object.__new__(HealthState)
+    fields = new.__dict__
+    fields.update(state.__dict__)
+    fields.update(changes)
+    return new
+
+
 def step(state: HealthState, result: Result, now: float) -> tuple[HealthState, TransitionEvent | None]:
     """Apply one check result at time ``now``: the new state, and the transition if the server flipped."""
     if result.inconclusive:
-        return replace(state, checks=state.checks + 1, last_check=now, last_latency=result.latency,
+        return _evolve(state, checks=state.checks + 1, last_check=now, last_latency=result.latency,
                        last_reason=result.reason, inconclusive_checks=state.inconclusive_checks + 1), None
-    # One replace() per check: a thousand servers every 2 s make this a hot path.
+    # One _evolve() per check: a thousand servers every 2 s make this a hot path.
     if result.ok:
         successes, failures = state.successes + 1, 0
         began = state.streak_began if state.successes else now - (result.latency or 0.0)
@@ -122,11 +138,11 @@ def step(state: HealthState, result: Result, now: float) -> tuple[HealthState, T
     elif not state.up and successes >= state.rise:
         streak = successes
     else:
-        return replace(state, successes=successes, failures=failures, checks=state.checks + 1, last_check=now,
+        return _evolve(state, successes=successes, failures=failures, checks=state.checks + 1, last_check=now,
                        last_latency=result.latency, last_reason=result.reason, **failed), None
     event = TransitionEvent(up=not state.up, at=now, reason=result.reason, streak=streak,
                             previous_since=state.since, streak_began=began)
-    return replace(state, successes=successes, failures=failures, checks=state.checks + 1, last_check=now,
+    return _evolve(state, successes=successes, failures=failures, checks=state.checks + 1, last_check=now,
                    last_latency=result.latency, last_reason=result.reason, up=not state.up, since=now,
                    transitions=state.transitions + 1, **failed), event
 
