@@ -44,7 +44,13 @@ log = logging.getLogger("lvsmail.health")
 
 _IN = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP | select.EPOLLRDHUP
 _OUT = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
-_local = threading.local()  # .job: the job being stepped on this thread
+class _Stepping(threading.local):
+    """The job being stepped on this thread (None between steps)."""
+
+    job: "Job | None" = None
+
+
+_local = _Stepping()
 #: Timers due within this many seconds run now. uvloop rounds a timer's delay to whole milliseconds, so
 #: it wakes the driver up to half a millisecond early; without this margin the driver re-armed and woke
 #: again until the clock caught up (five wake-ups per timer on uvloop, measured).
@@ -66,7 +72,7 @@ PARK = _Park()
 
 def current_job() -> "Job":
     """The job being stepped now; RuntimeError outside a coroutine run by a driver."""
-    job = getattr(_local, "job", None)
+    job = _local.job
     if job is None:
         raise RuntimeError("not inside a check run by the check driver (use Driver.run or Driver.spawn)")
     return job
@@ -208,7 +214,7 @@ class Driver:
 
     def _step(self, job: Job, exc: BaseException | None) -> None:
         """Run ``job`` until it waits again or ends."""
-        outer, _local.job = getattr(_local, "job", None), job
+        outer, _local.job = _local.job, job
         try:
             try:
                 waits = job.coro.send(None) if exc is None else job.coro.throw(exc)
