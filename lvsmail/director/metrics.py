@@ -20,15 +20,21 @@ keep working; the director adds what only it knows under ``lvsmail_*``:
 
 Everything but the check histogram is built at scrape time from the same
 snapshot ``status`` uses, so there is no second bookkeeping to drift. The
-HTTP server is prometheus_client's, on its own thread; a scrape asks the
-director's event loop for the snapshot and waits at most ``SCRAPE_TIMEOUT``.
+HTTP server is the standard library's WSGI server around prometheus_client's
+WSGI application, on its own thread; a scrape asks the director's event loop for
+the snapshot and waits at most ``SCRAPE_TIMEOUT``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import socket
+import threading
 from pathlib import Path
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -132,7 +138,8 @@ class Exporter:
                                 buckets=CHECK_BUCKETS, registry=self.registry)
         self.registry.register(_Collector(self))
         self.listen: str | None = None
-        self._httpd = None
+        self._httpd: _MetricsServer | None = None
+        self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def observe(self, key, result) -> None:
@@ -151,11 +158,9 @@ class Exporter:
         self.stop()
         if listen is None:
             return
-        from prometheus_client import start_http_server
-
         addr, port = parse_listen(listen)
         try:
-            self._httpd, _thread = start_http_server(port, addr, registry=self.registry)
+            self._httpd, self._thread = serve(addr, port, self.registry)
         except OSError as exc:
             log.error("metrics: cannot listen on %s: %s", listen, exc)
             return
@@ -167,7 +172,8 @@ class Exporter:
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
-            self._httpd = None
+            self._thread.join(SCRAPE_TIMEOUT)
+            self._httpd = self._thread = None
         self.listen = None
 
     def snapshot(self) -> dict:
@@ -182,6 +188,38 @@ class Exporter:
         from lvsmail.director.outages import outages_path, read_outages
 
         return read_outages(outages_path(self.director.state_dir, Path(self.director.config_path))).outages
+
+
+class _MetricsServer(ThreadingMixIn, WSGIServer):
+    """One thread per scrape; the threads are daemons so a stuck scrape never holds the director's exit."""
+
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Serves scrapes without logging each one to stderr (a scrape every 15 s would fill the journal)."""
+
+    def log_message(self, format, *args) -> None:  # noqa: A002 - the standard library's signature
+        """Log nothing."""
+
+
+def serve(addr: str, port: int, registry) -> tuple[_MetricsServer, threading.Thread]:
+    """Serve ``registry`` on addr:port from a daemon thread; the server and its thread, to stop it.
+
+    Built from prometheus_client's documented WSGI application rather than its
+    ``start_http_server``: that returns nothing up to 0.16 (Debian 12's) and
+    (server, thread) from 0.17, and the director needs the server to stop or move it.
+    """
+    from prometheus_client import make_wsgi_app
+
+    class Server(_MetricsServer):
+        address_family = socket.AF_INET6 if ipaddress.ip_address(addr).version == 6 else socket.AF_INET
+
+    httpd = Server((addr, port), _QuietHandler)
+    httpd.set_app(make_wsgi_app(registry))
+    thread = threading.Thread(target=httpd.serve_forever, name=f"lvsmail-metrics {addr}:{port}", daemon=True)
+    thread.start()
+    return httpd, thread
 
 
 class _Collector:

@@ -39,4 +39,7 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     uvloop = uvloop_module()
     if uvloop is None:
         return asyncio.run(main)
-    return uvloop.run(main)
+    # asyncio.Runner with uvloop's loop factory, not uvloop.run(): that arrived in uvloop 0.18,
+    # and Debian 12 packages 0.17; the runner is what uvloop.run() itself builds on Python 3.11+.
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)

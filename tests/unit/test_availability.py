@@ -4,7 +4,6 @@ import json
 import textwrap
 
 import pytest
-from click.testing import CliRunner
 
 from lvsmail import availability as model
 from lvsmail.commands.availability import availability
@@ -134,20 +133,20 @@ def write(tmp_path):
     return path
 
 
-def test_command_without_file_prints_the_seed():
-    result = CliRunner().invoke(availability, [])
+def test_command_without_file_prints_the_seed(cli_runner):
+    result = cli_runner.invoke(availability, [])
     assert result.exit_code == 0
     assert "99.99608 %" in result.stdout and "0.9999618885" in result.stdout
     assert "seed's figures only" in result.stdout
 
 
-def test_command_uses_recorded_medians(tmp_path):
+def test_command_uses_recorded_medians(cli_runner, tmp_path):
     path = write(tmp_path)
     rec = OutageRecorder(outages_path(tmp_path, path))
     for seconds in (3.0, 1.0, 2.0):
         rec.record(DIRECTOR_TAKEOVER, seconds, detail="peer 198.51.100.1 silent")
     rec.record(REALSERVER_REMOVAL, 0.5)
-    result = CliRunner().invoke(availability, ["-c", str(path), "--state-dir", str(tmp_path), "--json"])
+    result = cli_runner.invoke(availability, ["-c", str(path), "--state-dir", str(tmp_path), "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     ours = {layer["name"]: layer for layer in data["ours"]["layers"]}
@@ -159,9 +158,9 @@ def test_command_uses_recorded_medians(tmp_path):
     assert data["seed"]["availability"] == model.seed().availability
 
 
-def test_command_text_shows_overrides_beside_the_seed(tmp_path):
+def test_command_text_shows_overrides_beside_the_seed(cli_runner, tmp_path):
     path = write(tmp_path)
-    result = CliRunner().invoke(availability, ["-c", str(path), "--state-dir", str(tmp_path),
+    result = cli_runner.invoke(availability, ["-c", str(path), "--state-dir", str(tmp_path),
                                                "--mtfo-directors", "4.351", "--mtfo-realservers", "0.762"])
     assert result.exit_code == 0, result.output
     line = next(l for l in result.stdout.splitlines() if l.startswith("directors"))
@@ -170,15 +169,15 @@ def test_command_text_shows_overrides_beside_the_seed(tmp_path):
     assert total.split()[1:] == ["99.99608", "%", "99.99608", "%"]
 
 
-def test_command_exits_2_when_nothing_measured_and_no_override(tmp_path):
+def test_command_exits_2_when_nothing_measured_and_no_override(cli_runner, tmp_path):
     path = write(tmp_path)
-    result = CliRunner().invoke(availability, ["-c", str(path), "--state-dir", str(tmp_path)])
+    result = cli_runner.invoke(availability, ["-c", str(path), "--state-dir", str(tmp_path)])
     assert result.exit_code == 2
     assert "--mtfo-directors" in result.stderr and result.stdout == ""
 
 
-def test_command_exits_2_without_a_section(tmp_path):
+def test_command_exits_2_without_a_section(cli_runner, tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(textwrap.dedent(HEAD))
-    result = CliRunner().invoke(availability, ["-c", str(path)])
+    result = cli_runner.invoke(availability, ["-c", str(path)])
     assert result.exit_code == 2 and "no availability: section" in result.stderr

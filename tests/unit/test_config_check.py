@@ -6,7 +6,6 @@ import socket
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 import lvsmail.ipvs.netlink as netlink
 from lvsmail.commands.config import config
@@ -28,11 +27,13 @@ def kernel(monkeypatch):
     return fake
 
 
-def run(*args):
-    return CliRunner().invoke(config, list(args))
+@pytest.fixture
+def run(cli_runner):
+    """``lvsmail config ARGS`` with its stdout and stderr apart."""
+    return lambda *args: cli_runner.invoke(config, list(args))
 
 
-def test_in_sync_exits_0(kernel, tmp_path):
+def test_in_sync_exits_0(run, kernel, tmp_path):
     kernel.table = desired_table(load_cluster(SEED))
     result = run("check", str(SEED), "--state-dir", str(tmp_path))
     assert result.exit_code == 0, result.output
@@ -40,7 +41,7 @@ def test_in_sync_exits_0(kernel, tmp_path):
                                           "kernel: in sync, nothing to apply"]
 
 
-def test_empty_kernel_shows_every_addition_and_applies_nothing(kernel, tmp_path):
+def test_empty_kernel_shows_every_addition_and_applies_nothing(run, kernel, tmp_path):
     result = run("check", str(SEED), "--state-dir", str(tmp_path))
     assert result.exit_code == 1
     lines = result.stdout.splitlines()
@@ -50,7 +51,7 @@ def test_empty_kernel_shows_every_addition_and_applies_nothing(kernel, tmp_path)
     assert kernel.executed == [] and kernel.table == {}
 
 
-def test_weight_drift_is_an_edit(kernel, tmp_path):
+def test_weight_drift_is_an_edit(run, kernel, tmp_path):
     kernel.table = desired_table(load_cluster(SEED))
     kernel.table[SMTP].dests[DestKey("198.51.100.20", 25)].settings = \
         kernel.table[SMTP].dests[DestKey("198.51.100.20", 25)].settings.__class__(forwarding="tun", weight=5)
@@ -59,7 +60,7 @@ def test_weight_drift_is_an_edit(kernel, tmp_path):
     assert result.stdout.splitlines()[2:] == ["  would edit dest TCP 192.0.2.33:25 -> 198.51.100.20:25 tun weight 1"]
 
 
-def test_owned_service_no_longer_in_the_file_would_be_deleted(kernel, tmp_path):
+def test_owned_service_no_longer_in_the_file_would_be_deleted(run, kernel, tmp_path):
     spec = load_cluster(SEED)
     kernel.table = desired_table(spec)
     old = ServiceKey(af=socket.AF_INET, protocol=socket.IPPROTO_TCP, addr="192.0.2.33", port=143)
@@ -73,7 +74,7 @@ def test_owned_service_no_longer_in_the_file_would_be_deleted(kernel, tmp_path):
     assert result.stdout.splitlines()[2:] == ["  would delete service TCP 192.0.2.33:143"]  # not the other tool's
 
 
-def test_timeouts_differing_are_pending(kernel, tmp_path):
+def test_timeouts_differing_are_pending(run, kernel, tmp_path):
     cluster = tmp_path / "c.yaml"
     cluster.write_text(SEED.read_text().replace("# timeouts: {tcp: 900, tcpfin: 120, udp: 300}",
                                                 "timeouts: {tcp: 600}"))
@@ -83,7 +84,7 @@ def test_timeouts_differing_are_pending(kernel, tmp_path):
     assert result.stdout.splitlines()[2:] == ["  would set timeouts tcp 600 tcpfin - udp -"]
 
 
-def test_invalid_file_exits_2_before_reading_the_kernel(kernel, tmp_path):
+def test_invalid_file_exits_2_before_reading_the_kernel(run, kernel, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("cluster: x\nservices:\n  - {name: smtp, vip: 192.0.2.33, port: 99999}\n")
     result = run("check", str(bad))
@@ -92,7 +93,7 @@ def test_invalid_file_exits_2_before_reading_the_kernel(kernel, tmp_path):
     assert kernel.dumps == 0
 
 
-def test_no_ipvs_still_validates_and_says_so(monkeypatch, tmp_path):
+def test_no_ipvs_still_validates_and_says_so(run, monkeypatch, tmp_path):
     class NoIPVS:
         async def dump(self, counters=False):
             raise netlink.IPVSUnavailable("this kernel has no IPVS")

@@ -3,7 +3,6 @@
 import dataclasses
 from pathlib import Path
 
-from click.testing import CliRunner
 
 import lvsmail.ipvs.netlink as netlink
 from lvsmail.commands.config import config
@@ -87,42 +86,42 @@ def test_vips_and_sections():
 
 # -- the command ---------------------------------------------------------------------------
 
-def test_cli_two_files(tmp_path):
+def test_cli_two_files(cli_runner, tmp_path):
     other = tmp_path / "clustermail.yaml"
     other.write_text(SEED.read_text().replace("interval: 2                # seconds", "interval: 4  # seconds"))
-    result = CliRunner().invoke(config, ["diff", str(SEED), str(other)])
+    result = cli_runner.invoke(config, ["diff", str(SEED), str(other)])
     assert result.exit_code == 1
     assert result.stdout == "~ check of smtp: interval 2 -> 4\n"
-    same = CliRunner().invoke(config, ["diff", str(SEED), str(SEED)])
+    same = cli_runner.invoke(config, ["diff", str(SEED), str(SEED)])
     assert same.exit_code == 0 and same.stdout == f"no difference between {SEED} and {SEED}\n"
 
 
-def test_cli_reports_problems_of_both_files(tmp_path):
+def test_cli_reports_problems_of_both_files(cli_runner, tmp_path):
     a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
     a.write_text("cluster: a\nservices: 3\n")
     b.write_text("cluster: b\n")
-    result = CliRunner().invoke(config, ["diff", str(a), str(b)])
+    result = cli_runner.invoke(config, ["diff", str(a), str(b)])
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [f"{a}:2: services: expected a list, got '3'",
                                           f"{b}:1: missing required key 'services'"]
 
 
-def test_cli_one_file_against_the_kernel(monkeypatch, tmp_path):
+def test_cli_one_file_against_the_kernel(cli_runner, monkeypatch, tmp_path):
     fake = FakeIPVS(desired_table(seed()))
     monkeypatch.setattr(netlink, "NetlinkIPVS", lambda: fake)
-    result = CliRunner().invoke(config, ["diff", str(SEED), "--state-dir", str(tmp_path)])
+    result = cli_runner.invoke(config, ["diff", str(SEED), "--state-dir", str(tmp_path)])
     assert result.exit_code == 0 and result.stdout == "no difference: the kernel matches the file\n"
     fake.table.pop(next(iter(fake.table)))
-    result = CliRunner().invoke(config, ["diff", str(SEED), "--state-dir", str(tmp_path)])
+    result = cli_runner.invoke(config, ["diff", str(SEED), "--state-dir", str(tmp_path)])
     assert result.exit_code == 1
     assert result.stdout.splitlines()[0] == "+ add service TCP 192.0.2.33:25 wlc persistent 120"
     assert fake.executed == []
 
 
-def test_cli_one_file_without_ipvs_exits_2(monkeypatch, tmp_path):
+def test_cli_one_file_without_ipvs_exits_2(cli_runner, monkeypatch, tmp_path):
     def unavailable():
         raise netlink.IPVSUnavailable("this kernel has no IPVS")
 
     monkeypatch.setattr(netlink, "NetlinkIPVS", unavailable)
-    result = CliRunner().invoke(config, ["diff", str(SEED), "--state-dir", str(tmp_path)])
+    result = cli_runner.invoke(config, ["diff", str(SEED), "--state-dir", str(tmp_path)])
     assert result.exit_code == 2 and "cannot compare with the kernel" in result.stderr

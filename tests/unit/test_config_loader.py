@@ -7,7 +7,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from lvsmail.commands.config import config
 from lvsmail.config import ConfigError, Problem, dump_cluster, load_cluster, parse_cluster
@@ -603,16 +602,16 @@ def test_dump_of_a_hand_built_spec_round_trips():
 
 # -- lvsmail config validate --------------------------------------------------------
 
-def test_cli_validate_reports_services_and_real_servers():
-    result = CliRunner().invoke(config, ["validate", str(EXAMPLES / "clustermail.yaml")])
+def test_cli_validate_reports_services_and_real_servers(cli_runner):
+    result = cli_runner.invoke(config, ["validate", str(EXAMPLES / "clustermail.yaml")])
     assert result.exit_code == 0, result.output
     assert result.stdout == f"{EXAMPLES / 'clustermail.yaml'}: ok, 2 services, 4 real servers\n"
 
 
-def test_cli_validate_prints_every_problem_and_exits_2(tmp_path):
+def test_cli_validate_prints_every_problem_and_exits_2(cli_runner, tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(cluster("- {name: smtp, vip: 192.0.2.33, port: 25, scheduler: x, quiescent: 1}\n"))
-    result = CliRunner().invoke(config, ["validate", str(path)])
+    result = cli_runner.invoke(config, ["validate", str(path)])
     assert result.exit_code == 2
     lines = result.stderr.splitlines()
     assert len(lines) == 2 and all(line.startswith(f"{path}:4: services[0].") for line in lines)

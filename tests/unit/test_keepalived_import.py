@@ -4,7 +4,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from lvsmail.commands.config import config
 from lvsmail.config import ConfigError, load_cluster, parse_cluster
@@ -69,20 +68,20 @@ def test_seed_import_reports_vrrp_and_router_id_by_line():
     ]
 
 
-def test_cli_prints_yaml_the_loader_accepts(tmp_path):
-    result = CliRunner().invoke(config, ["import-keepalived", str(SEED_CONF)])
+def test_cli_prints_yaml_the_loader_accepts(cli_runner, tmp_path):
+    result = cli_runner.invoke(config, ["import-keepalived", str(SEED_CONF)])
     assert result.exit_code == 0, result.output
     assert summary(parse_cluster(result.stdout)) == summary(load_cluster(SEED_YAML))
     assert len(result.stderr.splitlines()) == 2
     out = tmp_path / "c.yaml"
-    result = CliRunner().invoke(config, ["import-keepalived", str(SEED_CONF), "-o", str(out), "--name", "mail"])
+    result = cli_runner.invoke(config, ["import-keepalived", str(SEED_CONF), "-o", str(out), "--name", "mail"])
     assert result.exit_code == 0 and load_cluster(out).name == "mail"
 
 
-def test_cli_exits_2_with_file_and_line(tmp_path):
+def test_cli_exits_2_with_file_and_line(cli_runner, tmp_path):
     path = tmp_path / "bad.conf"
     path.write_text("virtual_server 192.0.2.33 25 {\n  real_server mail1.example.org 25 {\n  }\n  lb_algo\n}\n")
-    result = CliRunner().invoke(config, ["import-keepalived", str(path)])
+    result = cli_runner.invoke(config, ["import-keepalived", str(path)])
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr.splitlines() == [
         f"{path}:2: real_server: 'mail1.example.org' is not an IP address (lvsmail never resolves host names)",

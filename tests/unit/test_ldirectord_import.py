@@ -5,7 +5,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from lvsmail.commands.config import config
 from lvsmail.config import ConfigError, load_cluster, parse_cluster
@@ -101,8 +100,8 @@ def test_cluster_name_is_the_file_stem():
 
 # -- the command -----------------------------------------------------------------
 
-def test_cli_prints_yaml_that_parse_cluster_accepts_and_warnings_with_lines():
-    result = CliRunner().invoke(config, ["import-ldirectord", str(SEED_CF)])
+def test_cli_prints_yaml_that_parse_cluster_accepts_and_warnings_with_lines(cli_runner):
+    result = cli_runner.invoke(config, ["import-ldirectord", str(SEED_CF)])
     assert result.exit_code == 0, result.output
     spec = parse_cluster(result.stdout, "stdout")
     assert comparable(spec) == comparable(load_cluster(SEED_YAML))
@@ -114,17 +113,17 @@ def test_cli_prints_yaml_that_parse_cluster_accepts_and_warnings_with_lines():
     ]
 
 
-def test_cli_writes_the_output_file(tmp_path):
+def test_cli_writes_the_output_file(cli_runner, tmp_path):
     out = tmp_path / "cluster.yaml"
-    result = CliRunner().invoke(config, ["import-ldirectord", str(SEED_CF), "-o", str(out), "--name", "mail"])
+    result = cli_runner.invoke(config, ["import-ldirectord", str(SEED_CF), "-o", str(out), "--name", "mail"])
     assert result.exit_code == 0 and result.stdout == ""
     assert load_cluster(out).name == "mail"
 
 
-def test_cli_exits_2_on_broken_input(tmp_path):
+def test_cli_exits_2_on_broken_input(cli_runner, tmp_path):
     path = tmp_path / "broken.cf"
     path.write_text("virtual=192.0.2.33:25\n\treal=mail1.example.org:25 gate\n\tscheduler=wlc\nbogus=1\n")
-    result = CliRunner().invoke(config, ["import-ldirectord", str(path)])
+    result = cli_runner.invoke(config, ["import-ldirectord", str(path)])
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr.splitlines() == [
         f"{path}:2: real: 'mail1.example.org' is not an IP address; lvsmail never resolves host names, "

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 
 from lvsmail.config import ConfigError, parse_cluster  # noqa: E402
 from lvsmail.director.daemon import Director  # noqa: E402
-from lvsmail.director.metrics import families  # noqa: E402
+from lvsmail.director.metrics import Exporter, families  # noqa: E402
 from lvsmail.director.outages import Outage  # noqa: E402
 from lvsmail.ipvs.fake import FakeIPVS  # noqa: E402
 
@@ -70,9 +70,9 @@ def used_metrics() -> dict[str, set[str]]:
     return out
 
 
-def scrape(port: int) -> dict:
+def scrape(port: int, host: str = "127.0.0.1") -> dict:
     """name -> family, from the endpoint's text."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as r:
         text = r.read().decode()
     return {f.name: f for f in text_string_to_metric_families(text)}
 
@@ -129,6 +129,42 @@ def test_scrape_of_a_running_director_has_the_names_and_labels_rules_use(tmp_pat
             for s in fam.samples:
                 if s.name == name:
                     assert labels <= set(s.labels), (name, labels, s.labels)
+
+
+def test_endpoint_starts_moves_and_stops_on_every_prometheus_client():
+    """prometheus_client 0.16 (Debian 12) returns nothing from start_http_server and 0.17+ returns the
+    server: the exporter keeps its own handle, so it serves, moves (to IPv6 too) and stops on both."""
+    from types import SimpleNamespace
+
+    from lvsmail.spec import MetricsSpec
+
+    v4, v6 = free_port(), free_port()
+
+    def refused(host, port):
+        with pytest.raises(OSError):
+            scrape(port, host)
+        return True
+
+    async def go():
+        ex = Exporter(director=None)
+        ex.snapshot = lambda: {"services": [], "failover": None}  # the scrape path, without a director
+        ex.outages = lambda: []
+        ex.configure(SimpleNamespace(metrics=MetricsSpec(listen=f"127.0.0.1:{v4}")))
+        first = await asyncio.to_thread(scrape, v4)
+        ex.configure(SimpleNamespace(metrics=MetricsSpec(listen=f"[::1]:{v6}")))
+        moved = await asyncio.to_thread(scrape, v6, "[::1]")
+        old_closed = await asyncio.to_thread(refused, "127.0.0.1", v4)
+        thread = ex._thread
+        ex.configure(SimpleNamespace(metrics=None))
+        return first, moved, old_closed, ex.listen, thread, await asyncio.to_thread(refused, "[::1]", v6)
+
+    first, moved, old_closed, listen, thread, new_closed = asyncio.run(go())
+    for fams in (first, moved):
+        assert [s.value for s in fams["node_ipvs_connections"].samples if s.name == "node_ipvs_connections_total"] \
+            == [0.0]
+        assert "lvsmail_check_duration_seconds" in fams
+    assert old_closed and new_closed and listen is None
+    assert not thread.is_alive()
 
 
 def test_vrrp_and_failover_families_from_a_snapshot():
