@@ -11,11 +11,12 @@ from __future__ import annotations
 import math
 
 from lvsmail.config.fields import Reader, describe, join
+from lvsmail.config.keys import names
 from lvsmail.config.tree import Node
 from lvsmail.spec import AVAILABILITY_MODES, AvailabilityLayerSpec, AvailabilitySpec
 
-SECTION_KEYS = ("node_availability", "mtbf_hours", "layers")
-LAYER_KEYS = ("nodes", "mode", "node_availability", "mtbf_hours", "mtfo_seconds")
+SECTION_KEYS = names("availability")
+LAYER_KEYS = names("availability.layers.NAME")
 #: Other names administrators use for an all-active layer.
 MODE_ALIASES = {"active-active": "all-active"}
 _LAYER_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")

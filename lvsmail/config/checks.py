@@ -11,26 +11,14 @@ import re
 import shlex
 
 from lvsmail.config.fields import Reader, describe, join
+from lvsmail.config.keys import BY_PATH
 from lvsmail.config.tree import Node
 from lvsmail.spec import CHECK_TYPES, CheckSpec
 
-#: Keys every probing check accepts; TLS_KEYS for checks that can speak TLS.
-COMMON_KEYS = ("type", "interval", "timeout", "rise", "fall", "start", "port", "via")
-TLS_KEYS = ("tls", "verify", "ca_file", "server_name")
-_SMTP = COMMON_KEYS + ("helo", "credentials") + TLS_KEYS  # credentials: AUTH (submission, RFC 4954)
-_IMAP = COMMON_KEYS + ("credentials", "mailbox") + TLS_KEYS
-_POP3 = COMMON_KEYS + ("credentials",) + TLS_KEYS
-_HTTP = COMMON_KEYS + ("path", "host", "method", "status", "receive", "receive_regex")
-
-#: Keys each check type accepts; ``on``/``off`` never connect, so take nothing else.
+#: Keys each check type accepts, from the documented key table (``on``/``off`` never connect, so take
+#: only ``type``; ``credentials`` is AUTH for SMTP, RFC 4954).
 TYPE_KEYS: dict[str, tuple[str, ...]] = {
-    "connect": COMMON_KEYS,
-    "smtp": _SMTP, "submission": _SMTP, "smtps": _SMTP,
-    "imap": _IMAP, "imaps": _IMAP,
-    "pop3": _POP3, "pop3s": _POP3,
-    "http": _HTTP, "https": _HTTP + ("verify", "ca_file", "server_name"),
-    "external": COMMON_KEYS + ("command",),
-    "off": ("type",), "on": ("type",),
+    kind: tuple(key.name for key in BY_PATH["services[].check"].keys if kind in key.types) for kind in CHECK_TYPES
 }
 #: Every key any check type accepts (to tell "unknown" from "not for this type").
 ALL_KEYS = tuple(dict.fromkeys(key for keys in TYPE_KEYS.values() for key in keys))

@@ -14,18 +14,21 @@ import ipaddress
 import re
 
 from lvsmail.config.fields import Reader, describe, join
+from lvsmail.config.keys import names
 from lvsmail.config.tree import Node
 from lvsmail.spec import SYNC_ROLES, KernelProfileSpec, SyncSpec
 
-SYNC_KEYS = ("interface", "syncid", "maxlen", "group", "port", "ttl", "role")
+SYNC_KEYS = names("sync")
 #: Per key: allowed integer range and whether ``auto`` is accepted.
-KERNEL_KEYS: dict[str, tuple[int, int, bool]] = {
+_KERNEL_RANGES: dict[str, tuple[int, int, bool]] = {
     "expire_nodest_conn": (0, 1, False),
     "expire_quiescent_template": (0, 1, False),
     "conn_reuse_mode": (0, 3, False),  # a bitmap of bits 1 and 2 (Documentation/networking/ipvs-sysctl.rst)
     "backup_only": (0, 1, True),
     "ip_forward": (0, 1, True),
 }
+#: The keys ``kernel:`` accepts (the documented table decides which), each with its range.
+KERNEL_KEYS: dict[str, tuple[int, int, bool]] = {key: _KERNEL_RANGES[key] for key in names("kernel")}
 UNMANAGED, AUTO = "unmanaged", "auto"
 
 #: IP_VS_IFNAME_MAXLEN is 16 with the terminating NUL; Linux interface names have no '/' or blanks.

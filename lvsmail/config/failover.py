@@ -27,16 +27,15 @@ import re
 import shlex
 
 from lvsmail.config.fields import Reader, join
+from lvsmail.config.keys import names
 from lvsmail.config.tree import Node
 from lvsmail.spec import FailoverSpec, GarpSpec, NotifySpec, TrackSpec, VrrpInstanceSpec
 
-FAILOVER_KEYS = ("interface", "instances")
-INSTANCE_KEYS = ("name", "vrid", "priority", "advert_interval", "preempt", "preempt_delay", "interface", "vips",
-                 "unicast_peers", "auth_key_file", "garp", "track_interfaces", "track_services", "notify",
-                 "on_master", "on_backup", "sync")
-GARP_KEYS = ("count", "interval")
-TRACK_KEYS = ("name", "weight")
-NOTIFY_KEYS = ("master", "backup", "fault")
+FAILOVER_KEYS = names("failover")
+INSTANCE_KEYS = names("failover.instances[]")
+GARP_KEYS = names("failover.instances[].garp")
+TRACK_KEYS = names("failover.instances[].track_interfaces[]")
+NOTIFY_KEYS = names("failover.instances[].notify")
 _IFNAME_RE = re.compile(r"[^/\s:]{1,15}\Z")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
 _DEFAULT = VrrpInstanceSpec(name="-", vrid=1, interface="-", family="inet", vips=())

@@ -23,6 +23,7 @@ from lvsmail.config.errors import ConfigError, Problem
 from lvsmail.config.failover import dump_failover, read_failover
 from lvsmail.config.director_profile import dump_kernel, dump_sync, read_kernel, read_sync
 from lvsmail.config.fields import Reader, join
+from lvsmail.config.keys import names
 from lvsmail.config.mail import dump_mail, dump_realserver, read_mail, read_realserver
 from lvsmail.config.metrics import dump_metrics, read_metrics
 from lvsmail.config.registration import dump_registration, read_registration
@@ -46,13 +47,12 @@ SECTIONS: dict[str, tuple[Callable[[Reader, Node], object], Callable[[object], o
     "metrics": (read_metrics, dump_metrics),
 }
 
-#: Keys allowed at each level of the cluster file, in the order they are documented.
-TOP_KEYS = ("cluster", "vips", "timeouts", "maintenance_dir", "alerts", "services", *SECTIONS)
-ALERT_KEYS = ("email", "email_from", "smtp", "repeat", "webhook")
-SERVICE_KEYS = ("name", "vip", "protocol", "port", "fwmark", "family", "scheduler", "persistent", "netmask",
-                "forwarding", "quiescent", "fallback", "realservers", "check")
-REAL_KEYS = ("address", "port", "weight", "forwarding", "name")
-TIMEOUT_KEYS = ("tcp", "tcpfin", "udp")
+#: Keys allowed at each level of the cluster file, from the documented key table.
+TOP_KEYS = names("")
+ALERT_KEYS = names("alerts")
+SERVICE_KEYS = names("services[]")
+REAL_KEYS = names("services[].realservers[]")
+TIMEOUT_KEYS = names("timeouts")
 #: Cluster, service and real-server names: safe in logs, file names and command lines.
 EMAIL_RE = re.compile(r"[^@\s<>]+@[^@\s<>]+\Z")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")

@@ -14,19 +14,19 @@ import pwd
 import re
 
 from lvsmail.config.fields import Reader
+from lvsmail.config.keys import names
 from lvsmail.config.tree import Node
 from lvsmail.spec import (
     IMAP_SERVERS, MAILBOX_LAYOUTS, STORAGE_TYPES, HealthPageSpec, MailboxSpec, MailSpec, RealServerDefaultsSpec,
     StorageSpec, TlsFilesSpec,
 )
 
-MAIL_KEYS = ("hostname", "domain", "destinations", "mynetworks", "mailbox", "storage", "imap", "max_daemons",
-             "tls", "health_page")
-MAILBOX_KEYS = ("layout", "root", "maps", "owner")
-STORAGE_KEYS = ("path", "type", "require_network")
-TLS_KEYS = ("cert", "key")
-HEALTH_KEYS = ("path", "text")
-REALSERVER_KEYS = ("interface", "nat_gateway", "directors", "services", "state_file")
+MAIL_KEYS = names("mail")
+MAILBOX_KEYS = names("mail.mailbox")
+STORAGE_KEYS = names("mail.storage")
+TLS_KEYS = names("mail.tls")
+HEALTH_KEYS = names("mail.health_page")
+REALSERVER_KEYS = names("realserver")
 
 #: A DNS host name (RFC 1123 labels); Postfix's myhostname must be fully qualified to be useful.
 HOSTNAME_RE = re.compile(r"(?=.{1,253}\Z)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"

@@ -11,10 +11,11 @@ from __future__ import annotations
 import ipaddress
 
 from lvsmail.config.fields import Reader, describe
+from lvsmail.config.keys import names
 from lvsmail.config.tree import Node
 from lvsmail.spec import DEFAULT_METRICS_LISTEN, MetricsSpec
 
-SECTION_KEYS = ("listen",)
+SECTION_KEYS = names("metrics")
 
 
 def read_metrics(r: Reader, node: Node) -> MetricsSpec | None:

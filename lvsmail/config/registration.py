@@ -11,11 +11,11 @@ import ipaddress
 import re
 
 from lvsmail.config.fields import Reader, join
+from lvsmail.config.keys import names
 from lvsmail.config.tree import Node
 from lvsmail.spec import RegistrationSpec
 
-KEYS = ("listen", "directors", "token_file", "allowed_networks", "max_skew", "max_body", "drain_timeout",
-        "tls_cert", "tls_key", "tls_ca", "members_file")
+KEYS = names("registration")
 _HOSTPORT = re.compile(r"\[([^\]]+)\]:(\d+)\Z|([^:\[\]]+):(\d+)\Z")
 _URL = re.compile(r"(https?)://(\[[^\]]+\]:\d+|[^:/\[\]]+:\d+|\[[^\]]+\]|[^:/\[\]]+)/?\Z")
 
