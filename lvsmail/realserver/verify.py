@@ -9,6 +9,7 @@ step, against which peer, and what the server answered.
 from __future__ import annotations
 
 import asyncio
+import imaplib
 import ipaddress
 import secrets
 import time
@@ -124,30 +125,57 @@ def _smtp_reason(exc: Exception, mailbox: str) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _said(exc: Exception) -> str:
+    """An error as text; an imaplib error carries the server's reply, decoded here (not a ``b'...'`` repr)."""
+    if isinstance(exc, imaplib.IMAP4.error):
+        return " ".join(a.decode("utf-8", "replace") if isinstance(a, bytes) else str(a) for a in exc.args)
+    return str(exc) or type(exc).__name__
+
+
+def _ok(reply: tuple[str, list], command: str) -> list:
+    """The data of an ``OK`` reply; a ``NO`` or ``BAD`` raises with the server's text."""
+    status, data = reply
+    if status != "OK":
+        text = b" ".join(d for d in data if isinstance(d, bytes)).decode("utf-8", "replace")
+        raise imaplib.IMAP4.error(f"{command} answered {status} {text}".rstrip())
+    return data
+
+
 def _imap_steps(report: VerifyReport, imap: tuple[str, int], creds: Credentials, subject: str, token: str,
                 timeout: float) -> None:
-    """Login, wait for the message, fetch and check it, delete it (RFC 9051)."""
-    from imapclient import IMAPClient
+    """Login, wait for the message, fetch and check it, delete it (RFC 9051).
 
+    The standard library's IMAP client, not the health check's dialogue: a check only opens the
+    mailbox read-only and never reads a message, while this selects, searches, fetches the
+    message's text, and deletes it. ``timeout`` bounds each network operation.
+    """
     name = f"imap {_fmt(*imap)}"
     started = time.monotonic()
     try:
-        client = IMAPClient(imap[0], port=imap[1], ssl=False, timeout=timeout)
+        client = imaplib.IMAP4(imap[0], imap[1], timeout=timeout)
+    except Exception as exc:
+        report.steps.append(StepResult(f"{name} login", False, time.monotonic() - started,
+                                       f"cannot connect: {type(exc).__name__}: {_said(exc)} (IMAP server not running, "
+                                       "or not listening on this address?)"))
+        return
+    try:
         client.login(creds.user, creds.password)
     except Exception as exc:
-        reason = str(exc).replace(creds.password, "<hidden>")
+        reason = _said(exc).replace(creds.password, "<hidden>")
         report.steps.append(StepResult(f"{name} login", False, time.monotonic() - started,
                                        f"{type(exc).__name__}: {reason}"))
+        _logout(client)
         return
     report.steps.append(StepResult(f"{name} login", True, time.monotonic() - started, f"as {creds.user}"))
     try:
         started = time.monotonic()
         deadline = started + timeout
-        found: list[int] = []
+        found: list[bytes] = []
         polls = 0
         while True:
-            client.select_folder("INBOX")
-            found = client.search(["SUBJECT", subject])
+            # SELECT again each time: the new message is seen on a fresh open of the mailbox.
+            _ok(client.select("INBOX"), "SELECT INBOX")
+            found = (_ok(client.search(None, "SUBJECT", token), "SEARCH")[0] or b"").split()
             polls += 1
             if found or time.monotonic() >= deadline:
                 break
@@ -160,20 +188,27 @@ def _imap_steps(report: VerifyReport, imap: tuple[str, int], creds: Credentials,
             return
         report.steps.append(StepResult(f"{name} wait for message", True, time.monotonic() - started,
                                        f"found after {polls} search(es)"))
+        numbers = b",".join(found).decode()
         started = time.monotonic()
-        data = client.fetch(found, ["RFC822"])
-        body = b"".join(v.get(b"RFC822", b"") for v in data.values())
+        data = _ok(client.fetch(numbers, "(BODY.PEEK[])"), "FETCH")  # BODY[]: RFC822 is gone from RFC 9051
+        body = b"".join(part[1] for part in data if isinstance(part, tuple))
         ok = token.encode() in body
         report.steps.append(StepResult(f"{name} fetch", ok, time.monotonic() - started,
                                        f"{len(body)} bytes" + ("" if ok else ", token missing from the message")))
         started = time.monotonic()
-        client.delete_messages(found)
-        client.expunge()
+        _ok(client.store(numbers, "+FLAGS.SILENT", "(\\Deleted)"), "STORE")
+        _ok(client.expunge(), "EXPUNGE")
         report.steps.append(StepResult(f"{name} delete", True, time.monotonic() - started, "test message removed"))
     except Exception as exc:
-        report.steps.append(StepResult(f"{name}", False, time.monotonic() - started, f"{type(exc).__name__}: {exc}"))
+        report.steps.append(StepResult(f"{name}", False, time.monotonic() - started,
+                                       f"{type(exc).__name__}: {_said(exc)}"))
     finally:
-        try:
-            client.logout()
-        except Exception:  # the verdict is already recorded; LOGOUT failing changes nothing
-            pass
+        _logout(client)
+
+
+def _logout(client: imaplib.IMAP4) -> None:
+    """LOGOUT and close the socket (imaplib closes it even when LOGOUT fails)."""
+    try:
+        client.logout()
+    except OSError:  # the socket's own shutdown failed (a peer that reset it): the verdict is already recorded
+        pass
