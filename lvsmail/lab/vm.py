@@ -1,7 +1,9 @@
 """Run one command "in the lab": on this kernel if it has IPVS and IPIP, else in a VM.
 
 The VM is virtme-ng booting a distribution kernel from /boot with the host's file
-system shared read-only, so the command sees this very checkout and interpreter.
+system shared read-only, so the command sees this very checkout and interpreter:
+the one running this module (the venv deploy/setup made) comes first on the
+guest's PATH, so ``python3`` and ``lvsmail`` there are the venv's.
 KVM is never used: nested KVM on the machines we run on is slower than plain
 emulation, and ``-cpu host`` crashes. Everything the guest must write goes to one
 output directory that is mounted read-write (``--rwdir``); the exit status of the
@@ -98,10 +100,27 @@ def find_kernel(boot: Path = Path("/boot"), modules: Path = Path("/lib/modules")
     return with_modules[-1]
 
 
+def interpreter_bin() -> str:
+    """The directory of this interpreter's scripts: the venv's bin/ (``python3``, ``lvsmail``, ``vng``).
+
+    Not resolved through symlinks: a venv's python is a link to the base interpreter, and only
+    the venv's own path makes it the venv's interpreter.
+    """
+    return str(Path(sys.executable).parent)
+
+
+def host_env(out_dir: Path, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for the command when this kernel is the lab: the caller's, this interpreter first on PATH."""
+    environ = os.environ if environ is None else environ
+    path = environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    return dict(environ, PATH=f"{interpreter_bin()}:{path}", LVSMAIL_PYTHON=sys.executable,
+                LVSMAIL_IN_LAB="1", LVSMAIL_LAB_OUT=str(out_dir))
+
+
 def guest_env(out_dir: Path, environ: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for the command in the guest: this interpreter first on PATH, lab markers."""
     environ = os.environ if environ is None else environ
-    bindir = str(Path(sys.executable).parent)
+    bindir = interpreter_bin()
     env = {
         "PATH": f"{bindir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME": "/root",
@@ -168,7 +187,8 @@ def guest_script(cmd: list[str], env: dict[str, str], cwd: Path, status_file: Pa
 def vng_argv(kernel: Path, script: Path, rwdirs: list[Path], memory: str = "2G",
              cpus: int | None = None, cwd: Path = REPO) -> list[str]:
     """The ``vng`` command line that boots ``kernel`` and runs ``script``."""
-    vng = shutil.which("vng") or str(Path(sys.executable).parent / "vng")
+    # The venv's own vng first: another one on PATH may belong to an interpreter without lvsmail.
+    vng = shutil.which("vng", path=interpreter_bin()) or shutil.which("vng") or str(Path(interpreter_bin()) / "vng")
     argv = [vng, "--run", str(kernel), "--disable-kvm", "--memory", memory, "--cwd", str(cwd)]
     if cpus:
         argv += ["--cpus", str(cpus)]
@@ -242,8 +262,7 @@ def run(cmd: list[str], memory: str = "2G", timeout: float | None = None, out_di
     log_path = out_dir / "lab-run.log"
     cap = Capability(False, "VM forced") if force_vm else host_capability()
     if cap.ok:
-        env = dict(os.environ, LVSMAIL_IN_LAB="1", LVSMAIL_LAB_OUT=str(out_dir))
-        return _run_child(list(cmd), log_path, timeout, stream, env=env)
+        return _run_child(list(cmd), log_path, timeout, stream, env=host_env(out_dir))
     if os.geteuid() != 0:
         raise LabError("the lab VM needs root (network namespaces and IPVS inside run as root)")
     kernel = find_kernel()

@@ -42,6 +42,24 @@ def test_vng_command_never_uses_kvm_and_mounts_the_output_dir_writable():
     assert argv[-2:] == ["--exec", "sh /out/x.sh"]
 
 
+def test_vng_of_the_running_interpreter_comes_before_one_on_path(tmp_path, monkeypatch):
+    venv_bin, other_bin = tmp_path / "venv-bin", tmp_path / "other-bin"
+    for d in (venv_bin, other_bin):
+        d.mkdir()
+        (d / "vng").write_text("#!/bin/sh\n")
+        (d / "vng").chmod(0o755)
+    monkeypatch.setattr(vm, "interpreter_bin", lambda: str(venv_bin))
+    monkeypatch.setenv("PATH", str(other_bin))
+    assert vm.vng_argv(Path("/boot/vmlinuz"), Path("/out/x.sh"), [])[0] == str(venv_bin / "vng")
+
+
+def test_on_a_lab_capable_kernel_the_command_finds_this_interpreter_first():
+    env = vm.host_env(Path("/out"), {"PATH": "/root/.pyenv/shims:/usr/bin", "CI": "true"})
+    assert env["PATH"].split(":") == [str(Path(vm.sys.executable).parent), "/root/.pyenv/shims", "/usr/bin"]
+    assert env["LVSMAIL_PYTHON"] == vm.sys.executable and env["CI"] == "true"
+    assert env["LVSMAIL_IN_LAB"] == "1" and env["LVSMAIL_LAB_OUT"] == "/out"
+
+
 def test_guest_script_runs_the_command_in_the_repo_and_records_its_status():
     env = vm.guest_env(Path("/out"), {"CI": "true", "LVSMAIL_REQUIRE_LAB": "1", "SECRET_TOKEN": "x"})
     script = vm.guest_script(["python3", "-m", "pytest", "tests/kernel", "-k", "a b"], env, Path("/repo"),
