@@ -88,11 +88,12 @@ def test_control_keeps_what_debian_12_lacks_out_of_depends():
 
 
 def test_every_installed_source_exists():
-    for line in _read("debian", "lvsmail.install").splitlines():
-        source = line.split()[0]
-        if source.startswith("debian/generated/"):
-            continue  # made by debian/rules during the build
-        assert glob.glob(os.path.join(REPO, source)), f"debian/lvsmail.install names {source}, which does not exist"
+    for listing in ("lvsmail.install", "lvsmail.docs"):
+        for line in _read("debian", listing).splitlines():
+            source = line.split()[0]
+            if source.startswith("debian/generated/"):
+                continue  # made by debian/rules during the build
+            assert glob.glob(os.path.join(REPO, source)), f"debian/{listing} names {source}, which does not exist"
 
 
 def test_example_cluster_file_validates():
