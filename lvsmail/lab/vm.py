@@ -109,11 +109,20 @@ def interpreter_bin() -> str:
     return str(Path(sys.executable).parent)
 
 
-def host_env(out_dir: Path, environ: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for the command when this kernel is the lab: the caller's, this interpreter first on PATH."""
+def interpreter_first(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The caller's environment with this interpreter's bin/ first on PATH.
+
+    vng starts its helpers (``virtme-run``, ...) by name, and the lab's command runs ``python3``
+    and ``lvsmail`` by name: all of them must be the venv's, which is not on PATH by default.
+    """
     environ = os.environ if environ is None else environ
     path = environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-    return dict(environ, PATH=f"{interpreter_bin()}:{path}", LVSMAIL_PYTHON=sys.executable,
+    return dict(environ, PATH=f"{interpreter_bin()}:{path}")
+
+
+def host_env(out_dir: Path, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for the command when this kernel is the lab: the caller's, this interpreter first on PATH."""
+    return dict(interpreter_first(environ), LVSMAIL_PYTHON=sys.executable,
                 LVSMAIL_IN_LAB="1", LVSMAIL_LAB_OUT=str(out_dir))
 
 
@@ -278,7 +287,7 @@ def run(cmd: list[str], memory: str = "2G", timeout: float | None = None, out_di
     stream.flush()
     started = time.monotonic()
     try:
-        vng_rc = _run_child(argv, log_path, timeout, stream)
+        vng_rc = _run_child(argv, log_path, timeout, stream, env=interpreter_first())
         try:
             rc = int(status_file.read_text().strip())
         except (OSError, ValueError):

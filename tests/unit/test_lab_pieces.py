@@ -53,6 +53,11 @@ def test_vng_of_the_running_interpreter_comes_before_one_on_path(tmp_path, monke
     assert vm.vng_argv(Path("/boot/vmlinuz"), Path("/out/x.sh"), [])[0] == str(venv_bin / "vng")
 
 
+def test_vng_finds_its_own_helpers_in_this_interpreters_bin():
+    env = vm.interpreter_first({"PATH": "/usr/bin:/bin", "HOME": "/root"})
+    assert env["PATH"] == f"{Path(vm.sys.executable).parent}:/usr/bin:/bin" and env["HOME"] == "/root"
+
+
 def test_on_a_lab_capable_kernel_the_command_finds_this_interpreter_first():
     env = vm.host_env(Path("/out"), {"PATH": "/root/.pyenv/shims:/usr/bin", "CI": "true"})
     assert env["PATH"].split(":") == [str(Path(vm.sys.executable).parent), "/root/.pyenv/shims", "/usr/bin"]
