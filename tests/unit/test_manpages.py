@@ -296,3 +296,22 @@ def test_a_document_without_markers_is_a_usage_error(tmp_path):
     plain.write_text("# nothing generated here\n", encoding="utf-8")
     assert manpage.main(["--markdown", str(plain)]) == 2
     assert plain.read_text(encoding="utf-8") == "# nothing generated here\n"
+
+
+def _anchors(markdown: str) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    return {re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+            for line in markdown.splitlines() if line.startswith("#")}
+
+
+def test_links_between_the_readme_and_docs_resolve():
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = page.read_text(encoding="utf-8")
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+://", target):
+                continue
+            file_part, _, anchor = target.partition("#")
+            linked = (page.parent / file_part).resolve() if file_part else page
+            assert linked.exists(), f"{page.name}: {target}"
+            if anchor:
+                assert anchor in _anchors(linked.read_text(encoding="utf-8")), f"{page.name}: {target}"
