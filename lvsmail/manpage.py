@@ -170,7 +170,10 @@ def _roff_option(synopsis: str, help_text: str) -> list[str]:
     for flag in synopsis.split(", "):
         name, _, metavar = flag.partition(" ")
         parts.append(f"\\fB{roff_text(name)}\\fR" + (f" \\fI{roff_text(metavar)}\\fR" if metavar else ""))
-    return [".TP", ", ".join(parts), roff_text(" ".join(help_text.split())) if help_text else ""]
+    entry = [".TP", ", ".join(parts)]
+    if help_text.strip():
+        entry.append(roff_text(" ".join(help_text.split())))
+    return entry
 
 
 def lvsmail_8(cli: click.Group, date: str) -> str:
