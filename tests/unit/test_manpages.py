@@ -266,6 +266,25 @@ def test_output_is_reproducible_and_dated_by_source_date_epoch(tmp_path, monkeyp
         assert '"2023-11-14"' in text.splitlines()[1]
 
 
+def test_without_source_date_epoch_the_date_is_the_newest_changelog_entry(tmp_path, monkeypatch):
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    changelog = tmp_path / "changelog"
+    changelog.write_text("lvsmail (0.2.0-1) bookworm; urgency=medium\n\n  * New.\n\n"
+                         " -- A Maintainer <a@example.org>  Tue, 02 Jan 2024 10:00:00 +0000\n\n"
+                         "lvsmail (0.1.0-1) bookworm; urgency=medium\n\n  * Old.\n\n"
+                         " -- A Maintainer <a@example.org>  Mon, 01 May 2023 10:00:00 +0000\n")
+    monkeypatch.setattr(manpage, "_CHANGELOG", changelog)
+    assert manpage.page_date() == "2024-01-02"
+    monkeypatch.setattr(manpage, "_CHANGELOG", tmp_path / "absent")
+    assert manpage.page_date() == manpage.FALLBACK_DATE
+
+
+def test_a_malformed_source_date_epoch_is_refused(monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    with pytest.raises(SystemExit, match="SOURCE_DATE_EPOCH='yesterday' is not a Unix time"):
+        manpage.page_date()
+
+
 def test_roff_escaping_keeps_text_literal():
     assert manpage.roff_text(".starts with a dot\n'and a quote") == "\\&.starts with a dot\n\\&'and a quote"
     assert manpage.roff_text("a\\b --dry-run") == "a\\eb \\-\\-dry\\-run"
