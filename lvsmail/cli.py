@@ -1,5 +1,6 @@
 """The ``lvsmail`` command: one console script, grouped by role."""
 
+import importlib.util
 import logging
 
 import click
@@ -9,7 +10,6 @@ from lvsmail.commands.availability import availability
 from lvsmail.commands.config import config
 from lvsmail.commands.dashboard import dashboard
 from lvsmail.commands.director import director
-from lvsmail.commands.lab import lab
 from lvsmail.commands.realserver import realserver
 
 
@@ -18,13 +18,14 @@ from lvsmail.commands.realserver import realserver
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def cli(verbose: int) -> None:
     """Run a mail cluster behind Linux Virtual Server."""
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from lvsmail.systemd import configure_logging
+
+    # On a terminal: timestamped lines; under systemd: the journal's priorities, no timestamp of ours.
+    configure_logging(logging.WARNING - 10 * min(verbose, 2))
 
 
 cli.add_command(director)
 cli.add_command(config)
-cli.add_command(lab)
 cli.add_command(realserver)
 cli.add_command(availability)
 cli.add_command(dashboard)
@@ -33,6 +34,20 @@ from lvsmail.commands.realserver_ops import COMMANDS as _REALSERVER_OPS  # noqa:
 
 for _command in _REALSERVER_OPS:
     realserver.add_command(_command)
+
+
+def lab_installed() -> bool:
+    """True when the lab's code is installed (a source checkout, pip's ``[lab]``), not on a production host."""
+    return all(importlib.util.find_spec(name) is not None for name in ("lvsmail.lab", "lvsmail.commands.lab"))
+
+
+# The Debian package leaves out lvsmail/lab and its command group: a director or a real server
+# gets no VM runner, chaos tool or demo cluster. Without this test, `lvsmail --help` would fail there
+# with an ImportError; with it, the lab group simply does not exist on production hosts.
+if lab_installed():
+    from lvsmail.commands.lab import lab  # noqa: E402
+
+    cli.add_command(lab)
 
 
 def main() -> None:

@@ -5,15 +5,14 @@ from __future__ import annotations
 import sys
 
 import click
+from click.core import ParameterSource
 
-from lvsmail.commands.options import EXIT_CONFIG, json_output
+from lvsmail.commands.options import EXIT_CONFIG, cluster_file_if_installed, json_output, state_dir
 
 
 @click.command()
-@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
-              help="Cluster file with an availability: section (without it, only the seed's figures).")
-@click.option("--state-dir", default="/run/lvsmail", show_default=True, type=click.Path(file_okay=False),
-              help="Where the directors record the failovers they measured.")
+@cluster_file_if_installed("Cluster file with an availability: section (without one, only the seed's figures).")
+@state_dir("Where the directors record the failovers they measured.")
 @click.option("--mtfo-directors", type=click.FloatRange(min=0), metavar="SECONDS",
               help="Director takeover time to use instead of the recorded median.")
 @click.option("--mtfo-realservers", type=click.FloatRange(min=0), metavar="SECONDS",
@@ -34,8 +33,11 @@ def availability(config_path: str | None, state_dir: str, mtfo_directors: float 
 
     theirs = model.seed()
     ours, note = None, "No cluster file given (-c): the seed's figures only."
+    # The installed file, taken by default, may have no availability: section: then only the seed's figures.
+    given = click.get_current_context().get_parameter_source("config_path") is not ParameterSource.DEFAULT
     if config_path:
-        ours, note = _ours(config_path, state_dir, {"directors": mtfo_directors, "realservers": mtfo_realservers})
+        ours, note = _ours(config_path, state_dir, {"directors": mtfo_directors, "realservers": mtfo_realservers},
+                           required=given)
     if as_json:
         click.echo(json.dumps({"ours": model.as_json(ours) if ours else None, "seed": model.as_json(theirs),
                                "note": note}, indent=2))
@@ -43,8 +45,9 @@ def availability(config_path: str | None, state_dir: str, mtfo_directors: float 
         click.echo(model.as_text(ours, theirs, note), nl=False)
 
 
-def _ours(config_path: str, state_dir: str, overrides: dict[str, float | None]):
-    """(Result, note) for the cluster file, or exit 2 with the reason."""
+def _ours(config_path: str, state_dir: str, overrides: dict[str, float | None], required: bool = True):
+    """(Result, note) for the cluster file, or exit 2 with the reason; (None, note) when a file that was
+    not asked for (``required`` False) has no availability: section."""
     from lvsmail import availability as model
     from lvsmail.config import ConfigError, load_cluster
     from lvsmail.director.outages import outages_path, read_outages
@@ -54,6 +57,8 @@ def _ours(config_path: str, state_dir: str, overrides: dict[str, float | None]):
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         sys.exit(EXIT_CONFIG)
+    if spec.availability is None and not required:
+        return None, f"{config_path} has no availability: section: the seed's figures only."
     if spec.availability is None:
         click.echo(f"{config_path}: no availability: section (node_availability, mtbf_hours, layers)", err=True)
         sys.exit(EXIT_CONFIG)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from lvsmail.commands.options import EXIT_CONFIG
+from lvsmail.commands.options import EXIT_CONFIG, cluster_file_argument, state_dir
 
 # The loader and importer are imported inside each command: every ``lvsmail`` start
 # would otherwise pay for them, and in the emulated lab that costs seconds.
@@ -18,9 +18,9 @@ def config() -> None:
 
 
 @config.command()
-@click.argument("file", type=click.Path(dir_okay=False))
+@cluster_file_argument
 def validate(file: str) -> None:
-    """Check FILE and report every problem at once (exit 2 if there is any)."""
+    """Check FILE (default: /etc/lvsmail/cluster.yaml) and report every problem at once (exit 2 if there is any)."""
     from lvsmail.config import ConfigError, load_cluster
 
     try:
@@ -87,16 +87,14 @@ def import_keepalived_cmd(file: str, output: str | None, name: str | None) -> No
         click.echo(text, nl=False)
 
 
-_STATE_DIR = click.option("--state-dir", default="/run/lvsmail", show_default=True,
-                          type=click.Path(file_okay=False),
-                          help="Where a running director records the services it owns.")
+_STATE_DIR = state_dir("Where a running director records the services it owns.")
 
 
 @config.command()
-@click.argument("file", type=click.Path(dir_okay=False))
+@cluster_file_argument
 @_STATE_DIR
 def check(file: str, state_dir: str) -> None:
-    """Validate FILE, then show what applying it to the running kernel would change.
+    """Validate FILE (default: /etc/lvsmail/cluster.yaml), then show what applying it to the kernel would change.
 
     Nothing is applied.  Exit 0 when the kernel already matches (or, with a
     note, when this kernel has no IPVS to compare with), 1 when changes are

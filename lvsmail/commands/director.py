@@ -6,7 +6,9 @@ import sys
 
 import click
 
-from lvsmail.commands.options import EXIT_CONFIG, EXIT_PENDING, cluster_file, dry_run, json_output
+from lvsmail.commands.options import (
+    EXIT_CONFIG, EXIT_PENDING, cluster_file, cluster_file_if_installed, dry_run, json_output, state_dir,
+)
 
 
 @click.group()
@@ -19,8 +21,7 @@ def director() -> None:
 @click.option("--repair-interval", default=5.0, show_default=True, type=click.FloatRange(min=0.1),
               help="Seconds between reads of the kernel table to repair drift.")
 @click.option("--flush-on-exit", is_flag=True, help="Remove this file's services on SIGTERM (default: leave them).")
-@click.option("--state-dir", default="/run/lvsmail", show_default=True, type=click.Path(file_okay=False),
-              help="Where the director remembers which services it owns.")
+@state_dir("Where the director keeps its API socket, the services it owns and its health file.")
 @click.option("--check-workers", type=click.IntRange(min=0), default=None,
               help="Extra processes that run health checks (0: all in the director; default: one when "
                    "there are 100 or more targets and 2 or more CPUs).")
@@ -33,11 +34,15 @@ def start(config_path: str, repair_interval: float, flush_on_exit: bool, state_d
     from lvsmail.config import ConfigError
     from lvsmail.director.daemon import Director, serve
     from lvsmail.ipvs.netlink import IPVSUnavailable, NetlinkIPVS
+    from lvsmail.systemd import Notifier
 
     if logging.getLogger().level > logging.INFO:
-        logging.getLogger().setLevel(logging.INFO)  # a daemon reports what it does
-    d = Director(config_path, NetlinkIPVS(), repair_interval=repair_interval,
-                 flush_on_exit=flush_on_exit, state_dir=state_dir, engine_options={"workers": check_workers})
+        # A daemon reports what it does (reloads, repairs, transitions) at info, in the journal too, without -v.
+        logging.getLogger().setLevel(logging.INFO)
+    # Read once, then out of the environment: checks and hooks must not speak to systemd for the director.
+    notifier = Notifier.from_environment(unset=True)
+    d = Director(config_path, NetlinkIPVS(), repair_interval=repair_interval, flush_on_exit=flush_on_exit,
+                 state_dir=state_dir, engine_options={"workers": check_workers}, notifier=notifier)
     try:
         asyncio.run(serve(d))
     except ConfigError as exc:
@@ -93,10 +98,8 @@ def apply(config_path: str, dry_run: bool) -> None:
 
 @director.command()
 @json_output
-@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
-              help="Show only the services of this cluster file.")
-@click.option("--state-dir", default="/run/lvsmail", show_default=True, type=click.Path(file_okay=False),
-              help="Where running directors publish real-server health.")
+@cluster_file_if_installed("Show only the services of this cluster file.")
+@state_dir("Where running directors publish real-server health.")
 def status(as_json: bool, config_path: str | None, state_dir: str) -> None:
     """Show virtual services, real servers, connections and traffic counters from the kernel."""
     import json

@@ -7,19 +7,15 @@ import sys
 
 import click
 
-from lvsmail.commands.options import EXIT_CONFIG
-
-DEFAULT_STATE_DIR = "/run/lvsmail"
+from lvsmail.commands.options import EXIT_CONFIG, cluster_file_if_installed, state_dir
 
 
 def api_options(f):
     """``-c FILE`` / ``--socket PATH`` / ``--state-dir``: which director to talk to."""
-    f = click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True, type=click.Path(file_okay=False),
-                     help="Where running directors keep their sockets and state.")(f)
+    f = state_dir()(f)
     f = click.option("--socket", "socket_path", type=click.Path(dir_okay=False),
                      help="The director's API socket (default: from -c, or the only one in --state-dir).")(f)
-    f = click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
-                     help="Cluster file of the director to talk to.")(f)
+    f = cluster_file_if_installed("Cluster file of the director to talk to.")(f)
     return f
 
 

@@ -1,11 +1,51 @@
 """Click options shared by several commands, defined once."""
 
+import os
+
 import click
 
+#: The cluster file of a host installed from the package (a conffile of the Debian package).
+DEFAULT_CLUSTER_FILE = "/etc/lvsmail/cluster.yaml"
+#: Where running directors keep their API sockets and state files (systemd's RuntimeDirectory=lvsmail).
+DEFAULT_STATE_DIR = "/run/lvsmail"
+
+
+def _default_file() -> str:
+    # Read at call time, not import time: tests point it at a file of their own.
+    return DEFAULT_CLUSTER_FILE
+
+
+#: ``-c FILE`` for commands that need a cluster file; without it, the installed one.
 cluster_file = click.option(
-    "-c", "--config", "config_path", required=True,
+    "-c", "--config", "config_path", default=_default_file, show_default=DEFAULT_CLUSTER_FILE,
     type=click.Path(dir_okay=False), help="Cluster file (YAML).",
 )
+
+
+def _installed_file(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """The given file, else the installed one when it exists (a host without it keeps the command's own default)."""
+    if value is not None:
+        return value
+    return DEFAULT_CLUSTER_FILE if os.path.isfile(DEFAULT_CLUSTER_FILE) else None
+
+
+def cluster_file_if_installed(help: str):
+    """``-c FILE`` for commands that also work without a file: default the installed one, if there is one."""
+    return click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), callback=_installed_file,
+                        help=f"{help} [default: {DEFAULT_CLUSTER_FILE} if it exists]")
+
+
+def cluster_file_argument(f):
+    """``[FILE]`` for the config commands that read one file: default the installed one."""
+    return click.argument("file", required=False, default=_default_file, type=click.Path(dir_okay=False))(f)
+
+
+def state_dir(help: str = "Where running directors keep their sockets and state."):
+    """``--state-dir DIR``, with the help of the command that declares it."""
+    return click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True,
+                        type=click.Path(file_okay=False), help=help)
+
+
 json_output = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
 dry_run = click.option("--dry-run", is_flag=True, help="Print the plan and exit 1 if changes are pending.")
 

@@ -74,7 +74,7 @@ def join(config_path, address, dry_run, state_file, root, interface, postfix_con
             extra += [flag, os.path.abspath(value) if flag != "--interface" else value]
     opts = JoinOptions(address=address, config_path=os.path.abspath(config_path), paths=paths, root=root,
                        state_file=os.path.abspath(state_file) if state_file else None, interface=interface,
-                       command=(_lvsmail_exe(),), extra_args=tuple(extra))
+                       command=lvsmail_command(), extra_args=tuple(extra))
     is_root = os.geteuid() == 0
     if not is_root and not dry_run:
         click.echo("lvsmail: realserver join changes addresses, sysctls and daemon configuration: run it as root",
@@ -224,8 +224,23 @@ def verify(config_path, address, mailbox, credentials_path, smtp_target, imap_ta
     sys.exit(EXIT_OK if report.ok else EXIT_PENDING)
 
 
-def _lvsmail_exe() -> str:
-    """The lvsmail console script to put in the boot unit."""
-    import shutil
+def lvsmail_command(argv0: str | None = None, executable: str | None = None) -> tuple[str, ...]:
+    """How the boot unit runs this very installation of lvsmail: the program that runs now, by absolute path.
 
-    return shutil.which("lvsmail") or "/usr/local/bin/lvsmail"
+    Started as the console script (``lvsmail``, found on PATH or named by
+    path: /usr/bin/lvsmail from the package, .venv/bin/lvsmail from a virtual
+    environment), ``sys.argv[0]`` is that script: the kernel hands the
+    interpreter the path it executed. Started otherwise (``python -m lvsmail``,
+    a test runner), the same interpreter with ``-m lvsmail`` runs the same
+    installation. Neither guesses from PATH, which at boot may find
+    another lvsmail or none.
+    """
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    executable = sys.executable if executable is None else executable
+    script = os.path.basename(argv0 or "")
+    if script.startswith("lvsmail") and not script.endswith(".py") and os.path.isfile(argv0) \
+            and os.access(argv0, os.X_OK):
+        return (os.path.abspath(argv0),)
+    # Not resolved with realpath: a virtual environment's python is a link, and it is the link that
+    # selects the environment.
+    return (os.path.abspath(executable), "-m", "lvsmail")

@@ -8,6 +8,13 @@ On exit the table stays in place, so restarting the director (an upgrade, a
 crash) never interrupts mail; ``--flush-on-exit`` removes only the services
 this director owns. Ownership is remembered in a small state file so that a
 service removed from the file while the director was down is still cleaned up.
+
+Under systemd (Type=notify) the director reports READY=1 once the table is
+programmed, RELOADING=1/READY=1 around a reload, STOPPING=1, and a STATUS= line
+(services, real servers up, VRRP role) when it changes. The watchdog's
+WATCHDOG=1 comes from the main loop itself, between its steps: a loop that
+hangs, even with the event loop still turning, stops the pings and systemd
+restarts the director.
 """
 
 from __future__ import annotations
@@ -17,7 +24,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import time
 from pathlib import Path
 
@@ -36,6 +42,7 @@ from lvsmail.ipvs.model import IPVSBackend, IPVSError, ServiceKey, Table
 from lvsmail.net.sysctl import ProcSysctl, SysctlBackend
 from lvsmail.registration.director import Membership
 from lvsmail.spec import ClusterSpec
+from lvsmail.systemd import STATUS_PERIOD, Notifier, Pacer, status_line
 
 log = logging.getLogger("lvsmail.director")
 
@@ -56,6 +63,7 @@ class Director:
         engine_options: dict | None = None,
         alerter_options: dict | None = None,
         sysctl: SysctlBackend | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.config_path = config_path
         self.backend = backend
@@ -73,6 +81,11 @@ class Director:
         self.failover = None  # director.failover.Failover while the file has a failover: section
         self.failover_options: dict = {}  # test and benchmark hooks passed to Failover (fake network, clock)
         self.api = None  # director.api's server, once running
+        self.notifier = notifier if notifier is not None else Notifier(None)  # systemd's, or a silent one
+        self._status_sent: str | None = None  # the last STATUS= line, to send only changes
+        self._status_pacer = Pacer(STATUS_PERIOD)
+        self._status_later: asyncio.TimerHandle | None = None
+        self._reload_note: str | None = None  # a rejected reload, shown in STATUS= until the next good one
         # Operators' drain/weight (director.api), kept across restarts and applied to every desired table.
         self.overrides = OverrideStore(self.state_dir / (Path(config_path).stem + ".overrides.json"))
         self._health_written: float | None = None  # engine clock of the last health-file write
@@ -135,24 +148,20 @@ class Director:
 
         self.api = await start_api(self)
         phases.done("api")
+        roles = self._watch_roles()  # None without the API's event stream: the loop's passes update roles
         self.ready.set()
-        _sd_notify("READY=1")
+        self._status_sent = self.status_line()
+        self._status_pacer.sent(asyncio.get_running_loop().time())
+        self.notifier.ready(self._status_sent)
         log.info("director: %s in sync: %s; started in %s", self.spec.name, _summary(self.spec), phases)
         try:
-            while not self._stop.is_set():
-                woke = await _first(self._reload.wait(), self._stop.wait(), timeout=self.repair_interval)
-                if self._stop.is_set():
-                    break
-                if woke and self._reload.is_set():
-                    self._reload.clear()
-                    await self._do_reload()
-                else:
-                    await self._sync(refresh=True, why="repair")
-                    await self.membership.retry()
-                self._save_health()
-                if self.alerter:
-                    self.alerter.remind({k: st.last_failure for k, st in self.engine.states.items() if not st.up})
+            await self._main_loop()
         finally:
+            self.notifier.stopping()
+            if roles is not None:
+                roles.cancel()
+            if self._status_later is not None:
+                self._status_later.cancel()
             if self.failover is not None:  # graceful: masters advertise priority 0, the backup takes over at once
                 await self.failover.stop()
             if self.api is not None:
@@ -171,12 +180,51 @@ class Director:
         else:
             log.info("director: exiting, IPVS table left in place")
 
+    async def _main_loop(self) -> None:
+        """Reload when asked, repair every ``repair_interval``, ping the watchdog; until asked to stop.
+
+        The watchdog ping is a step of this loop, not a timer or a thread: if a
+        reload or a repair never returns, no ping goes out and systemd restarts
+        the director (the table stays in the kernel).
+        """
+        loop = asyncio.get_running_loop()
+        ping = self.notifier.watchdog_interval
+        next_repair = loop.time() + self.repair_interval
+        next_ping = loop.time()
+        while not self._stop.is_set():
+            now = loop.time()
+            if ping is not None and now >= next_ping:
+                self.notifier.watchdog()
+                next_ping = now + ping
+            wait = next_repair - now if ping is None else min(next_repair, next_ping) - now
+            await _first(self._reload.wait(), self._stop.wait(), timeout=max(0.0, wait))
+            if self._stop.is_set():
+                break
+            if self._reload.is_set():
+                self._reload.clear()
+                self.notifier.reloading()
+                await self._do_reload()
+                self._status_sent = self.status_line()
+                self._status_pacer.sent(loop.time())
+                self.notifier.ready(self._status_sent)  # READY=1 ends the reload, accepted or not
+            elif loop.time() >= next_repair:
+                await self._sync(refresh=True, why="repair")
+                await self.membership.retry()
+            else:
+                continue  # only the watchdog was due
+            next_repair = loop.time() + self.repair_interval
+            self._save_health()
+            if self.alerter:
+                self.alerter.remind({k: st.last_failure for k, st in self.engine.states.items() if not st.up})
+
     async def _do_reload(self) -> None:
         try:
             new = load_cluster(self.config_path)
         except ConfigError as exc:
             log.error("director: reload rejected, running table kept:\n%s", exc)
+            self._reload_note = f"reload at {time.strftime('%H:%M:%S')} rejected, running the previous file"
             return
+        self._reload_note = None
         self.spec = new
         self.engine.update(self.effective())
         self._set_alerter()
@@ -371,6 +419,59 @@ class Director:
             "sync": self.sync.status() if self.sync is not None else None,
         })
 
+    # -- systemd's status line ---------------------------------------------------------
+
+    def status_line(self) -> str:
+        """The STATUS= line: "3 services, 11/12 real servers up, VRRP MASTER" (and a rejected reload)."""
+        states = self.engine.states if self.engine is not None else {}
+        up = sum(1 for st in states.values() if st.up)
+        return status_line(len(self.effective().services), up, len(states), self.vrrp_roles(), self._reload_note)
+
+    def vrrp_roles(self) -> dict[str, str]:
+        """Each VRRP instance's role now (empty without a failover: section)."""
+        if self.failover is None:
+            return {}
+        roles = {}
+        for name, runner in list(self.failover.runners.items()):
+            state = runner.instance.state if runner.instance is not None else None
+            roles[name] = state.role.value if state is not None else "init"
+        return roles
+
+    def publish_status(self) -> None:
+        """Send the status line to systemd if it changed: at once, or STATUS_PERIOD after the last one."""
+        if not self.notifier.enabled or not self.ready.is_set() or self._status_later is not None:
+            return  # not under systemd; not started (READY=1 carries the first line); or a send is due
+        loop = asyncio.get_running_loop()
+        wait = self._status_pacer.wait(loop.time())
+        if wait > 0:
+            self._status_later = loop.call_later(wait, self._publish_status_later)
+            return
+        line = self.status_line()
+        if line != self._status_sent:
+            self._status_sent = line
+            self._status_pacer.sent(loop.time())
+            self.notifier.status(line)
+
+    def _publish_status_later(self) -> None:
+        self._status_later = None
+        self.publish_status()
+
+    def _watch_roles(self) -> asyncio.Task | None:
+        """Follow VRRP role changes into the status line, from the API's event stream."""
+        async def follow(queue) -> None:
+            while True:
+                event = await queue.get()
+                if event.get("kind") == "vrrp":
+                    self.publish_status()
+
+        hub = getattr(self.api, "hub", None)
+        if hub is None or not self.notifier.enabled:
+            return None
+        queue = hub.subscribe()
+        task = asyncio.get_running_loop().create_task(follow(queue), name="vrrp roles for systemd status")
+        task.add_done_callback(lambda _t: hub.unsubscribe(queue))
+        return task
+
     # -- health for `lvsmail director status` -------------------------------------------
 
     def health_file(self) -> Path:
@@ -381,6 +482,7 @@ class Director:
         """Publish health for ``status``: at once if the last write is HEALTH_FILE_PERIOD old (or ``now``), else then."""
         if self.engine is None or self.spec is None:
             return
+        self.publish_status()  # the same moments change systemd's status line
         at, last, pending = self.engine.clock(), self._health_written, self._health_later
         if now and pending is not None:  # a final write (exit) replaces the deferred one
             pending.cancel()
@@ -494,17 +596,3 @@ def _summary(spec: ClusterSpec) -> str:
 
 def _key_json(k: ServiceKey) -> dict:
     return {"af": int(k.af), "protocol": k.protocol, "addr": k.addr, "port": k.port, "fwmark": k.fwmark}
-
-
-def _sd_notify(state: str) -> None:
-    """Tell systemd (Type=notify) we are ready; a no-op outside systemd."""
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        try:
-            s.sendto(state.encode(), addr)
-        except OSError as exc:
-            log.warning("director: sd_notify failed: %s", exc)

@@ -11,6 +11,7 @@ state file holds only undo changes, each with the value it found before.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import subprocess
 from dataclasses import dataclass, field
@@ -219,6 +220,8 @@ class WriteFile(Change):
     mode: int = 0o644
     what: str = "file"  # shown in plans: "sysctl drop-in", "Postfix main.cf" ...
     reload: str | None = None  # the daemon that reads this file
+    make_parent: bool = False  # create the directory when missing (a unit's .d directory), else refuse
+    remove_parent: bool = False  # an undo that also removes the directory the file needed (if empty)
 
     def describe(self) -> str:
         """``write PATH`` or ``remove PATH``."""
@@ -245,16 +248,26 @@ class WriteFile(Change):
     def apply(self, ctx: JoinContext) -> Change | None:
         """Write atomically (temporary file + rename) so a reader never sees half a file."""
         old, old_mode = self._current()
+        parent = os.path.dirname(self.path)
+        made = False
         if self.content is None:
             if old is None:
                 return None
             os.unlink(self.path)
+            if self.remove_parent:
+                try:
+                    os.rmdir(parent)
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):  # not empty: others' files are there too
+                        raise
         else:
             if old == self.content and old_mode == self.mode:
                 return None
-            parent = os.path.dirname(self.path)
             if not os.path.isdir(parent):
-                raise JoinError(f"directory {parent} does not exist (for {self.what} {self.path})")
+                if not self.make_parent:
+                    raise JoinError(f"directory {parent} does not exist (for {self.what} {self.path})")
+                os.makedirs(parent, mode=0o755)
+                made = True
             tmp = f"{self.path}.lvsmail-tmp"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, self.mode)
             try:
@@ -265,8 +278,10 @@ class WriteFile(Change):
             except BaseException:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
+                if made:
+                    os.rmdir(parent)
                 raise
-        return WriteFile(self.path, old, old_mode or 0o644, self.what, self.reload)
+        return WriteFile(self.path, old, old_mode or 0o644, self.what, self.reload, remove_parent=made)
 
 
 @dataclass(frozen=True)

@@ -242,6 +242,23 @@ def unit_argv(opts: JoinOptions, state_file: str) -> list[str]:
     return argv
 
 
+def boot_unit_changes(spec: ClusterSpec, opts: JoinOptions, state_file: str) -> list[Change]:
+    """The boot unit: the packaged one when installed (else the same text, written), this join's drop-in, enabled."""
+    unit_dir = opts.under_root("/etc/systemd/system")
+    storage_path = spec.mail.storage.path if spec.mail and spec.mail.storage else None
+    changes: list[Change] = []
+    installed = persist.vendor_unit(opts.root)
+    if installed is None:  # a source install: no package put the unit in place
+        changes.append(WriteFile(f"{unit_dir}/{persist.UNIT_NAME}", persist.unit_text(opts.command), 0o644,
+                                 "systemd unit"))
+        installed = f"../{persist.UNIT_NAME}"
+    changes.append(WriteFile(f"{unit_dir}/{persist.UNIT_NAME}.d/{persist.DROPIN_NAME}",
+                             persist.dropin_text(unit_argv(opts, state_file), state_file, spec.name, storage_path),
+                             0o644, "systemd drop-in", make_parent=True))
+    changes.append(Symlink(f"{unit_dir}/multi-user.target.wants/{persist.UNIT_NAME}", installed, "enable at boot"))
+    return changes
+
+
 def build_plan(spec: ClusterSpec, opts: JoinOptions, ctx: JoinContext, prober: ArpProber | None = None,
                *, owner_ids: Callable[[str], tuple[int, int]] | None = None,
                mountinfo: str | None = None) -> Plan:
@@ -270,12 +287,7 @@ def build_plan(spec: ClusterSpec, opts: JoinOptions, ctx: JoinContext, prober: A
     if modules:
         changes.append(WriteFile(opts.under_root(f"/etc/modules-load.d/{persist.MODULES_NAME}"),
                                  persist.modules_load(modules), 0o644, "modules-load list"))
-    unit_dir = opts.under_root("/etc/systemd/system")
-    storage_path = spec.mail.storage.path if spec.mail and spec.mail.storage else None
-    changes.append(WriteFile(f"{unit_dir}/{persist.UNIT_NAME}",
-                             persist.unit_text(unit_argv(opts, state_file), storage_path), 0o644, "systemd unit"))
-    changes.append(Symlink(f"{unit_dir}/multi-user.target.wants/{persist.UNIT_NAME}", f"../{persist.UNIT_NAME}",
-                           "enable at boot"))
+    changes += boot_unit_changes(spec, opts, state_file)
 
     # mail stack
     mail = spec.mail

@@ -187,13 +187,11 @@ def test_nat_plan_routes_via_the_director_and_trusts_it_in_mynetworks(tmp_path):
     assert any("mynetworks = 127.0.0.0/8 [::1]/128 203.0.113.172/32 198.51.100.1/32" in line for line in lines)
 
 
-def test_unit_file_in_the_repository_matches_what_join_writes():
+def test_unit_file_in_the_repository_is_the_one_join_writes_for_the_package():
     from lvsmail.realserver.persist import unit_text
 
-    argv = ["/usr/local/bin/lvsmail", "realserver", "join", "-c", "/etc/lvsmail/cluster.yaml", "--address",
-            "198.51.100.20", "--state-file", "/var/lib/lvsmail/realserver.json"]
     repo = os.path.join(os.path.dirname(__file__), "..", "..", "realservers", "systemd", "lvsmail-realserver.service")
-    assert open(repo).read() == unit_text(argv, "/srv/mail")
+    assert open(repo).read() == unit_text(["/usr/bin/lvsmail"])
 
 
 # -- preflight --------------------------------------------------------------------------
