@@ -224,6 +224,13 @@ def test_every_command_and_option_is_in_lvsmail_8(pages):
                     assert f"\\fB{manpage.roff_text(flag)}\\fR" in text, (ctx.command_path, flag)
 
 
+def test_every_command_has_a_row_in_docs_commands():
+    table = (ROOT / "docs" / "commands.md").read_text(encoding="utf-8")
+    for ctx, command in _visible_commands():
+        if not isinstance(command, click.Group):
+            assert f"| `{ctx.command_path}" in table, ctx.command_path
+
+
 def test_the_lab_is_left_out_of_lvsmail_8(pages):
     assert "lab" in cli.commands  # present in a checkout ...
     assert '.SS "lvsmail lab' not in pages["lvsmail.8"]  # ... and still not on a production host's page
