@@ -59,6 +59,17 @@ EXIT_STATUS = (
           "(every problem is listed, each as file:line: key: message)."),
 )
 
+ENVIRONMENT = (
+    ("NOTIFY_SOCKET, WATCHDOG_USEC", "Set by systemd for lvsmail-director.service (Type=notify, WatchdogSec=): the "
+                                     "director reports READY, RELOADING, STOPPING and a STATUS line, and sends the "
+                                     "watchdog keep-alive from its main loop. Checks and hooks it runs do not inherit "
+                                     "them."),
+    ("JOURNAL_STREAM", "When standard error is the journal's stream, log lines carry their syslog priority and no "
+                       "timestamp of lvsmail's own, so journalctl -p err shows exactly the errors; on a terminal "
+                       "lines are timestamped."),
+    ("LVSMAIL_EVENT_LOOP", "asyncio: run on asyncio's own event loop even when uvloop is installed."),
+)
+
 FILES = (
     ("/etc/lvsmail/cluster.yaml", "The cluster file (lvsmail-cluster(5)); the default of -c. The package "
                                   "installs a commented example, kept across upgrades."),
@@ -206,6 +217,9 @@ def lvsmail_8(cli: click.Group, date: str) -> str:
     lines += [".SH EXIT STATUS"]
     for code, meaning in EXIT_STATUS:
         lines += [".TP", f"\\fB{code}\\fR", roff_text(meaning)]
+    lines += [".SH ENVIRONMENT"]
+    for name, meaning in ENVIRONMENT:
+        lines += [".TP", f"\\fB{roff_text(name)}\\fR", roff_text(meaning)]
     lines += [".SH FILES"]
     for path, meaning in FILES:
         lines += [".TP", f"\\fI{roff_text(path)}\\fR", roff_text(meaning)]
