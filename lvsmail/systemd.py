@@ -220,6 +220,9 @@ class PriorityStream:
 
     def write(self, text: str) -> int:
         """Write ``text``, prefixing each line that begins in it and has no priority yet."""
+        if not isinstance(text, str):
+            # As io.TextIOWrapper does: click probes with write(b"") to tell text streams from binary ones.
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         out = []
         for piece in text.splitlines(keepends=True):
             if self._line_start and not _PREFIX.match(piece):

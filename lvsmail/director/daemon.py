@@ -424,8 +424,11 @@ class Director:
     def status_line(self) -> str:
         """The STATUS= line: "3 services, 11/12 real servers up, VRRP MASTER" (and a rejected reload)."""
         states = self.engine.states if self.engine is not None else {}
-        up = sum(1 for st in states.values() if st.up)
-        return status_line(len(self.effective().services), up, len(states), self.vrrp_roles(), self._reload_note)
+        spec = self.effective()
+        # A real server without a check is never taken out: it counts as up, as it is in the kernel.
+        health = [getattr(states.get((svc.name, rs.address, rs.port)), "up", True)
+                  for svc in spec.services for rs in svc.realservers]
+        return status_line(len(spec.services), sum(health), len(health), self.vrrp_roles(), self._reload_note)
 
     def vrrp_roles(self) -> dict[str, str]:
         """Each VRRP instance's role now (empty without a failover: section)."""

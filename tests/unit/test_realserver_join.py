@@ -428,3 +428,123 @@ def test_dovecot_dropin_not_included_by_the_main_config_is_refused_and_removed(t
         J.join(spec, env.opts, env.ctx, env.plan(spec, no_arp))
     assert not os.path.exists(env.opts.paths.dovecot_dropin)
     assert "192.0.2.33/32" not in env.net.links["lo"].addresses
+
+
+# -- the boot unit: the packaged unit (or the same text) plus join's drop-in --------------
+
+def _dirs(root):
+    """Every directory under ``root`` (the snapshot lists only files and links)."""
+    return sorted(os.path.relpath(d, root) for d, _, _ in os.walk(root))
+
+
+def test_source_install_gets_the_unit_text_and_a_dropin_with_this_join_and_leave_removes_them(tmp_path):
+    from lvsmail.realserver import persist
+
+    env = Env(tmp_path)
+    spec = cluster(tmp_path)
+    dirs = _dirs(env.root)
+    J.join(spec, env.opts, env.ctx, env.plan(spec, no_arp))
+    units = env.root / "etc/systemd/system"
+    assert (units / persist.UNIT_NAME).read_text() == persist.unit_text(("/usr/bin/lvsmail",))
+    dropin = (units / f"{persist.UNIT_NAME}.d" / persist.DROPIN_NAME).read_text()
+    assert ("ExecStart=\nExecStart=/usr/bin/lvsmail realserver join -c /etc/lvsmail/cluster.yaml --address "
+            f"{ADDR} --state-file {env.state_file}\n") in dropin
+    assert f"ConditionPathExists=\nConditionPathExists={env.state_file}\n" in dropin
+    assert f"RequiresMountsFor={tmp_path / 'store'}\n" in dropin
+    assert os.readlink(units / "multi-user.target.wants" / persist.UNIT_NAME) == f"../{persist.UNIT_NAME}"
+    J.leave(env.state_file, env.ctx)
+    assert os.listdir(units) == [] and _dirs(env.root) == dirs
+
+
+def test_with_the_packaged_unit_join_writes_only_its_dropin_and_enables_the_packaged_unit(tmp_path):
+    from lvsmail.realserver import persist
+
+    env = Env(tmp_path)
+    vendor = env.root / "lib/systemd/system" / persist.UNIT_NAME
+    vendor.parent.mkdir(parents=True)
+    vendor.write_text(persist.unit_text(("/usr/bin/lvsmail",)))
+    spec = cluster(tmp_path)
+    J.join(spec, env.opts, env.ctx, env.plan(spec, no_arp))
+    units = env.root / "etc/systemd/system"
+    assert sorted(os.listdir(units)) == [f"{persist.UNIT_NAME}.d", "multi-user.target.wants"]
+    assert os.readlink(units / "multi-user.target.wants" / persist.UNIT_NAME) == \
+        f"/lib/systemd/system/{persist.UNIT_NAME}"
+    assert J.pending_changes(env.plan(spec, no_arp), env.ctx) == []  # the boot's join changes nothing
+    J.leave(env.state_file, env.ctx)
+    assert os.listdir(units) == [] and vendor.read_text() == persist.unit_text(("/usr/bin/lvsmail",))
+
+
+def test_a_failed_join_leaves_no_dropin_directory(tmp_path):
+    from lvsmail.realserver import persist
+
+    env = Env(tmp_path)
+    spec = cluster(tmp_path)
+    plan = env.plan(spec, no_arp)
+    # A change after the drop-in fails: everything is rolled back, the directory it needed too.
+    after = next(i for i, c in enumerate(plan.changes) if getattr(c, "what", "") == "systemd drop-in") + 1
+    plan.changes.insert(after, J.WriteFile(str(tmp_path / "no/such/dir/file"), "x"))
+    with pytest.raises(ChangeError):
+        J.join(spec, env.opts, env.ctx, plan)
+    assert not (env.root / "etc/systemd/system" / f"{persist.UNIT_NAME}.d").exists()
+
+
+def test_exec_line_quotes_and_escapes_specifiers_and_variables():
+    from lvsmail.realserver.persist import exec_line
+
+    assert exec_line(["/opt/my lvsmail/bin/lvsmail", "-c", "/etc/100%/$HOME.yaml"]) == \
+        "'/opt/my lvsmail/bin/lvsmail' -c '/etc/100%%/$$HOME.yaml'"
+
+
+def test_the_boot_command_is_the_lvsmail_that_runs_join(tmp_path, monkeypatch):
+    import sys
+
+    from lvsmail.commands.realserver import lvsmail_command
+
+    venv = tmp_path / "venv" / "bin"
+    venv.mkdir(parents=True)
+    script = venv / "lvsmail"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    # The console script, by the path the kernel ran (from PATH, or relative to the working directory).
+    assert lvsmail_command(str(script), "/usr/bin/python3") == (str(script),)
+    monkeypatch.chdir(venv)
+    assert lvsmail_command("./lvsmail", "/usr/bin/python3") == (str(script),)
+    # `python -m lvsmail` (argv[0] is the module's file) or a test runner: the same interpreter, by its
+    # own path (a virtual environment's python is a link that selects the environment: not resolved).
+    python = venv / "python3"
+    python.symlink_to(sys.executable)
+    assert lvsmail_command("/x/lvsmail/__main__.py", str(python)) == (str(python), "-m", "lvsmail")
+    assert lvsmail_command(str(tmp_path / "pytest"), "python3") == (str(venv / "python3"), "-m", "lvsmail")
+    script.chmod(0o644)
+    assert lvsmail_command(str(script), str(python)) == (str(python), "-m", "lvsmail")
+
+
+def test_join_command_writes_the_running_installation_into_the_dropin(tmp_path, monkeypatch):
+    """Through the command line: the drop-in's ExecStart names this interpreter (CliRunner is not a console script)."""
+    import sys
+    from types import SimpleNamespace
+
+    from click.testing import CliRunner
+
+    from lvsmail.commands import realserver as cmd
+
+    captured = {}
+
+    def fake_build_plan(spec, opts, ctx, prober):
+        captured["argv"] = J.unit_argv(opts, "/var/lib/lvsmail/realserver.json")
+        raise JoinError("stop here: the plan is all this test needs")
+
+    monkeypatch.setattr(J, "build_plan", fake_build_plan)
+    monkeypatch.setattr(cmd.os, "geteuid", lambda: 0)
+    # The host's network is not read: the plan is replaced, and the context only has to close.
+    closed = []
+    host = SimpleNamespace(net=SimpleNamespace(net=SimpleNamespace(close=lambda: closed.append(True))))
+    monkeypatch.setattr("lvsmail.realserver.local.local_join_context", lambda *a, **k: host)
+    path = tmp_path / "cluster.yaml"
+    path.write_text(f"cluster: c\nvips: [192.0.2.33]\nservices:\n  - {{name: smtp, vip: 192.0.2.33, port: 25, "
+                    f"forwarding: dr, realservers: [{ADDR}]}}\n")
+    result = CliRunner().invoke(cmd.realserver, ["join", "-c", str(path), "--address", ADDR, "--dry-run"])
+    assert result.exit_code == 2 and "stop here" in result.output
+    assert captured["argv"][:3] == [os.path.abspath(sys.executable), "-m", "lvsmail"]
+    assert captured["argv"][3:7] == ["realserver", "join", "-c", str(path)]
+    assert closed == [True]
