@@ -10,6 +10,7 @@ import pytest
 from lvsmail.director.daemon import Director
 from lvsmail.ipvs.fake import FakeIPVS
 from lvsmail.systemd import Notifier, Pacer, status_line
+from test_director_daemon import ScriptedChecks, until  # the checker the test flips; polling, not sleeping
 
 CLUSTER = """\
 cluster: test
@@ -143,20 +144,6 @@ def test_status_line_says_services_real_servers_and_roles(roles, note, line):
 
 # -- the director under systemd ----------------------------------------------------------
 
-class ScriptedChecks:
-    """A checker whose verdict per real server the test flips."""
-
-    def __init__(self):
-        self.down: set[str] = set()
-
-    async def __call__(self, spec, address, port, creds, virtual=None):
-        from lvsmail.health.result import Result
-
-        if address in self.down:
-            return Result(False, f"smtp {address}:{port}: connect: connection refused", 0.001, "connect")
-        return Result(True, f"smtp {address}:{port}: ok", 0.001, "done")
-
-
 class StallingIPVS(FakeIPVS):
     """The in-memory kernel, whose table read can be made to hang (a netlink reply that never comes)."""
 
@@ -171,15 +158,6 @@ class StallingIPVS(FakeIPVS):
             self.stalled.set()
             await self.release.wait()
         return await super().dump(counters)
-
-
-async def until(cond, timeout=5.0):
-    """Poll a condition (the director acts asynchronously) instead of sleeping a fixed time."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        assert loop.time() < end, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 def _director(tmp_path, systemd, kernel, *, watchdog_usec=None, checks=None):
