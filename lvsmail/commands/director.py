@@ -53,6 +53,81 @@ def start(config_path: str, repair_interval: float, flush_on_exit: bool, state_d
         sys.exit(EXIT_CONFIG)
 
 
+#: Seconds between two looks at the director's reload record while ``reload`` waits.
+RELOAD_POLL = 0.05
+
+
+@director.command()
+@cluster_file
+@state_dir("Where the running director keeps its API socket and its reload record.")
+@click.option("--pid", type=click.IntRange(min=1),
+              help="Send SIGHUP to this process instead of asking through the local API (systemd's $MAINPID).")
+@click.option("--timeout", default=80.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds to wait for the director to finish the reload.")
+def reload(config_path: str, state_dir: str, pid: int | None, timeout: float) -> None:
+    """Validate the file, have the running director reload it, and wait until it has.
+
+    A file with problems is refused before the director is asked (every
+    problem listed, exit 2); the running table is kept. Exit 0 once the
+    director reports the new file in force, 2 if it refused it, 1 if it did
+    not answer within --timeout. This is the unit's ExecReload: `systemctl
+    reload` returns when the reload is done, and fails when it was refused.
+    """
+    import json
+    import os
+    import signal
+    import time
+
+    from lvsmail.config import ConfigError, load_cluster
+    from lvsmail.director.daemon import reload_file
+
+    try:
+        spec = load_cluster(config_path)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_CONFIG)
+    record = reload_file(state_dir, config_path)
+    asked = time.monotonic()  # the director stamps the reload it starts with the same clock
+    if pid is not None:
+        try:
+            os.kill(pid, signal.SIGHUP)
+        except OSError as exc:
+            click.echo(f"lvsmail: cannot signal the director (pid {pid}): {exc.strerror}", err=True)
+            sys.exit(EXIT_CONFIG)
+    else:
+        from lvsmail.commands.local_api import connect
+        from lvsmail.director.api import APIError
+
+        try:
+            with connect(config_path, None, state_dir) as client:
+                client.call("reload")
+        except (APIError, OSError) as exc:
+            click.echo(f"lvsmail: {exc}", err=True)
+            sys.exit(EXIT_CONFIG)
+    end = asked + timeout
+    while True:
+        try:
+            done = json.loads(record.read_text())
+        except FileNotFoundError:
+            done = None
+        except (OSError, ValueError) as exc:
+            click.echo(f"lvsmail: cannot read {record}: {exc}", err=True)
+            sys.exit(EXIT_CONFIG)
+        if done is not None and done.get("started", 0) >= asked:
+            break
+        if time.monotonic() >= end:
+            click.echo(f"lvsmail: the director did not report the reload within {timeout:g} s ({record})", err=True)
+            sys.exit(EXIT_PENDING)
+        time.sleep(RELOAD_POLL)
+    if not done.get("ok"):
+        click.echo(f"lvsmail: the director refused {config_path}, running table kept:\n{done.get('error')}",
+                   err=True)
+        sys.exit(EXIT_CONFIG)
+    reals = sum(len(s.realservers) for s in spec.services)
+    click.echo(f"reloaded {config_path}: {len(spec.services)} services, {reals} real servers "
+               f"in {done['finished'] - done['started']:.2f} s")
+
+
 @director.command()
 @cluster_file
 @dry_run

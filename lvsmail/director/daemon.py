@@ -203,7 +203,11 @@ class Director:
             if self._reload.is_set():
                 self._reload.clear()
                 self.notifier.reloading()
-                await self._do_reload()
+                started = time.monotonic()  # CLOCK_MONOTONIC: `director reload` compares it with its own
+                error = await self._do_reload()
+                _write_json(self.reload_file(), {"cluster": self.spec.name, "started": started,
+                                                 "finished": time.monotonic(), "ok": error is None,
+                                                 "error": error})
                 self._status_sent = self.status_line()
                 self._status_pacer.sent(loop.time())
                 self.notifier.ready(self._status_sent)  # READY=1 ends the reload, accepted or not
@@ -217,13 +221,14 @@ class Director:
             if self.alerter:
                 self.alerter.remind({k: st.last_failure for k, st in self.engine.states.items() if not st.up})
 
-    async def _do_reload(self) -> None:
+    async def _do_reload(self) -> str | None:
+        """Re-read the file and follow it; the problems of a rejected file (the running table is kept), or None."""
         try:
             new = load_cluster(self.config_path)
         except ConfigError as exc:
             log.error("director: reload rejected, running table kept:\n%s", exc)
             self._reload_note = f"reload at {time.strftime('%H:%M:%S')} rejected, running the previous file"
-            return
+            return str(exc)
         self._reload_note = None
         self.spec = new
         self.engine.update(self.effective())
@@ -245,6 +250,11 @@ class Director:
         elif new.failover is not None:
             await self.failover.update(new.failover, new)
         log.info("director: reloaded %s: %s", new.name, _summary(new))
+        return None
+
+    def reload_file(self) -> Path:
+        """Where the director records its last reload, for ``lvsmail director reload`` to wait on."""
+        return reload_file(self.state_dir, self.config_path)
 
     def desired(self) -> Table:
         """The table the file asks for, with real servers as their health allows."""
@@ -541,6 +551,11 @@ class Director:
 
     def _save_owned(self, owned: set[ServiceKey]) -> None:
         _write_json(self._state_file(), [_key_json(k) for k in sorted(owned)])
+
+
+def reload_file(state_dir: str | Path, config_path: str) -> Path:
+    """The record of the last reload of the director of ``config_path``: when it started, and its outcome."""
+    return Path(state_dir) / (Path(config_path).stem + ".reload.json")
 
 
 def _write_json(path: Path, data) -> None:
