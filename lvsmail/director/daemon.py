@@ -85,6 +85,7 @@ class Director:
         self._status_sent: str | None = None  # the last STATUS= line, to send only changes
         self._status_pacer = Pacer(STATUS_PERIOD)
         self._status_later: asyncio.TimerHandle | None = None
+        self._status_closed = False  # set once STOPPING=1 is sent
         self._reload_note: str | None = None  # a rejected reload, shown in STATUS= until the next good one
         # Operators' drain/weight (director.api), kept across restarts and applied to every desired table.
         self.overrides = OverrideStore(self.state_dir / (Path(config_path).stem + ".overrides.json"))
@@ -158,6 +159,7 @@ class Director:
             await self._main_loop()
         finally:
             self.notifier.stopping()
+            self._status_closed = True  # "stopping" stays the status line while checks and hooks wind down
             if roles is not None:
                 roles.cancel()
             if self._status_later is not None:
@@ -452,8 +454,9 @@ class Director:
 
     def publish_status(self) -> None:
         """Send the status line to systemd if it changed: at once, or STATUS_PERIOD after the last one."""
-        if not self.notifier.enabled or not self.ready.is_set() or self._status_later is not None:
-            return  # not under systemd; not started (READY=1 carries the first line); or a send is due
+        if (not self.notifier.enabled or not self.ready.is_set() or self._status_closed
+                or self._status_later is not None):
+            return  # not under systemd; not started (READY=1 carries the first line); stopping; or a send is due
         loop = asyncio.get_running_loop()
         wait = self._status_pacer.wait(loop.time())
         if wait > 0:

@@ -188,6 +188,7 @@ def test_director_reports_ready_reloading_ready_and_stopping_in_order(tmp_path, 
     asyncio.run(go())
     kinds = [next(iter(m)) for m in systemd.drain() if "WATCHDOG" not in m and set(m) != {"STATUS"}]
     assert kinds == ["READY", "RELOADING", "READY", "RELOADING", "READY", "STOPPING"]
+    assert systemd.drain()[-1] == {"STOPPING": "1", "STATUS": "stopping"}  # the last word, not a late health line
     readies = systemd.with_key("READY")
     assert readies[1]["STATUS"] == "2 services, 3/3 real servers up"
     # A rejected reload still ends with READY=1 (systemd leaves "reloading"), and STATUS says so.
