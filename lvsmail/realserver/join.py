@@ -250,11 +250,11 @@ def boot_unit_changes(spec: ClusterSpec, opts: JoinOptions, state_file: str) -> 
     installed = persist.vendor_unit(opts.root)
     if installed is None:  # a source install: no package put the unit in place
         changes.append(WriteFile(f"{unit_dir}/{persist.UNIT_NAME}", persist.unit_text(opts.command), 0o644,
-                                 "systemd unit"))
+                                 "systemd unit", reload="systemd"))
         installed = f"../{persist.UNIT_NAME}"
     changes.append(WriteFile(f"{unit_dir}/{persist.UNIT_NAME}.d/{persist.DROPIN_NAME}",
                              persist.dropin_text(unit_argv(opts, state_file), state_file, spec.name, storage_path),
-                             0o644, "systemd drop-in", make_parent=True))
+                             0o644, "systemd drop-in", reload="systemd", make_parent=True))
     changes.append(Symlink(f"{unit_dir}/multi-user.target.wants/{persist.UNIT_NAME}", installed, "enable at boot"))
     return changes
 

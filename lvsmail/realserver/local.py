@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 
@@ -48,6 +49,12 @@ class Reloader:
             if self.paths.courier_dir != "/etc/courier" or not shutil.which("systemctl"):
                 return f"Courier-IMAP settings in {self.paths.courier_dir} changed: restart that instance"
             return _said("systemctl try-restart courier-imap", _run(["systemctl", "try-restart", "courier-imap"]))
+        if service == "systemd":
+            # The boot unit or its drop-in changed: the manager reads unit files only on daemon-reload
+            # (sd_booted(3): /run/systemd/system exists only when systemd is PID 1).
+            if not os.path.isdir("/run/systemd/system"):
+                return "systemd is not running here: the boot unit applies at the next boot"
+            return _said("systemctl daemon-reload", _run(["systemctl", "daemon-reload"]))
         return f"{service}: nothing to reload"
 
 

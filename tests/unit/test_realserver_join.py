@@ -267,7 +267,8 @@ def test_join_then_second_join_changes_nothing_then_leave_restores_everything(tm
     assert "192.0.2.33/32" in env.net.links["lo"].addresses
     assert env.postconf.files[env.pc_dir]["myhostname"] == "clustermail.example.org"
     assert open(tmp_path / "root/var/www/html/solicitud.html").read().count("test page") == 2
-    assert sorted(set(env.reloads)) == ["dovecot", "postfix"]
+    # systemd: the boot unit and its drop-in are read by the manager on daemon-reload.
+    assert sorted(set(env.reloads)) == ["dovecot", "postfix", "systemd"]
     assert result.applied
     state = json.load(open(env.state_file))
     undo = state["undo"]
@@ -452,8 +453,19 @@ def test_source_install_gets_the_unit_text_and_a_dropin_with_this_join_and_leave
     assert f"ConditionPathExists=\nConditionPathExists={env.state_file}\n" in dropin
     assert f"RequiresMountsFor={tmp_path / 'store'}\n" in dropin
     assert os.readlink(units / "multi-user.target.wants" / persist.UNIT_NAME) == f"../{persist.UNIT_NAME}"
+    env.reloads.clear()
     J.leave(env.state_file, env.ctx)
     assert os.listdir(units) == [] and _dirs(env.root) == dirs
+    assert "systemd" in env.reloads  # the manager forgets the drop-in at once, not at the next boot
+
+
+def test_reloading_systemd_where_it_is_not_pid_1_says_so(tmp_path, monkeypatch):
+    from lvsmail.realserver import local
+
+    real = os.path.isdir
+    monkeypatch.setattr(local.os.path, "isdir", lambda p: False if p == "/run/systemd/system" else real(p))
+    said = local.Reloader(MailPaths())("systemd")
+    assert said == "systemd is not running here: the boot unit applies at the next boot"
 
 
 def test_with_the_packaged_unit_join_writes_only_its_dropin_and_enables_the_packaged_unit(tmp_path):
