@@ -131,9 +131,12 @@ class Director:
         prepare_kernel(self.spec)
         await self._apply_kernel_profile()
         phases.done("config")
+        # What `systemctl status` shows while the unit is "activating": a slow start says where it is.
+        self.notifier.status(f"starting: programming the IPVS table ({_summary(self.spec)})")
         await self._sync(refresh=True, why="start")
         await self._start_sync_role()
         phases.done("table")
+        self.notifier.status("starting: health checks and registration")
         self.engine.start()
         await self.membership.configure(self.spec)
         phases.done("checks")
@@ -142,6 +145,7 @@ class Director:
 
         self.failover = for_director(self) if self.spec.failover is not None else None
         if self.failover is not None:
+            self.notifier.status("starting: VRRP failover")
             await self.failover.start()
             phases.done("failover")
         # The local API (status, dashboard, drain/enable, events) and the metrics endpoint; see director.api.

@@ -107,6 +107,9 @@ Type=oneshot
 RemainAfterExit=yes
 # Replaced by the drop-in with the whole command of the join (cluster file, address, options).
 ExecStart={exec_line([*command, "realserver", "join"])}
+# A oneshot unit has no start timeout by default: a join stuck on an unreachable director or a
+# hung mount must not hold the boot (Postfix and Dovecot are ordered after it) for ever.
+TimeoutStartSec=5min
 ProtectSystem=yes
 ProtectKernelTunables=yes
 ReadWritePaths=/proc/sys/net

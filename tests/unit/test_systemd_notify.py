@@ -176,7 +176,10 @@ def test_director_reports_ready_reloading_ready_and_stopping_in_order(tmp_path, 
         task = asyncio.create_task(d.run())
         await until(lambda: systemd.with_key("READY"))
         assert set(kernel.table), "READY=1 only once the table is programmed"
-        assert systemd.got[0][1] == {"READY": "1", "STATUS": "2 services, 3/3 real servers up"}
+        starting = [m["STATUS"] for _, m in systemd.got[:2]]
+        assert starting == ["starting: programming the IPVS table (2 services, 3 real servers)",
+                            "starting: health checks and registration"]
+        assert systemd.got[2][1] == {"READY": "1", "STATUS": "2 services, 3/3 real servers up"}
         d.request_reload()
         await until(lambda: len(systemd.with_key("READY")) == 2)
         (tmp_path / "cluster.yaml").write_text("cluster: [broken\n")
