@@ -26,6 +26,30 @@ OCF_SUCCESS, OCF_ERR_GENERIC, OCF_ERR_UNIMPLEMENTED = 0, 1, 3
 OCF_ERR_INSTALLED, OCF_ERR_CONFIGURED, OCF_NOT_RUNNING = 5, 6, 7
 
 
+#: The cluster file the agent's tests run with: documentation addresses (RFC 5737), no health checks
+#: (nothing is sent to the real servers), no failover: section (Pacemaker owns the VIP).
+CLUSTER = """\
+cluster: ocfdemo
+vips:
+  - 192.0.2.33
+services:
+  - name: smtp
+    vip: 192.0.2.33
+    port: 25
+    scheduler: wlc
+    forwarding: tun
+    realservers:
+      - address: 198.51.100.20
+        weight: {weight}
+      - address: 198.51.100.32
+"""
+
+
+def cluster_yaml(weight: int = 1) -> str:
+    """The test cluster file, with this weight for the first real server."""
+    return CLUSTER.format(weight=weight)
+
+
 def missing_tools() -> str | None:
     """Why the agent cannot run on this machine (no bash, no resource-agents), or None."""
     if shutil.which("bash") is None:

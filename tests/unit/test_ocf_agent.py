@@ -22,25 +22,12 @@ from pathlib import Path
 import pytest
 
 from ocf_harness import (AGENT, OCF_ERR_CONFIGURED, OCF_ERR_GENERIC, OCF_ERR_INSTALLED, OCF_ERR_UNIMPLEMENTED,
-                         OCF_NOT_RUNNING, OCF_ROOT, OCF_SUCCESS, Resource, exit_reason, missing_tools,
-                         write_wrapper)
+                         OCF_NOT_RUNNING, OCF_ROOT, OCF_SUCCESS, Resource, cluster_yaml, exit_reason,
+                         missing_tools, write_wrapper)
 
 pytestmark = pytest.mark.skipif(missing_tools() is not None, reason=missing_tools() or "")
 
-GOOD = """\
-cluster: ocfdemo
-vips:
-  - 192.0.2.33
-services:
-  - name: smtp
-    vip: 192.0.2.33
-    port: 25
-    scheduler: wlc
-    forwarding: tun
-    realservers:
-      - 198.51.100.20
-      - 198.51.100.32
-"""
+GOOD = cluster_yaml()
 
 #: A stand-in for a running director: the command line is what the agent looks for; SIGHUP is
 #: written down (the agent's reload), SIGTERM ends it unless told to ignore it together with a
@@ -264,6 +251,8 @@ def test_stop_kills_the_process_group_when_sigterm_is_ignored(resource, stand_in
 
 
 def test_reload_of_a_broken_file_is_refused_and_the_director_not_signalled(resource, stand_in):
+    """Neither signalled nor restarted (the stand-in's pid file records no parameters, which after a
+    parameter change means a restart): a broken file never takes a running director down."""
     proc, marks = stand_in()
     Path(resource.params["config"]).write_text(GOOD.replace("scheduler: wlc", "scheduler: fastest"))
     result = resource.run("reload")
