@@ -156,7 +156,13 @@ async def serve() -> None:
 def main() -> int:
     """Entry point of ``python3 -m lvsmail.health.worker`` (started by the engine, not by hand)."""
     # The director logs transitions; a worker only reports its own trouble.
-    logging.basicConfig(level=logging.ERROR, format="lvsmail health worker: %(levelname)s %(message)s")
+    # Under systemd its standard error is the director's journal stream: the same priorities as the director.
+    from lvsmail.systemd import configure_logging, journal_stream
+
+    if journal_stream():
+        configure_logging(logging.ERROR)
+    else:
+        logging.basicConfig(level=logging.ERROR, format="lvsmail health worker: %(levelname)s %(message)s")
     # A worker ends when the director closes its stdin (or dies). A signal to the whole process group
     # (systemd's KillMode=control-group, Ctrl-C in a terminal) reaches the worker too: dying of it made
     # the director, which was shutting down itself, restart the worker and wait for its start-up.

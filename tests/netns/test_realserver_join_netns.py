@@ -233,7 +233,6 @@ def _dovecot_instance(d: str) -> str:
 def test_dr_join_configures_real_postfix_and_dovecot_and_verify_delivers_and_fetches(lan, instance_dir):
     if not (shutil.which("postfix") and shutil.which("dovecot")):
         pytest.skip("needs postfix and dovecot-imapd (deploy/setup installs them)")
-    pytest.importorskip("imapclient", reason="pip install imapclient (an install requirement)")
     gw, rs = lan
     d = instance_dir
     pf = _postfix_instance(d)
