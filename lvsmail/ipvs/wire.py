@@ -12,6 +12,7 @@ byte-for-byte in unit tests.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 import struct
@@ -79,6 +80,17 @@ _FLAGS = struct.Struct("=II")
 _ALL_FLAGS = 0xFFFFFFFF
 _FWD_MASK = 0x7
 _COUNTER_FIELDS = ("conns", "inpkts", "outpkts", "inbytes", "outbytes", "cps", "inpps", "outpps", "inbps", "outbps")
+
+
+class WireError(OSError):
+    """A netlink reply cannot be decoded (truncated, an attribute overrunning its message, a missing field).
+
+    An OSError with errno EIO, so the callers that already handle a failed kernel
+    request handle an unreadable reply the same way.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(errno.EIO, f"malformed IPVS netlink reply: {message}")
 
 
 # --- encoding --------------------------------------------------------------------------
@@ -203,99 +215,157 @@ def family_request(seq: int) -> bytes:
 
 
 # --- decoding --------------------------------------------------------------------------
+# Every decoder checks lengths against the message it was given and raises WireError, never
+# struct.error, KeyError or IndexError: a reply is input from outside this process.
 
 def attrs(buf: bytes | memoryview, off: int, end: int) -> dict[int, tuple[int, int]]:
-    """Map attribute type → (payload offset, payload length) for attributes in buf[off:end]."""
+    """Map attribute type → (payload offset, payload length) for attributes in buf[off:end].
+
+    WireError when an attribute's length runs past ``end`` (netlink.h: nla_len covers the
+    header and payload, and never its container's end).
+    """
     out: dict[int, tuple[int, int]] = {}
     unpack = NLA_HDR.unpack_from
     while off + 4 <= end:
         length, kind = unpack(buf, off)
         if length < 4:
             break
+        if off + length > end:
+            raise WireError(f"attribute {kind & NLA_TYPE_MASK} of {length} bytes runs past its message")
         out[kind & NLA_TYPE_MASK] = (off + 4, length - 4)
         off += (length + 3) & ~3
     return out
 
 
 def iter_messages(buf: bytes | memoryview, size: int):
-    """Yield (type, flags, seq, payload offset, message end) for each netlink message in a datagram."""
+    """Yield (type, flags, seq, payload offset, message end) for each netlink message in a datagram.
+
+    A message whose length runs past the datagram ends the iteration with WireError.
+    """
     off = 0
     unpack = NLMSG_HDR.unpack_from
     while off + 16 <= size:
         length, kind, flags, seq, _pid = unpack(buf, off)
         if length < 16:
             break
+        if off + length > size:
+            raise WireError(f"message of {length} bytes at offset {off} runs past the {size}-byte datagram")
         yield kind, flags, seq, off + 16, off + length
         off += (length + 3) & ~3
 
 
-def error_code(buf: bytes | memoryview, payload: int) -> int:
-    """errno from an NLMSG_ERROR payload (the kernel stores it negated; 0 is an ACK)."""
-    return -struct.unpack_from("=i", buf, payload)[0]
+def error_code(buf: bytes | memoryview, payload: int, end: int | None = None) -> int:
+    """errno from an NLMSG_ERROR payload (the kernel stores it negated; 0 is an ACK).
+
+    WireError unless it is 0..MAX_ERRNO (4095, include/linux/err.h): anything else is no errno,
+    and os.strerror could not even name it.
+    """
+    limit = len(buf) if end is None else end
+    if payload + 4 > limit:
+        raise WireError("NLMSG_ERROR without an error code")
+    code = -struct.unpack_from("=i", buf, payload)[0]
+    if not 0 <= code <= 4095:
+        raise WireError(f"error code {-code} is not a negated errno")
+    return code
+
+
+def _top(buf, payload: int, end: int) -> dict[int, tuple[int, int]]:
+    """Top-level attributes after the generic-netlink header."""
+    if payload + GENL_HDR.size > end:
+        raise WireError("message shorter than a generic netlink header")
+    return attrs(buf, payload + GENL_HDR.size, end)
+
+
+def _get(buf, a: dict[int, tuple[int, int]], kind: int, st: struct.Struct, what: str, default=None):
+    """One fixed-size attribute value; ``default`` when absent (or WireError if None); WireError when short."""
+    if kind not in a:
+        if default is None:
+            raise WireError(f"{what} is missing")
+        return default
+    off, n = a[kind]
+    if n < st.size:
+        raise WireError(f"{what} has {n} bytes, expected {st.size}")
+    return st.unpack_from(buf, off)[0]
 
 
 def family_id(buf: bytes | memoryview, payload: int, end: int) -> int | None:
     """Family id from a CTRL_CMD_GETFAMILY reply, or None if absent."""
-    a = attrs(buf, payload + GENL_HDR.size, end)
+    a = _top(buf, payload, end)
     if CTRL_ATTR_FAMILY_ID not in a:
         return None
-    return _U16.unpack_from(buf, a[CTRL_ATTR_FAMILY_ID][0])[0]
+    return _get(buf, a, CTRL_ATTR_FAMILY_ID, _U16, "family id")
 
 
-def _addr(buf, off: int, af: int) -> str:
-    if af == socket.AF_INET:
-        return socket.inet_ntop(af, bytes(buf[off:off + 4]))
-    return socket.inet_ntop(af, bytes(buf[off:off + 16]))
+def _addr(buf, a: dict[int, tuple[int, int]], kind: int, af: int, what: str) -> str:
+    """An address attribute (``union nf_inet_addr``, 16 bytes) read for family ``af``."""
+    if kind not in a:
+        raise WireError(f"{what} is missing")
+    off, n = a[kind]
+    size = 4 if af == socket.AF_INET else 16
+    if af not in (socket.AF_INET, socket.AF_INET6):
+        raise WireError(f"{what}: address family {af} is neither AF_INET nor AF_INET6")
+    if n < size:
+        raise WireError(f"{what} has {n} bytes, expected {size}")
+    return socket.inet_ntop(af, bytes(buf[off:off + size]))
+
+
+def _string(buf, a: dict[int, tuple[int, int]], kind: int, what: str, strict: bool = True) -> str:
+    """A NUL-terminated string attribute: ASCII (scheduler names are module names), or any bytes shown
+    with replacement characters when not ``strict`` (an interface name may hold any byte but '/')."""
+    off, n = a.get(kind, (0, 0))
+    raw = bytes(buf[off:off + n]).split(b"\0", 1)[0]
+    if not strict:
+        return raw.decode(errors="replace")
+    try:
+        return raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise WireError(f"{what} {raw[:20]!r} is not ASCII") from None
 
 
 def _counters(buf, a: dict[int, tuple[int, int]], k64: int, k32: int) -> Counters:
-    """Prefer the 64-bit statistics nest (kernels since 4.x send both)."""
-    if k64 in a:
-        off, n = a[k64]
-        s = attrs(buf, off, off + n)
-        return Counters(*(_U64.unpack_from(buf, s[i + 1][0])[0] if i + 1 in s else 0 for i in range(10)))
-    if k32 in a:
-        off, n = a[k32]
-        s = attrs(buf, off, off + n)
-        vals = []
-        for i in range(10):
-            if i + 1 not in s:
-                vals.append(0)
-            elif s[i + 1][1] == 8:
-                vals.append(_U64.unpack_from(buf, s[i + 1][0])[0])
-            else:
-                vals.append(_U32.unpack_from(buf, s[i + 1][0])[0])
-        return Counters(*vals)
-    return Counters()
+    """Prefer the 64-bit statistics nest (kernels since 4.x send both); a counter of 4 bytes is a u32."""
+    kind = k64 if k64 in a else k32 if k32 in a else None
+    if kind is None:
+        return Counters()
+    off, n = a[kind]
+    s = attrs(buf, off, off + n)
+    vals = []
+    for i in range(10):
+        name = _COUNTER_FIELDS[i]
+        if i + 1 not in s:
+            vals.append(0)
+        elif s[i + 1][1] >= 8:
+            vals.append(_get(buf, s, i + 1, _U64, name))
+        else:
+            vals.append(_get(buf, s, i + 1, _U32, name))
+    return Counters(*vals)
 
 
 def decode_service(buf, payload: int, end: int, counters: bool) -> tuple[ServiceKey, ServiceEntry] | None:
-    """A GET_SERVICE reply message → (key, entry without dests)."""
-    top = attrs(buf, payload + GENL_HDR.size, end)
+    """A GET_SERVICE reply message → (key, entry without dests); WireError when malformed."""
+    top = _top(buf, payload, end)
     if ATTR_SERVICE not in top:
         return None
     off, n = top[ATTR_SERVICE]
     a = attrs(buf, off, off + n)
-    af = _U16.unpack_from(buf, a[SVC_AF][0])[0]
-    fwmark = _U32.unpack_from(buf, a[SVC_FWMARK][0])[0] if SVC_FWMARK in a else 0
+    af = _get(buf, a, SVC_AF, _U16, "service address family")
+    fwmark = _get(buf, a, SVC_FWMARK, _U32, "service fwmark", 0)
     if fwmark:
         key = ServiceKey(af=af, fwmark=fwmark)
     else:
         key = ServiceKey(
             af=af,
-            protocol=_U16.unpack_from(buf, a[SVC_PROTOCOL][0])[0],
-            addr=_addr(buf, a[SVC_ADDR][0], af),
-            port=_BE16.unpack_from(buf, a[SVC_PORT][0])[0],
+            protocol=_get(buf, a, SVC_PROTOCOL, _U16, "service protocol"),
+            addr=_addr(buf, a, SVC_ADDR, af, "service address"),
+            port=_get(buf, a, SVC_PORT, _BE16, "service port"),
         )
-    so, sn = a[SVC_SCHED_NAME]
-    sched = bytes(buf[so:so + sn]).split(b"\0", 1)[0].decode()
-    flags = _FLAGS.unpack_from(buf, a[SVC_FLAGS][0])[0] if SVC_FLAGS in a else 0
-    timeout = _U32.unpack_from(buf, a[SVC_TIMEOUT][0])[0] if SVC_TIMEOUT in a else 0
-    if SVC_NETMASK in a:
-        unpack = _BE32 if af == socket.AF_INET else _U32
-        netmask = unpack.unpack_from(buf, a[SVC_NETMASK][0])[0]
-    else:
-        netmask = 0xFFFFFFFF if af == socket.AF_INET else 128
+    if SVC_SCHED_NAME not in a:
+        raise WireError("service scheduler is missing")
+    sched = _string(buf, a, SVC_SCHED_NAME, "scheduler")
+    flags = _get(buf, a, SVC_FLAGS, _U32, "service flags", 0)
+    timeout = _get(buf, a, SVC_TIMEOUT, _U32, "service timeout", 0)
+    default_mask = 0xFFFFFFFF if af == socket.AF_INET else 128
+    netmask = _get(buf, a, SVC_NETMASK, _BE32 if af == socket.AF_INET else _U32, "service netmask", default_mask)
     settings = ServiceSettings(scheduler=sched, flags=flags & ~0x2, timeout=timeout, netmask=netmask)
     entry = ServiceEntry(settings=settings)
     if counters:
@@ -304,32 +374,32 @@ def decode_service(buf, payload: int, end: int, counters: bool) -> tuple[Service
 
 
 def decode_dest(buf, payload: int, end: int, service_af: int, counters: bool) -> tuple[DestKey, DestEntry] | None:
-    """A GET_DEST reply message → (key, entry).
+    """A GET_DEST reply message → (key, entry); WireError when malformed.
 
     The forwarding method is read from the raw attribute (masked with
     IP_VS_CONN_F_FWD_MASK): pyroute2 0.9.7's IPVSDest reports its default instead.
     """
-    top = attrs(buf, payload + GENL_HDR.size, end)
+    top = _top(buf, payload, end)
     if ATTR_DEST not in top:
         return None
     off, n = top[ATTR_DEST]
     a = attrs(buf, off, off + n)
-    af = _U16.unpack_from(buf, a[DEST_ADDR_FAMILY][0])[0] if DEST_ADDR_FAMILY in a else service_af
-    key = DestKey(addr=_addr(buf, a[DEST_ADDR][0], af), port=_BE16.unpack_from(buf, a[DEST_PORT][0])[0])
-    u32 = _U32.unpack_from
-    fwd = u32(buf, a[DEST_FWD_METHOD][0])[0] & _FWD_MASK
+    af = _get(buf, a, DEST_ADDR_FAMILY, _U16, "real server address family", service_af)
+    key = DestKey(addr=_addr(buf, a, DEST_ADDR, af, "real server address"),
+                  port=_get(buf, a, DEST_PORT, _BE16, "real server port"))
+    fwd = _get(buf, a, DEST_FWD_METHOD, _U32, "forwarding method") & _FWD_MASK
     settings = DestSettings(
         forwarding=FWD_NAMES.get(fwd, "dr"),
-        weight=u32(buf, a[DEST_WEIGHT][0])[0],
-        u_threshold=u32(buf, a[DEST_U_THRESH][0])[0] if DEST_U_THRESH in a else 0,
-        l_threshold=u32(buf, a[DEST_L_THRESH][0])[0] if DEST_L_THRESH in a else 0,
+        weight=_get(buf, a, DEST_WEIGHT, _U32, "weight"),
+        u_threshold=_get(buf, a, DEST_U_THRESH, _U32, "upper threshold", 0),
+        l_threshold=_get(buf, a, DEST_L_THRESH, _U32, "lower threshold", 0),
         af=af if af != service_af else 0,
     )
     entry = DestEntry(
         settings=settings,
-        active=u32(buf, a[DEST_ACTIVE_CONNS][0])[0] if DEST_ACTIVE_CONNS in a else 0,
-        inactive=u32(buf, a[DEST_INACT_CONNS][0])[0] if DEST_INACT_CONNS in a else 0,
-        persistent=u32(buf, a[DEST_PERSIST_CONNS][0])[0] if DEST_PERSIST_CONNS in a else 0,
+        active=_get(buf, a, DEST_ACTIVE_CONNS, _U32, "active connections", 0),
+        inactive=_get(buf, a, DEST_INACT_CONNS, _U32, "inactive connections", 0),
+        persistent=_get(buf, a, DEST_PERSIST_CONNS, _U32, "persistent connections", 0),
     )
     if counters:
         entry.counters = _counters(buf, a, DEST_STATS64, DEST_STATS)
@@ -337,43 +407,42 @@ def decode_dest(buf, payload: int, end: int, service_af: int, counters: bool) ->
 
 
 def decode_timeouts(buf, payload: int, end: int) -> Timeouts:
-    """A GET_CONFIG reply → Timeouts."""
-    a = attrs(buf, payload + GENL_HDR.size, end)
+    """A GET_CONFIG reply → Timeouts; WireError when malformed."""
+    a = _top(buf, payload, end)
+    return Timeouts(tcp=_get(buf, a, ATTR_TIMEOUT_TCP, _U32, "tcp timeout", 0),
+                    tcpfin=_get(buf, a, ATTR_TIMEOUT_TCP_FIN, _U32, "tcpfin timeout", 0),
+                    udp=_get(buf, a, ATTR_TIMEOUT_UDP, _U32, "udp timeout", 0))
 
-    def get(k: int) -> int:
-        return _U32.unpack_from(buf, a[k][0])[0] if k in a else 0
 
-    return Timeouts(tcp=get(ATTR_TIMEOUT_TCP), tcpfin=get(ATTR_TIMEOUT_TCP_FIN), udp=get(ATTR_TIMEOUT_UDP))
+_U8 = struct.Struct("=B")
+_IN4, _IN6 = struct.Struct("4s"), struct.Struct("16s")
 
 
 def decode_daemon(buf, payload: int, end: int) -> SyncDaemon | None:
     """A GET_DAEMON reply message → the running daemon, with the values the kernel chose."""
-    top = attrs(buf, payload + GENL_HDR.size, end)
+    top = _top(buf, payload, end)
     if ATTR_DAEMON not in top:
         return None
     off, n = top[ATTR_DAEMON]
     a = attrs(buf, off, off + n)
     if DAEMON_STATE not in a:
         return None
-    state = DAEMON_STATE_NAMES.get(_U32.unpack_from(buf, a[DAEMON_STATE][0])[0])
+    state = DAEMON_STATE_NAMES.get(_get(buf, a, DAEMON_STATE, _U32, "daemon state"))
     if state is None:
         return None
     group = ""
     if DAEMON_MCAST_GROUP6 in a:
-        go = a[DAEMON_MCAST_GROUP6][0]
-        group = socket.inet_ntop(socket.AF_INET6, bytes(buf[go:go + 16]))
+        group = socket.inet_ntop(socket.AF_INET6, _get(buf, a, DAEMON_MCAST_GROUP6, _IN6, "sync group"))
     elif DAEMON_MCAST_GROUP in a:
-        go = a[DAEMON_MCAST_GROUP][0]
-        group = socket.inet_ntop(socket.AF_INET, bytes(buf[go:go + 4]))
-    io, il = a.get(DAEMON_MCAST_IFN, (0, 0))
+        group = socket.inet_ntop(socket.AF_INET, _get(buf, a, DAEMON_MCAST_GROUP, _IN4, "sync group"))
     return SyncDaemon(
         state=state,
-        interface=bytes(buf[io:io + il]).split(b"\0", 1)[0].decode(errors="replace"),
-        syncid=_U32.unpack_from(buf, a[DAEMON_SYNC_ID][0])[0] if DAEMON_SYNC_ID in a else 0,
-        maxlen=_U16.unpack_from(buf, a[DAEMON_SYNC_MAXLEN][0])[0] if DAEMON_SYNC_MAXLEN in a else 0,
+        interface=_string(buf, a, DAEMON_MCAST_IFN, "sync interface", strict=False),
+        syncid=_get(buf, a, DAEMON_SYNC_ID, _U32, "sync id", 0),
+        maxlen=_get(buf, a, DAEMON_SYNC_MAXLEN, _U16, "sync maxlen", 0),
         group=group,
-        port=_U16.unpack_from(buf, a[DAEMON_MCAST_PORT][0])[0] if DAEMON_MCAST_PORT in a else 0,
-        ttl=buf[a[DAEMON_MCAST_TTL][0]] if DAEMON_MCAST_TTL in a else 0,
+        port=_get(buf, a, DAEMON_MCAST_PORT, _U16, "sync port", 0),
+        ttl=_get(buf, a, DAEMON_MCAST_TTL, _U8, "sync ttl", 0),
     )
 
 
@@ -423,6 +492,8 @@ class DestDecoder:
         if headers(vals) != expected or NLA_HDR.unpack_from(buf, payload + GENL_HDR.size)[1] & NLA_TYPE_MASK != ATTR_DEST:
             return decode_dest(buf, payload, end, service_af, counters)
         raw, port, fwd, weight, uth, lth, active, inactive, persist, af = fields(vals)
+        if af not in (socket.AF_INET, socket.AF_INET6):
+            raise WireError(f"real server address family {af} is neither AF_INET nor AF_INET6")
         addr = self._addrs.get(raw)
         if addr is None:
             addr = socket.inet_ntop(af, raw[:4] if af == socket.AF_INET else raw)
@@ -446,6 +517,8 @@ def _learn_layout(buf, off: int, end: int):
         if length < 4 or kind_id in _STATS_KINDS:
             break
         padded = (length + 3) & ~3
+        if off + padded > end:
+            break  # a truncated attribute: no layout to learn from it
         fmt.append("HH")
         headers += [count, count + 1]
         count += 2

@@ -169,14 +169,9 @@ class RtnlAddresses:
         out = []
         for payload in self._dump(self.RTM_GETADDR, struct.pack("=BBBBI", socket.AF_UNSPEC, 0, 0, 0, 0),
                                   f"addr show dev {link}"):
-            family, prefixlen, _flags, _scope, ifindex = struct.unpack_from("=BBBBI", payload)
-            if ifindex != index or family not in (socket.AF_INET, socket.AF_INET6):
-                continue
-            attrs = dict(_attributes(payload, 8))
-            raw = attrs.get(self.IFA_LOCAL) if family == socket.AF_INET else None
-            raw = raw or attrs.get(self.IFA_ADDRESS)
-            if raw is not None:
-                out.append(f"{socket.inet_ntop(family, raw)}/{prefixlen}")
+            found = decode_address(payload, index, f"addr show dev {link}")
+            if found is not None:
+                out.append(found)
         return out
 
     def link_states(self) -> dict[str, bool]:
@@ -184,10 +179,9 @@ class RtnlAddresses:
         states = {}
         for payload in self._dump(self.RTM_GETLINK, struct.pack("=BBHiII", socket.AF_UNSPEC, 0, 0, 0, 0, 0),
                                   "link show"):
-            _family, _pad, _type, _index, flags, _change = struct.unpack_from("=BBHiII", payload)
-            name = dict(_attributes(payload, 16)).get(self.IFLA_IFNAME)
-            if name is not None:
-                states[name.rstrip(b"\0").decode()] = (flags & self.IFF_UP_RUNNING) == self.IFF_UP_RUNNING
+            found = decode_link(payload, "link show")
+            if found is not None:
+                states[found[0]] = found[1]
         return states
 
     def _index(self, link: str, what: str) -> int:
@@ -200,24 +194,14 @@ class RtnlAddresses:
         """Every message of a dump request (until NLMSG_DONE): their payloads after the netlink header."""
         self.seq += 1
         header = struct.pack("=IHHII", 16 + len(body), kind, self.NLM_F_REQUEST | self.NLM_F_DUMP, self.seq, 0)
-        payloads = []
+        payloads: list[bytes] = []
         try:
             self.sock.send(header + body)
             while True:
-                data = self.sock.recv(1 << 16)
-                offset = 0
-                while offset + 16 <= len(data):
-                    length, mtype, _f, seq, _pid = struct.unpack_from("=IHHII", data, offset)
-                    if length < 16:
-                        raise NetError(errno.EIO, f"{what}: malformed netlink message")
-                    if seq == self.seq:
-                        if mtype == self.NLMSG_DONE:
-                            return payloads
-                        if mtype == self.NLMSG_ERROR:
-                            code = -struct.unpack_from("=i", data, offset + 16)[0]
-                            raise NetError(code or errno.EIO, f"{what}: {os.strerror(code or errno.EIO)}")
-                        payloads.append(data[offset + 16:offset + length])
-                    offset += (length + 3) & ~3
+                more, done = parse_dump(self.sock.recv(1 << 16), self.seq, what)
+                payloads += more
+                if done:
+                    return payloads
         except OSError as exc:
             if isinstance(exc, NetError):
                 raise
@@ -238,28 +222,123 @@ class RtnlAddresses:
         header = struct.pack("=IHHII", 16 + len(body), kind, self.NLM_F_REQUEST | self.NLM_F_ACK | flags, self.seq, 0)
         try:
             self.sock.send(header + body)
-            while True:
-                data = self.sock.recv(65536)
-                offset = 0
-                while offset + 20 <= len(data):
-                    length, mtype, _f, seq, _pid = struct.unpack_from("=IHHII", data, offset)
-                    if mtype == self.NLMSG_ERROR and seq == self.seq:
-                        code = -struct.unpack_from("=i", data, offset + 16)[0]
-                        if code:
-                            raise NetError(code, f"{what}: {os.strerror(code)}")
-                        return
-                    offset += max(16, (length + 3) & ~3)
+            while not parse_ack(self.sock.recv(65536), self.seq, what):
+                pass
         except NetError:
             raise
         except OSError as exc:
             raise NetError(exc.errno or errno.EIO, f"{what}: {exc}") from exc
 
 
-def _attributes(payload: bytes, offset: int):
+# -- decoding rtnetlink replies (RFC 3549; include/uapi/linux/netlink.h, rtnetlink.h) -------------------
+# Pure functions over one datagram or one message, so that they are tested and fuzzed without a socket.
+# A reply that cannot be read raises NetError(EIO) naming the request; nothing else escapes.
+
+_NLMSG = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+_IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
+_IFINFOMSG = struct.Struct("=BBHiII")  # family, pad, type, index, flags, change
+_ERRNO = struct.Struct("=i")
+#: Largest errno the kernel returns (MAX_ERRNO, include/linux/err.h); netlink errors are -errno.
+MAX_ERRNO = 4095
+
+
+def _malformed(what: str, why: str) -> NetError:
+    return NetError(errno.EIO, f"{what}: malformed netlink reply ({why})")
+
+
+def _messages(data: bytes, what: str):
+    """(type, seq, payload) of each netlink message in a datagram; NetError when one is truncated."""
+    offset = 0
+    while offset + _NLMSG.size <= len(data):
+        length, mtype, _flags, seq, _pid = _NLMSG.unpack_from(data, offset)
+        if length < _NLMSG.size or offset + length > len(data):
+            raise _malformed(what, f"message length {length} at offset {offset} of {len(data)} bytes")
+        yield mtype, seq, data[offset + _NLMSG.size:offset + length]
+        offset += (length + 3) & ~3
+
+
+def _error_code(payload: bytes, what: str) -> int:
+    """The errno of an NLMSG_ERROR (stored negated; 0 is an ACK)."""
+    if len(payload) < _ERRNO.size:
+        raise _malformed(what, "NLMSG_ERROR without an error code")
+    code = -_ERRNO.unpack_from(payload)[0]
+    if not 0 <= code <= MAX_ERRNO:
+        raise _malformed(what, f"error code {-code} is not a negated errno")
+    return code
+
+
+def parse_dump(data: bytes, seq: int, what: str) -> tuple[list[bytes], bool]:
+    """The payloads of the messages answering ``seq`` in one datagram, and whether NLMSG_DONE ended the dump.
+
+    NetError carries the kernel's errno for an NLMSG_ERROR, or EIO for a malformed datagram.
+    """
+    payloads = []
+    for mtype, mseq, payload in _messages(data, what):
+        if mseq != seq:
+            continue
+        if mtype == RtnlAddresses.NLMSG_DONE:
+            return payloads, True
+        if mtype == RtnlAddresses.NLMSG_ERROR:
+            code = _error_code(payload, what) or errno.EIO
+            raise NetError(code, f"{what}: {os.strerror(code)}")
+        payloads.append(payload)
+    return payloads, False
+
+
+def parse_ack(data: bytes, seq: int, what: str) -> bool:
+    """Whether the datagram holds the ACK of request ``seq``; NetError for a refusal or a malformed datagram."""
+    for mtype, mseq, payload in _messages(data, what):
+        if mtype == RtnlAddresses.NLMSG_ERROR and mseq == seq:
+            code = _error_code(payload, what)
+            if code:
+                raise NetError(code, f"{what}: {os.strerror(code)}")
+            return True
+    return False
+
+
+def decode_address(payload: bytes, index: int, what: str = "addr show") -> str | None:
+    """``address/prefixlen`` of one RTM_NEWADDR message if it is an IPv4/IPv6 address of interface ``index``.
+
+    IFA_LOCAL is the IPv4 interface's own address (IFA_ADDRESS is the peer's on point-to-point
+    links); IPv6 has only IFA_ADDRESS. NetError(EIO) when the message is malformed.
+    """
+    if len(payload) < _IFADDRMSG.size:
+        raise _malformed(what, f"address message of {len(payload)} bytes")
+    family, prefixlen, _flags, _scope, ifindex = _IFADDRMSG.unpack_from(payload)
+    if ifindex != index or family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    attrs = dict(_attributes(payload, _IFADDRMSG.size, what))
+    raw = attrs.get(RtnlAddresses.IFA_LOCAL) if family == socket.AF_INET else None
+    raw = raw or attrs.get(RtnlAddresses.IFA_ADDRESS)
+    if raw is None:
+        return None
+    size = 4 if family == socket.AF_INET else 16
+    if len(raw) != size or prefixlen > size * 8:
+        raise _malformed(what, f"address of {len(raw)} bytes, prefix /{prefixlen} for family {family}")
+    return f"{socket.inet_ntop(family, raw)}/{prefixlen}"
+
+
+def decode_link(payload: bytes, what: str = "link show") -> tuple[str, bool] | None:
+    """(name, operationally up) of one RTM_NEWLINK message, or None without a name; NetError(EIO) if malformed."""
+    if len(payload) < _IFINFOMSG.size:
+        raise _malformed(what, f"link message of {len(payload)} bytes")
+    _family, _pad, _type, _index, flags, _change = _IFINFOMSG.unpack_from(payload)
+    name = dict(_attributes(payload, _IFINFOMSG.size, what)).get(RtnlAddresses.IFLA_IFNAME)
+    if name is None:
+        return None
+    # The kernel's names are NUL-terminated bytes (dev_valid_name refuses '/', ':' and spaces, not
+    # non-ASCII); shown with replacement characters rather than refused.
+    up = RtnlAddresses.IFF_UP_RUNNING
+    return name.split(b"\0", 1)[0].decode(errors="replace"), (flags & up) == up
+
+
+def _attributes(payload: bytes, offset: int, what: str = "rtnetlink"):
     """(type, value) of each rtnetlink attribute after a fixed header of ``offset`` bytes (RFC 3549 §2.3.2)."""
     while offset + 4 <= len(payload):
         length, kind = struct.unpack_from("=HH", payload, offset)
         if length < 4:
             return
+        if offset + length > len(payload):
+            raise _malformed(what, f"attribute {kind & 0x3FFF} of {length} bytes runs past its message")
         yield kind & 0x3FFF, payload[offset + 4:offset + length]  # without NLA_F_NESTED/NET_BYTEORDER
         offset += (length + 3) & ~3
