@@ -14,10 +14,14 @@ enable link. Examples of the files are kept in the repository's ``realservers/``
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shlex
+import typing
 
-from lvsmail.net.realserver import SetSysctl, Step
+from lvsmail.net.realserver import STEP_TYPES, SetSysctl, Step
+from lvsmail.realserver.changes import CHANGE_TYPES, Change, change_from_dict
 from lvsmail.spec import RealServerDefaultsSpec
 
 UNIT_NAME = "lvsmail-realserver.service"
@@ -151,3 +155,109 @@ def dropin_text(argv: list[str], state_file: str, cluster: str, storage: str | N
         "ExecStart=\n"
         f"ExecStart={exec_line(argv)}\n"
     )
+
+
+# -- reading the state file back -------------------------------------------------------
+# The state file is written by join (root only, 0600), but it is read back by leave and by the
+# next join after crashes, editors and disk trouble: every way it can be wrong is a StateFileError
+# that names the file and the field, and nothing is changed.
+
+#: The state file's format version (join writes it; anything else is refused).
+STATE_VERSION = 1
+#: A join's record is a few kilobytes (the undo list of files and settings); more is not ours.
+MAX_STATE_BYTES = 4 * 1024 * 1024
+#: Top-level fields and their JSON types; ``undo`` is checked entry by entry.
+_STATE_FIELDS = {"version": int, "cluster": str, "address": str, "config": (str, type(None)),
+                 "joined": (int, float), "interface": (str, type(None)), "undo": list}
+
+
+class StateFileError(ValueError):
+    """The real server's state file cannot be read back; the message names the file and what is wrong."""
+
+
+def parse_state(text: str, source: str = "<state>") -> dict:
+    """A state file's text → its record with ``undo`` as Change objects; StateFileError on anything else.
+
+    Every undo entry is checked against the fields of its change (and network step) type before it
+    is built, so a damaged file is refused here rather than failing half-way through a leave.
+    """
+    if len(text) > MAX_STATE_BYTES:
+        raise StateFileError(f"state file {source} is larger than {MAX_STATE_BYTES} bytes")
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise StateFileError(f"state file {source} is not JSON: nested too deeply") from None
+    except ValueError as exc:
+        raise StateFileError(f"state file {source} is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise StateFileError(f"state file {source} must hold a JSON object, not {type(data).__name__}")
+    if data.get("version") != STATE_VERSION or isinstance(data.get("version"), bool):
+        raise StateFileError(f"state file {source}: version {data.get('version')!r}, expected {STATE_VERSION}")
+    if "undo" not in data:
+        raise StateFileError(f"state file {source}: no undo list")
+    for key, kinds in _STATE_FIELDS.items():
+        if key in data and (not isinstance(data[key], kinds) or isinstance(data[key], bool)):
+            raise StateFileError(f"state file {source}: {key} has the wrong type ({type(data[key]).__name__})")
+    undo: list[Change] = []
+    for i, entry in enumerate(data["undo"]):
+        where = f"state file {source}: undo[{i}]"
+        _check_record(entry, CHANGE_TYPES, where)
+        if entry["op"] == "net":
+            _check_record(entry.get("step"), STEP_TYPES, f"{where}.step")
+        try:
+            undo.append(change_from_dict(entry))
+        except (TypeError, ValueError, KeyError) as exc:  # a change's own check of its values
+            raise StateFileError(f"{where}: {exc}") from None
+    return dict(data, undo=undo)
+
+
+def _check_record(entry: object, types: dict[str, type], where: str) -> None:
+    """``entry`` is ``{"op": KNOWN, field: value...}`` with exactly the fields (and JSON types) of its type."""
+    if not isinstance(entry, dict):
+        raise StateFileError(f"{where} must be an object, not {type(entry).__name__}")
+    op = entry.get("op")
+    if not isinstance(op, str) or op not in types:
+        raise StateFileError(f"{where}: unknown change {op!r}")
+    cls = types[op]
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for name in entry.keys() - {"op"}:
+        if name not in fields:
+            raise StateFileError(f"{where}: unknown field {name!r} for {op!r}")
+    for name, f in fields.items():
+        if name not in entry:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise StateFileError(f"{where}: {op!r} lacks {name!r}")
+            continue
+        if not _json_fits(entry[name], hints[name]):
+            raise StateFileError(f"{where}: {name} {_short(entry[name])} does not fit {op!r}")
+
+
+def _json_fits(value: object, hint) -> bool:
+    """Whether a JSON value fits a field's annotation (tuples arrive as lists; a step is checked apart)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if isinstance(hint, type) and issubclass(hint, Step):
+        return isinstance(value, dict)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return any(_json_fits(value, a) for a in args)
+    if origin is tuple:
+        if not isinstance(value, list):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_json_fits(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_json_fits(v, a) for v, a in zip(value, args))
+    return False
+
+
+def _short(value: object) -> str:
+    """A value for an error message, cut short."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
