@@ -31,29 +31,26 @@ import socket
 import ssl
 import termios
 
+from lvsmail.health.checkers.replies import (  # noqa: F401 (CheckFailed, clip and the limits are used from here)
+    LINE_LIMIT, MAX_REPLY_BYTES, MAX_REPLY_LINES, CheckFailed, ReplyError, clip, parse_smtp_reply, scan_smtp_reply)
 from lvsmail.health.driver import PARK, Job, current_job
 
-#: Longest line accepted (RFC 5321 section 4.5.3.1.5 allows 512 octets for an SMTP reply line;
-#: HTTP header and IMAP lines may be longer, and we only need to bound memory).
-LINE_LIMIT = 16384
-#: Most lines in one multi-line reply (an EHLO reply has a dozen; a greeting a few).
-MAX_REPLY_LINES = 200
 #: Buffered bytes above which reading from the peer pauses until the checker consumes them
 #: (a peer that floods cannot grow our memory beyond this before the check's deadline).
 HIGH_WATER = 4 * LINE_LIMIT
 #: Bytes asked of the kernel per read: a whole reply of any check fits, and the buffer stays below
 #: the allocator's mmap threshold (a larger one, as asyncio's 256 KiB, costs three syscalls per read).
 RECV_SIZE = 65536
+#: Most bytes one check reads from its peer (TLS records included). A check's dialogue is a few KB; this
+#: stops a peer that floods within the deadline (endless untagged IMAP lines, literals to skip) from
+#: keeping a checker reading for the whole timeout. Memory is bounded by HIGH_WATER, not by this.
+MAX_CHECK_BYTES = 4 * 1024 * 1024
 
 
 #: Errors only a TCP handshake ends with: seen by the first read of a connection opened for a greeting,
 #: they are reported as the connect's. A reset before the first byte is the greeting's.
 HANDSHAKE_ERRORS = frozenset({errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH,
                               errno.EHOSTDOWN})
-
-
-class CheckFailed(Exception):
-    """The peer answered in a way that fails the check; the message is the tail of the reason."""
 
 
 @functools.lru_cache(maxsize=4096)
@@ -65,12 +62,6 @@ def hostport(address: str, port: int) -> str:
     except ValueError:
         pass
     return f"{address}:{port}"
-
-
-def clip(text: str, limit: int = 200) -> str:
-    """Shorten peer-supplied text for a reason; printable characters only."""
-    text = "".join(ch if ch.isprintable() else "?" for ch in text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _unread(fd: int) -> int:
@@ -117,6 +108,7 @@ class Dialogue:
         self.connected = False  # the TCP handshake completed and the loop noticed
         self.connecting = False  # opened for a greeting: the handshake's end is learnt from the first read
         self.buffer = bytearray()  # received (and decrypted) bytes not yet consumed
+        self.received = 0  # bytes read from the socket so far (MAX_CHECK_BYTES)
         self.eof = False  # the peer closed its side (or the connection is gone): reads end once the buffer is used
         self.lost = False  # the connection is gone altogether
         self.error: BaseException | None = None  # why it was lost, if by an error
@@ -240,6 +232,10 @@ class Dialogue:
             return
         if self.connecting:  # bytes came: the handshake of a connection opened for a greeting is done
             self.connecting, self.connected = False, True
+        self.received += len(data)
+        if self.received > MAX_CHECK_BYTES:  # a flood: what is buffered is still read, then this ends reads
+            self._lose(CheckFailed(f"more than {MAX_CHECK_BYTES} bytes from the peer waiting for {self.step}"))
+            return
         if not data:  # the peer half-closed: reads end, but we may still write (as asyncio streams do)
             self.eof = True
             self._stop_reading()
@@ -436,6 +432,20 @@ class Dialogue:
         self._consumed()
         return data
 
+    async def skip(self, n: int, waiting_for: str) -> None:
+        """Read and drop ``n`` bytes (an IMAP literal nobody looks at): never more than HIGH_WATER held."""
+        self.step = waiting_for
+        while n:
+            take = min(n, len(self.buffer))
+            if take:
+                del self.buffer[:take]
+                n -= take
+                self._consumed()
+                continue
+            if self.eof:
+                raise self._ended(waiting_for)
+            await self._wait()
+
     async def read_some(self, n: int, waiting_for: str) -> bytes:
         """Up to ``n`` bytes as they come; ``b""`` once the peer has closed."""
         self.step = waiting_for
@@ -459,44 +469,24 @@ class Dialogue:
         parsed in one pass (not a ``read_line`` per line: an EHLO reply has a
         dozen, and each await costs a coroutine). A line that cannot be part
         of a reply ends the scan, so junk fails at once instead of timing out.
+        The scan holds the reply to LINE_LIMIT, MAX_REPLY_LINES and MAX_REPLY_BYTES.
         """
         self.step = waiting_for
         start = lines = 0  # the scan: where the next line starts, lines seen
-        while True:
-            buf = self.buffer
-            end = buf.find(b"\n", start)
-            if end < 0:
-                if len(buf) - start > LINE_LIMIT:
-                    raise CheckFailed(f"line longer than {LINE_LIMIT} bytes waiting for {waiting_for}")
+        try:
+            while True:
+                complete, start, lines = scan_smtp_reply(self.buffer, start, lines)
+                if complete:
+                    break
                 if self.eof:
                     raise self._ended(waiting_for)
                 await self._wait()
-                continue
-            if end - start > LINE_LIMIT:
-                raise CheckFailed(f"line longer than {LINE_LIMIT} bytes waiting for {waiting_for}")
-            lines += 1
-            more = buf[start + 3:start + 4] == b"-" and buf[start:start + 3].isdigit()
-            start = end + 1
-            if not more:
-                break
-            if lines == MAX_REPLY_LINES:
-                raise CheckFailed(f"more than {MAX_REPLY_LINES} lines waiting for {waiting_for}")
-        block = bytes(buf[:start])
-        del buf[:start]
-        self._consumed()
-        code = None
-        texts: list[str] = []
-        for line in block.decode("utf-8", "replace").split("\n")[:-1]:
-            line = line.rstrip("\r\n")
-            if len(line) < 3 or not line[:3].isdigit() or (len(line) > 3 and line[3] not in " -"):
-                raise CheckFailed(f"not an SMTP reply waiting for {waiting_for}: {clip(line)!r}")
-            if code is None:
-                code = int(line[:3])
-            elif int(line[:3]) != code:
-                raise CheckFailed(f"reply code changed from {code} to {line[:3]} within one reply "
-                                  f"waiting for {waiting_for}")
-            texts.append(line[4:])
-        return code, texts
+            block = bytes(self.buffer[:start])
+            del self.buffer[:start]
+            self._consumed()
+            return parse_smtp_reply(block)
+        except ReplyError as exc:
+            raise exc.waiting(waiting_for) from None
 
     def timed_out(self) -> bool:
         """The check's deadline expired: settle the step it expired at, and tell whether we were late.

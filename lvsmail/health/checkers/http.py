@@ -16,16 +16,19 @@ from __future__ import annotations
 import re
 
 from lvsmail.health.checkers.dialogue import CheckFailed, Dialogue, clip, hostport
+from lvsmail.health.checkers.replies import (MAX_REPLY_BYTES, ReplyError, http_chunk_size, http_content_length,
+                                             http_header_field, http_status_line)
 from lvsmail.health.credentials import Credentials
 from lvsmail.spec import CheckSpec
 
-#: Most body bytes read for a ``receive`` match.
+#: Most body bytes read for a ``receive`` match (the body is read only when ``receive`` is set; the rest is
+#: never read: the connection is closed, ``Connection: close`` having been asked).
 BODY_LIMIT = 64 * 1024
-#: Most header lines accepted in one response.
+#: Most header lines accepted in one response (RFC 9112 section 5 sets no limit; servers send a few dozen).
+#: Their bytes together are held to MAX_REPLY_BYTES.
 MAX_HEADERS = 200
 #: Most interim (1xx) responses skipped before the final one.
 MAX_INTERIM = 10
-_STATUS_LINE = re.compile(r"HTTP/(\d)\.(\d) (\d{3})(?: (.*))?$")
 _DEFAULT_PORT = {"http": 80, "https": 443}
 
 
@@ -40,14 +43,18 @@ def host_header(spec: CheckSpec, address: str, port: int) -> str:
 async def _headers(dlg: Dialogue, waiting_for: str) -> dict[str, str]:
     """Header fields up to the empty line; names lower-cased, repeated fields joined with ', '."""
     headers: dict[str, str] = {}
+    kept = 0
     for _ in range(MAX_HEADERS):
         line = await dlg.read_line(waiting_for)
         if not line:
             return headers
-        name, sep, value = line.partition(":")
-        if sep:
-            name = name.strip().lower()
-            headers[name] = f"{headers[name]}, {value.strip()}" if name in headers else value.strip()
+        kept += len(line)
+        if kept > MAX_REPLY_BYTES:
+            raise CheckFailed(f"header section longer than {MAX_REPLY_BYTES} bytes waiting for {waiting_for}")
+        field = http_header_field(line)
+        if field is not None:
+            name, value = field
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
     raise CheckFailed(f"more than {MAX_HEADERS} header lines waiting for {waiting_for}")
 
 
@@ -56,24 +63,24 @@ async def _body(dlg: Dialogue, headers: dict[str, str], waiting_for: str) -> byt
     if "chunked" in headers.get("transfer-encoding", "").lower():
         body = bytearray()
         while len(body) < BODY_LIMIT:
-            size_line = await dlg.read_line(waiting_for)
             try:
-                size = int(size_line.split(";", 1)[0].strip(), 16)
-            except ValueError:
-                raise CheckFailed(f"bad chunk size {clip(size_line)!r} waiting for {waiting_for}") from None
+                size = http_chunk_size(await dlg.read_line(waiting_for))
+            except ReplyError as exc:
+                raise exc.waiting(waiting_for) from None
             if size == 0:
                 break
             take = min(size, BODY_LIMIT - len(body))
             body += await dlg.read_exactly(take, waiting_for)
             if take < size:
                 break  # enough read; the rest is never looked at
-            await dlg.read_line(waiting_for)  # the CRLF after the chunk data
+            if await dlg.read_line(waiting_for):  # the CRLF after the chunk data (RFC 9112 section 7.1)
+                raise CheckFailed(f"chunk data longer than its size {size:#x} waiting for {waiting_for}")
         return bytes(body)
     if "content-length" in headers:
         try:
-            length = int(headers["content-length"])
-        except ValueError:
-            raise CheckFailed(f"bad Content-Length {clip(headers['content-length'])!r}") from None
+            length = http_content_length(headers["content-length"])
+        except ReplyError as exc:
+            raise exc.waiting(waiting_for) from None
         return await dlg.read_exactly(min(length, BODY_LIMIT), waiting_for)
     body = bytearray()  # no framing: the body runs to the end of the connection
     while len(body) < BODY_LIMIT:
@@ -95,10 +102,10 @@ async def check(dlg: Dialogue, spec: CheckSpec, tls: str, credentials: Credentia
                    f"User-Agent: lvsmail-healthcheck\r\nAccept: */*\r\nConnection: close\r\n\r\n")
     for _ in range(MAX_INTERIM):
         line = await dlg.read_line(f"response to {what}")
-        m = _STATUS_LINE.match(line)
-        if not m:
-            raise CheckFailed(f"{what}: not an HTTP response: {clip(line)!r}")
-        status, phrase = int(m.group(3)), clip(m.group(4) or "", 80)
+        try:
+            status, phrase = http_status_line(line)
+        except ReplyError as exc:
+            raise CheckFailed(f"{what}: {exc}") from None
         headers = await _headers(dlg, f"headers of the response to {what}")
         if not 100 <= status < 200:
             break

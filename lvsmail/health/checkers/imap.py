@@ -21,17 +21,18 @@ The verdict is reached before ``LOGOUT``; its reply cannot fail the check.
 from __future__ import annotations
 
 import itertools
-import re
 
 from lvsmail.health.checkers.dialogue import CheckFailed, Dialogue, clip
+from lvsmail.health.checkers.replies import (MAX_REPLY_BYTES, imap_capabilities, imap_greeting, imap_literal_size,
+                                             imap_tagged)
 from lvsmail.health.credentials import Credentials
 from lvsmail.spec import CheckSpec
 
 #: Most response lines to one command (EXAMINE answers with about ten).
 MAX_RESPONSE_LINES = 1000
-#: Largest literal accepted inside a response (bounds memory; we never need the data).
+#: Largest literal accepted inside a response (RFC 9051 section 4.3 sets none). Its bytes are skipped as
+#: they come, never held; the limit and MAX_CHECK_BYTES bound the time a peer can keep us reading.
 LITERAL_LIMIT = 1 << 20
-_LITERAL_AT_END = re.compile(r"\{(\d+)\+?\}$")
 
 
 class Astring:
@@ -57,24 +58,30 @@ def quoted(value: str) -> bytes:
 
 
 async def _tagged(dlg: Dialogue, tag: str, waiting_for: str) -> tuple[str, str, list[str]]:
-    """Read up to the tagged response: (status, text, untagged lines); literals are skipped."""
+    """Read up to the tagged response: (status, text, untagged lines); literals are skipped.
+
+    The response is held to MAX_RESPONSE_LINES lines and MAX_REPLY_BYTES bytes of text kept.
+    """
     untagged: list[str] = []
     logical = ""  # an untagged response continues after each literal it carries
+    kept = 0  # characters of text held for this response
     for _ in range(MAX_RESPONSE_LINES):
         line = await dlg.read_line(waiting_for)
+        kept += len(line)
+        if kept > MAX_REPLY_BYTES:
+            raise CheckFailed(f"response longer than {MAX_REPLY_BYTES} bytes waiting for {waiting_for}")
         logical += line
-        m = _LITERAL_AT_END.search(line)
-        if logical.startswith("* ") and m:
-            size = int(m.group(1))
+        size = imap_literal_size(line)
+        if logical.startswith("* ") and size is not None:
             if size > LITERAL_LIMIT:
                 raise CheckFailed(f"literal of {size} bytes waiting for {waiting_for}")
-            await dlg.read_exactly(size, waiting_for)
-            logical = logical[: len(logical) - len(line) + m.start()] + "{...}"
+            await dlg.skip(size, waiting_for)
+            logical = logical[: logical.rindex("{")] + "{...}"
             continue
         line, logical = logical, ""
-        if line.startswith(tag + " "):
-            status, _, text = line[len(tag) + 1:].partition(" ")
-            return status.upper(), clip(text), untagged
+        tagged = imap_tagged(line, tag)
+        if tagged is not None:
+            return tagged[0], tagged[1], untagged
         if not line.startswith("* "):
             raise CheckFailed(f"unexpected line waiting for {waiting_for}: {clip(line)!r}")
         untagged.append(line)
@@ -95,9 +102,9 @@ async def command(dlg: Dialogue, tag: str, verb: str, *args: str | Astring) -> t
             await dlg.send(bytes(pending))
             line = await dlg.read_line(f"continuation for {verb}")
             if not line.startswith("+"):
-                if line.startswith(tag + " "):
-                    status, _, text = line[len(tag) + 1:].partition(" ")
-                    return status.upper(), clip(text), []
+                tagged = imap_tagged(line, tag)
+                if tagged is not None:
+                    return tagged[0], tagged[1], []
                 raise CheckFailed(f"no continuation for {verb}: {clip(line)!r}")
             pending = bytearray(data)
     await dlg.send(bytes(pending) + b"\r\n")
@@ -109,12 +116,7 @@ async def _capabilities(dlg: Dialogue, tag: str) -> set[str]:
     status, text, untagged = await command(dlg, tag, "CAPABILITY")
     if status != "OK":
         raise CheckFailed(f"CAPABILITY failed: {status} {text}")
-    caps: set[str] = set()
-    for line in untagged:
-        words = line.split()
-        if len(words) >= 2 and words[1].upper() == "CAPABILITY":
-            caps.update(w.upper() for w in words[2:])
-    return caps
+    return imap_capabilities(untagged)
 
 
 async def check(dlg: Dialogue, spec: CheckSpec, tls: str, credentials: Credentials | None) -> None:
@@ -125,7 +127,7 @@ async def check(dlg: Dialogue, spec: CheckSpec, tls: str, credentials: Credentia
         await dlg.start_tls()
         dlg.did("TLS")
     greeting = await dlg.read_line("greeting")
-    kind = greeting[2:].split(" ", 1)[0].upper() if greeting.startswith("* ") else ""
+    kind = imap_greeting(greeting)
     if kind not in ("OK", "PREAUTH"):
         if kind == "BYE":
             raise CheckFailed(f"greeting {clip(greeting[2:])}")

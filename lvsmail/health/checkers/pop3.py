@@ -12,6 +12,7 @@ check's account must be one no person uses. The verdict is reached before
 from __future__ import annotations
 
 from lvsmail.health.checkers.dialogue import CheckFailed, Dialogue, clip
+from lvsmail.health.checkers.replies import pop3_ok
 from lvsmail.health.credentials import Credentials
 from lvsmail.spec import CheckSpec
 
@@ -20,7 +21,7 @@ async def _ask(dlg: Dialogue, command: str, verb: str) -> str:
     """Send one command and return its ``+OK`` line; ``-ERR`` (or anything else) fails the check."""
     await dlg.send(command + "\r\n")
     line = await dlg.read_line(f"reply to {verb}")
-    if not line.startswith("+OK"):
+    if not pop3_ok(line):
         raise CheckFailed(f"{verb} failed: {clip(line)}")
     return line
 
@@ -32,7 +33,7 @@ async def check(dlg: Dialogue, spec: CheckSpec, tls: str, credentials: Credentia
         await dlg.start_tls()
         dlg.did("TLS")
     greeting = await dlg.read_line("greeting")
-    if not greeting.startswith("+OK"):
+    if not pop3_ok(greeting):
         raise CheckFailed(f"greeting {clip(greeting)}")
     dlg.did("greeting")
     if tls == "starttls":
@@ -47,6 +48,6 @@ async def check(dlg: Dialogue, spec: CheckSpec, tls: str, credentials: Credentia
     dlg.decided = True
     await dlg.send("QUIT\r\n")
     line = await dlg.read_line("reply to QUIT")
-    if not line.startswith("+OK"):
+    if not pop3_ok(line):
         dlg.note = f"QUIT answered {clip(line)}"
     dlg.did("QUIT")

@@ -1,0 +1,117 @@
+"""Checkers against hostile real servers on 127.0.0.1: every abuse is a failed check, in time, in bounded memory.
+
+Each case of ``hostile_peers.CASES`` is a real TCP peer (a thread with blocking
+sockets, so a flood keeps coming however busy the checker is): an endless
+``220-`` greeting, a 10 MB line, a one-byte-a-second drip, invalid UTF-8, a
+TLS peer that never answers the ClientHello or answers garbage, an HTTP server
+with endless headers, a huge body, an endless chunked body. The check must
+fail (never pass, never raise), with a reason naming the peer and the step,
+within its timeout, and the Python memory it allocated meanwhile (tracemalloc's
+peak) must stay within a fixed bound far below what the peer sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+import tracemalloc
+
+import pytest
+
+from lvsmail.health.checkers import run_check
+from lvsmail.health.checkers.dialogue import HIGH_WATER, RECV_SIZE
+from lvsmail.spec import CheckSpec
+
+from hostile_peers import CASES, LOOPBACK, HostilePeer, after_lines, say
+
+TIMEOUT = 2.0
+#: Slack on the deadline: the loop notices the timer, the reason is written (the lab's CPU emulation not included).
+MARGIN = 0.5
+#: Most Python memory one hostile check may allocate at its peak: the receive buffer (HIGH_WATER plus one read),
+#: the body or reply limits, and slack for the interpreter. The peers send up to 10 MB.
+PEAK_BOUND = 8 * (HIGH_WATER + RECV_SIZE)
+
+
+def check(case_fields: dict, port: int):
+    """Run one check on a fresh loop; (result, wall-clock seconds)."""
+    async def go():
+        started = time.monotonic()
+        result = await run_check(CheckSpec(**case_fields), LOOPBACK, port)
+        return result, time.monotonic() - started
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_a_hostile_peer_fails_the_check_in_time_and_in_bounded_memory(case, caplog):
+    caplog.set_level(logging.WARNING)
+    with HostilePeer(case.behave) as peer:
+        gc.collect()
+        tracemalloc.start()
+        try:
+            result, elapsed = check(case.spec_fields(TIMEOUT), peer.port)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert not peer.errors, peer.errors
+    assert not result.ok, result.reason
+    assert result.reason.startswith(f"{case.kind} {LOOPBACK}:{peer.port}: "), result.reason
+    assert case.expect in result.reason, result.reason
+    assert "checker error" not in result.reason
+    assert elapsed <= TIMEOUT + MARGIN, (elapsed, result.reason)
+    assert peak <= PEAK_BOUND, f"{case.name}: peak {peak} bytes allocated"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+# Crashes the hostile cases found (each raised out of the reply parser before the fix, ending as a
+# "checker error" with a logged traceback); kept as named regression tests.
+
+def test_smtp_superscript_digit_code_regression():
+    """'²²⁰'.isdigit() is true and int('²²⁰') raises ValueError: the parser took it for a reply code."""
+    with HostilePeer(say("²²⁰ ready\r\n".encode())) as peer:
+        result, _ = check({"type": "smtp", "timeout": TIMEOUT}, peer.port)
+    assert not result.ok
+    assert result.reason == f"smtp {LOOPBACK}:{peer.port}: not an SMTP reply waiting for greeting: '²²⁰ ready'"
+
+
+def test_imap_literal_of_5000_digits_regression():
+    """int() refuses more than 4300 decimal digits: a literal's size of 5000 digits raised ValueError."""
+    with HostilePeer(say(b"* OK ready\r\n", b"* X {" + b"9" * 5000 + b"}\r\nL1 OK done\r\n",
+                         b"L2 OK bye\r\n")) as peer:
+        result, _ = check({"type": "imap", "timeout": TIMEOUT}, peer.port)
+    assert result.ok, result.reason  # not a literal: an untagged line like any other
+    assert result.reason.endswith("ok: greeting, CAPABILITY, LOGOUT")
+
+
+def test_http_negative_content_length_regression():
+    """int('-5') is -5: the body read took all but the last five bytes buffered instead of failing."""
+    with HostilePeer(say(b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\nneedle and more")) as peer:
+        result, _ = check({"type": "http", "timeout": TIMEOUT, "receive": "needle"}, peer.port)
+    assert not result.ok
+    assert result.reason.endswith("bad Content-Length waiting for body of the response to GET /: '-5'")
+
+
+def test_http_arabic_indic_status_digits_regression():
+    """``\\d`` matches any script's digits and int('٢٠٠') is 200: such a status line passed as 200."""
+    with HostilePeer(say("HTTP/1.1 ٢٠٠ OK\r\n\r\n".encode())) as peer:
+        result, _ = check({"type": "http", "timeout": TIMEOUT}, peer.port)
+    assert not result.ok
+    assert "GET /: not an HTTP response" in result.reason
+
+
+# Leniency: what real servers do that looks odd must still pass.
+
+def test_smtp_invalid_utf8_in_a_good_greeting_passes():
+    """A 220 greeting with Latin-1 bytes (old MTAs' banners) is a good greeting: texts are decoded leniently."""
+    with HostilePeer(say(b"220 mx.example.test caf\xe9 ESMTP\r\n", b"250 mx\r\n", b"221 bye\r\n")) as peer:
+        result, _ = check({"type": "smtp", "timeout": TIMEOUT}, peer.port)
+    assert result.ok, result.reason
+
+
+def test_smtp_greeting_just_under_the_reply_byte_limit_passes():
+    """Long multi-line greetings within MAX_REPLY_LINES and MAX_REPLY_BYTES are accepted."""
+    greeting = b"220-" + b"w" * 500 + b"\r\n"
+    with HostilePeer(after_lines(0, say(b"250 mx\r\n", b"221 bye\r\n"), greeting * 100 + b"220 ready\r\n")) as peer:
+        result, _ = check({"type": "smtp", "timeout": TIMEOUT}, peer.port)
+    assert result.ok, result.reason
