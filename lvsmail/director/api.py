@@ -31,8 +31,18 @@ with the servers they changed, after the kernel has the new weights.
 ``events`` answers ``{"ok": true, "recent": [...]}`` and then keeps the
 connection for the stream: one ``{"event": {...}}`` line per health
 transition, VRRP transition, kernel change or operator action, and
-``{"dropped": n}`` when a slow reader lost events. A request line is at most
-``MAX_LINE`` bytes.
+``{"dropped": n}`` when a slow reader lost events.
+
+Limits (the socket is root-only, but a stuck or buggy client must not wedge the
+director): a request line is at most ``MAX_LINE`` bytes of UTF-8 JSON nested at most
+``bounded_json.MAX_DEPTH`` deep; once its first byte arrives the rest must follow
+within ``LINE_DEADLINE`` seconds, and a connection idle for ``IDLE_TIMEOUT`` is
+closed; a reply or event that the client does not take within ``WRITE_TIMEOUT``
+ends the connection. At most ``MAX_CLIENTS`` connections are open; a new one
+makes the one idle the longest give way (it is told so), and only when every
+connection is busy or streaming is the new one refused. Every malformed request
+gets ``{"ok": false, "error": ...}``; nothing a client sends ends in an exception
+that is not answered.
 """
 
 from __future__ import annotations
@@ -50,13 +60,20 @@ from pathlib import Path
 from lvsmail.director import overrides as ov
 from lvsmail.director.events import EventHub, VrrpWatch, attach, watch
 from lvsmail.director.snapshot import kernel_table, snapshot, table_status
+from lvsmail.registration import bounded_json
 
 log = logging.getLogger("lvsmail.director.api")
 
 #: Longest request line accepted.
 MAX_LINE = 65536
-#: Seconds a client may take to send a complete request line.
-READ_TIMEOUT = 300.0
+#: Seconds a connection may wait between requests (the dashboard asks every few seconds).
+IDLE_TIMEOUT = 300.0
+#: Seconds from the first byte of a request line to its newline.
+LINE_DEADLINE = 10.0
+#: Seconds a reply or an event may take to leave.
+WRITE_TIMEOUT = 10.0
+#: Connections open at once; beyond, the one idle the longest gives way.
+MAX_CLIENTS = 64
 REQUESTS = ("status", "drain", "enable", "weight", "recheck", "reload", "events")
 
 
@@ -101,6 +118,7 @@ class APIServer:
         self._detach = None
         self._watch: asyncio.Task | None = None
         self._clients: set[asyncio.Task] = set()
+        self._idle: dict[asyncio.StreamWriter, None] = {}  # connections waiting for a request, longest first
 
     async def start(self) -> None:
         """Listen (replacing a dead predecessor's socket), attach to the director's hooks, start metrics."""
@@ -176,24 +194,25 @@ class APIServer:
                 self.hub.publish("operator", f"override of {k[0]} {_hp(k[1], k[2])} dropped: no longer in the file")
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One connection: requests answered in order until the client leaves; never raises."""
         task = asyncio.current_task()
         self._clients.add(task)
+        clean = True
         try:
             if not _allowed(writer):
                 await _send(writer, {"ok": False, "error": "permission denied: root only"})
                 return
+            if len(self._clients) > MAX_CLIENTS and not self._make_room():
+                await _send(writer, {"ok": False, "error": f"{MAX_CLIENTS} connections busy; try again"})
+                return
             while True:
-                try:
-                    line = await asyncio.wait_for(reader.readline(), READ_TIMEOUT)
-                except (asyncio.LimitOverrunError, ValueError):
-                    await _send(writer, {"ok": False, "error": f"request longer than {MAX_LINE} bytes"})
-                    return
-                if not line:
+                line = await self._request_line(reader, writer)
+                if line is None:
                     return
                 if not line.strip():
                     continue
                 try:
-                    req = json.loads(line)
+                    req = bounded_json.loads(line, max_bytes=MAX_LINE)
                     if not isinstance(req, dict):
                         raise APIError("a request is a JSON object")
                     if req.get("request") == "events":
@@ -209,12 +228,60 @@ class APIServer:
                     reply = {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
                 await _send(writer, reply)
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
-            return  # the client went away or sent nothing: nothing to answer
+            clean = False  # the client went away, or does not take its replies: nothing more to say
+        except Exception:  # never asyncio's "Unhandled exception in client_connected_cb"
+            clean = False
+            log.exception("api: connection failed")
         finally:
+            self._idle.pop(writer, None)
             self._clients.discard(task)
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+            if clean:
+                writer.close()
+                with contextlib.suppress(ConnectionError):
+                    async with asyncio.timeout(WRITE_TIMEOUT):
+                        await writer.wait_closed()
+            else:  # close() would wait for a client that does not read to take what is buffered
+                writer.transport.abort()
+
+    async def _request_line(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes | None:
+        """The next request line, or None when the client left, idled out or was told why not (then close)."""
+        self._idle[writer] = None
+        try:
+            async with asyncio.timeout(IDLE_TIMEOUT):
+                first = await reader.read(1)
+        except TimeoutError:
+            await _send(writer, {"ok": False, "error": f"idle for {IDLE_TIMEOUT:g} s; connection closed"})
+            return None
+        finally:
+            self._idle.pop(writer, None)
+        if not first:
+            return None
+        try:
+            async with asyncio.timeout(LINE_DEADLINE):
+                rest = await reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError:
+            await _send(writer, {"ok": False, "error": f"request longer than {MAX_LINE} bytes"})
+            return None
+        except TimeoutError:
+            await _send(writer, {"ok": False, "error": f"request line not complete within {LINE_DEADLINE:g} s"})
+            return None
+        except asyncio.IncompleteReadError as exc:  # a last line without its newline: answered like any other
+            rest = exc.partial
+        return first + rest
+
+    def _make_room(self) -> bool:
+        """Close the connection idle the longest, for a new one; False when none is idle."""
+        for writer in self._idle:
+            log.warning("api: %d connections open; closing the one idle the longest", len(self._clients))
+            writer.write(json.dumps({"ok": False, "error": "connection closed to make room for a new one"}
+                                    ).encode() + b"\n")
+            if writer.transport.get_write_buffer_size():
+                writer.transport.abort()  # it does not even take what it was sent
+            else:
+                writer.close()
+            self._idle.pop(writer)
+            return True
+        return False
 
     async def handle(self, req: dict) -> dict:
         """Answer one request (everything but ``events``); APIError/LookupError/ValueError refuse it."""
@@ -275,7 +342,7 @@ class APIServer:
         """Send events until the client closes its side (noticed at once, not at the next event)."""
         n = _int(req.get("recent", 0), "recent", 0, self.hub.recent.maxlen)
         queue = self.hub.subscribe()
-        gone = asyncio.ensure_future(reader.read())  # the client sends nothing more; EOF means it left
+        gone = asyncio.ensure_future(_until_eof(reader))  # the client sends nothing more; EOF means it left
         try:
             await _send(writer, {"ok": True, "recent": self.hub.last(n)})
             while True:
@@ -329,8 +396,16 @@ def _int(value, name: str, low: int, high: int) -> int:
 
 
 async def _send(writer: asyncio.StreamWriter, obj: dict) -> None:
+    """One reply line; TimeoutError when the client does not take it within WRITE_TIMEOUT."""
     writer.write(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
-    await writer.drain()
+    async with asyncio.timeout(WRITE_TIMEOUT):
+        await writer.drain()
+
+
+async def _until_eof(reader: asyncio.StreamReader) -> None:
+    """Wait for the client to close its side, discarding what it sends meanwhile (never buffering it)."""
+    while await reader.read(4096):
+        pass
 
 
 def _allowed(writer: asyncio.StreamWriter) -> bool:

@@ -20,6 +20,13 @@ API::
     lookup(spec, address, *, token=None, timeout=10.0, bind=True) -> list[Reply]
         The member as each director sees it, with its active/inactive connections per service.
 
+``timeout`` bounds each director's whole exchange, retries included: a 503 (the director is busy
+or cannot save its members) and a connection that fails or closes without a reply are tried again
+after a growing, jittered pause (``RETRY_FIRST`` doubling up to ``RETRY_MAX`` seconds) while time
+is left; every request is idempotent (registering again is "unchanged", deregistering a member
+already gone is 404, which counts as done), so a retry never does more than the first attempt.
+A certificate that does not verify, and every other status, is final at once.
+
 ``token`` is a loaded key file (protocol.load_token); None reads ``spec.token_file``, which must be
 root-only. ``bind=True`` sends from the member's own address, because a director accepts a request
 about a member only from that member's address. Any failure (unreachable director, refusal, bad
@@ -33,17 +40,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import urlsplit
 
+from lvsmail.registration import bounded_json
 from lvsmail.registration.http import MAX_REPLY, HTTPError, encode_request, read_head
 from lvsmail.registration.protocol import (
     Member, Token, TokenError, load_token, members_path, normalise_address, sign,
 )
 from lvsmail.spec import RegistrationSpec
+
+#: First pause before a retry, in seconds; it doubles (with jitter) up to RETRY_MAX.
+RETRY_FIRST = 0.2
+RETRY_MAX = 2.0
 
 __all__ = ["DrainResult", "Member", "RegistrationError", "Reply", "deregister", "drain", "lookup", "register"]
 
@@ -189,7 +202,36 @@ def _client_context(spec: RegistrationSpec) -> ssl.SSLContext:
 
 async def _request(director: str, key: bytes, member: str, method: str, path: str, body: bytes,
                    timeout: float, source: str | None, context: ssl.SSLContext | None) -> Reply:
-    """One signed request and its JSON reply, within ``timeout`` seconds."""
+    """One signed request and its JSON reply, retried on 503 and failed connections, within ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    pause = RETRY_FIRST
+    attempts = 0
+    while True:
+        attempts += 1
+        reply, retry = await _attempt(director, key, member, method, path, body, max(0.0, end - loop.time()),
+                                      source, context)
+        wait = pause * random.uniform(0.5, 1.0)
+        if not retry or loop.time() + wait >= end:
+            if attempts > 1 and not reply.ok:
+                reply = _after(reply, attempts, timeout)
+            return reply
+        await asyncio.sleep(wait)
+        pause = min(pause * 2, RETRY_MAX)
+
+
+def _after(reply: Reply, attempts: int, timeout: float) -> Reply:
+    """The last reply, saying that it came after ``attempts`` tries within ``timeout`` seconds."""
+    note = f" (after {attempts} attempts in {timeout:g} s)"
+    if reply.error is not None:
+        return Reply(reply.director, reply.status, reply.body, reply.error + note)
+    body = dict(reply.body, error=str(reply.body.get("error", "")) + note) if "error" in reply.body else reply.body
+    return Reply(reply.director, reply.status, body)
+
+
+async def _attempt(director: str, key: bytes, member: str, method: str, path: str, body: bytes,
+                   timeout: float, source: str | None, context: ssl.SSLContext | None) -> tuple[Reply, bool]:
+    """One signed request (a fresh nonce each time) and its reply; True when it is worth trying again."""
     url = urlsplit(director)
     host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
     headers = sign(key, member, method, path, body, time.time())
@@ -205,22 +247,28 @@ async def _request(director: str, key: bytes, member: str, method: str, path: st
             head = await read_head(reader)
             parts = head.start.split(" ", 2)
             if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-                return Reply(director, error=f"not an HTTP reply: {head.start[:60]!r}")
+                return Reply(director, error=f"not an HTTP reply: {head.start[:60]!r}"), False
             length = head.length()
             if length is None or length > MAX_REPLY:
-                return Reply(director, int(parts[1]), error="reply without a usable Content-Length")
+                return Reply(director, int(parts[1]), error="reply without a usable Content-Length"), False
             data = await reader.readexactly(length)
     except TimeoutError:
-        return Reply(director, error=f"no reply within {timeout:g} s")
-    except (OSError, HTTPError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
-        return Reply(director, error=f"{type(exc).__name__}: {exc}")
+        return Reply(director, error=f"no reply within {timeout:g} s"), False
+    except ssl.SSLCertVerificationError as exc:  # an OSError too, but no retry makes a certificate valid
+        return Reply(director, error=f"{type(exc).__name__}: {exc}"), False
+    except (OSError, asyncio.IncompleteReadError) as exc:  # refused, reset, closed without a reply
+        return Reply(director, error=f"{type(exc).__name__}: {exc}"), True
+    except HTTPError as exc:
+        # "empty request" here means the director closed before it answered (it was stopping, or gave way)
+        return Reply(director, error=f"{type(exc).__name__}: {exc}"), str(exc) == "empty request"
     finally:
         if writer is not None:
             writer.close()
+    status = int(parts[1])
     try:
-        payload = json.loads(data) if data else {}
+        payload = bounded_json.loads(data, max_bytes=MAX_REPLY) if data else {}
     except ValueError:
-        return Reply(director, int(parts[1]), error="reply is not JSON")
+        return Reply(director, status, error="reply is not JSON"), False
     if not isinstance(payload, dict):
-        return Reply(director, int(parts[1]), error="reply is not a JSON object")
-    return Reply(director, int(parts[1]), payload)
+        return Reply(director, status, error="reply is not a JSON object"), False
+    return Reply(director, status, payload), status == 503

@@ -4,16 +4,22 @@ No web framework is installed on the directors, and this API needs only
 Content-Length bodies, ``Connection: close`` and a handful of headers, so a
 small reader with hard limits (line length, header count, body size checked
 before the body is read) is both smaller and easier to reason about than a
-dependency.
+dependency. It is strict where HTTP allows leniency (RFC 9112 §2.2, §5): bare
+CR, non-ASCII bytes, folded or repeated headers and names that are not tokens
+are refused with 400 rather than interpreted. The deadline that bounds the whole
+request belongs to the caller (one ``asyncio.timeout`` around head and body).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 from dataclasses import dataclass, field
 
 MAX_LINE = 2048
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 MAX_HEADERS = 32
 #: Replies are small JSON objects; anything larger is not from a director.
 MAX_REPLY = 65536
@@ -62,9 +68,11 @@ async def read_head(reader: asyncio.StreamReader) -> Head:
         if len(head.headers) >= MAX_HEADERS:
             raise HTTPError(400, f"more than {MAX_HEADERS} headers")
         name, sep, value = line.partition(":")
-        name = name.strip().lower()
-        if not sep or not name or name != name.strip() or " " in name:
+        # RFC 9112 §5.1: no whitespace between the name and the colon; §5.2: a line folded onto the previous
+        # one (starting with whitespace) is refused with 400; RFC 9110 §5.1: the name is a token.
+        if not sep or not _TOKEN.match(name):
             raise HTTPError(400, "malformed header line")
+        name = name.lower()
         if name in head.headers:
             raise HTTPError(400, f"header {name} repeated")
         head.headers[name] = value.strip()
@@ -82,9 +90,13 @@ async def _line(reader: asyncio.StreamReader) -> str:
     if len(raw) > MAX_LINE:
         raise HTTPError(400, "line too long")
     try:
-        return raw.decode("ascii").rstrip("\r\n")
+        text = raw.decode("ascii")
     except UnicodeDecodeError:
         raise HTTPError(400, "non-ASCII bytes in the head") from None
+    text = text[:-2] if text.endswith("\r\n") else text[:-1]
+    if _CONTROL.search(text):  # RFC 9110 §5.5: CR, LF and NUL are never part of a field; a bare CR is refused
+        raise HTTPError(400, "control characters in the head")
+    return text
 
 
 def encode_request(method: str, host: str, path: str, headers: dict[str, str], body: bytes) -> bytes:

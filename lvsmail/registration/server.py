@@ -6,7 +6,12 @@ requests; only holders of a key derived from the cluster secret can sign them.
 Each check below refuses with a 4xx JSON error, logs the reason, and changes
 nothing:
 
+* a source address outside ``allowed_networks``: answered 403 at once, before a byte
+  is read and before the connection counts against any limit (below);
+* a request that does not arrive whole (TLS handshake, head and body together)
+  within ``REQUEST_DEADLINE``: 408;
 * body larger than ``max_body``: refused from its Content-Length, before it is read;
+  a body that is not UTF-8 JSON, or nested deeper than ``bounded_json.MAX_DEPTH``: 400;
 * missing or malformed authentication headers, a timestamp more than ``max_skew``
   seconds off, a signature that does not verify (compared in constant time), a
   nonce already seen within ``2 × max_skew`` (a replay);
@@ -24,6 +29,17 @@ readable (they carry no secret, only signatures) but cannot be altered or replay
 Nonces are remembered per director: a request seen on its way to one director could
 be sent to the other within ``max_skew``, and only from the member's own address, so
 it can repeat no more than what the member asked of both directors anyway.
+
+No host can deny the API to the others. Connections are admitted in this order,
+each step costing nothing shared until it passes: the source address must be in
+``allowed_networks``; one source may have ``MAX_PER_SOURCE`` requests in progress
+(more are answered 503 at once, and the client retries); at most ``MAX_CONNECTIONS``
+are in progress, and when all are taken the *oldest request still being read*
+gives way (answered 503) to the new one, so a host holding slow connections
+loses them to members that send their request at once. A request being carried
+out is never cut. Nothing waits in the listen backlog: every connection is
+accepted and answered or served at once. Refusals at the door are logged once
+per source and reason every ``LOG_EVERY`` seconds, with a count of those not logged.
 """
 
 from __future__ import annotations
@@ -32,13 +48,13 @@ import asyncio
 import errno
 import hmac
 import ipaddress
-import json
 import logging
 import ssl
 import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterable
 
+from lvsmail.registration import bounded_json
 from lvsmail.registration.http import HTTPError, encode_response, read_head
 from lvsmail.registration.members import JoinedMember, MemberStore, Refusal, in_networks, validate_member
 from lvsmail.registration.protocol import (
@@ -49,10 +65,16 @@ from lvsmail.spec import ClusterSpec
 
 log = logging.getLogger("lvsmail.registration")
 
-#: Seconds a client gets to send its whole request.
-READ_TIMEOUT = 10.0
-#: Connections served at once; more wait in the listen backlog.
+#: Seconds a client gets for its whole request: TLS handshake, head and body together (one deadline).
+REQUEST_DEADLINE = 10.0
+#: Seconds a reply may take to leave; a peer that does not read it loses the connection.
+WRITE_TIMEOUT = 10.0
+#: Requests in progress at once; when all are taken the oldest one still being read gives way.
 MAX_CONNECTIONS = 32
+#: Requests in progress at once from one source address; more from it are answered 503 at once.
+MAX_PER_SOURCE = 4
+#: Seconds between two log lines for the same refusal at the door (source, reason).
+LOG_EVERY = 10.0
 #: Nonces remembered at most; beyond this the API answers 503 until old ones expire.
 MAX_NONCES = 65536
 
@@ -78,6 +100,45 @@ class NonceCache:
             raise Refusal(503, "too many requests in the replay window; try again later")
         self._expiry[key] = now + keep
         return False
+
+
+class _Slot:
+    """One admitted connection: whom it is from, since when, and whether its request is still being read."""
+
+    __slots__ = ("peer", "started", "reading", "evicted", "deadline")
+
+    def __init__(self, peer: str, started: float):
+        self.peer = peer
+        self.started = started
+        self.reading = True
+        self.evicted = False
+        self.deadline: asyncio.Timeout | None = None
+
+
+class _DoorLog:
+    """Logs a refusal at the door once per (source, reason) every ``every`` seconds, counting the rest.
+
+    A host that reconnects as fast as it can would otherwise write a journal line per connection.
+    """
+
+    LIMIT = 4096  # sources remembered; beyond, the table starts again (a flood of sources is logged anew)
+
+    def __init__(self, every: float = LOG_EVERY):
+        self.every = every
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def refused(self, peer: str, status: int, reason: str, now: float) -> None:
+        """Log ``refused ... reason`` unless the same one was logged less than ``every`` seconds ago."""
+        key = (peer, reason)
+        last, quiet = self._last.get(key, (None, 0))
+        if last is not None and now - last < self.every:
+            self._last[key] = (last, quiet + 1)
+            return
+        if len(self._last) >= self.LIMIT:
+            self._last.clear()
+        self._last[key] = (now, 0)
+        more = f" ({quiet} more like it not logged)" if quiet else ""
+        log.warning("registration: refused connection from %s with %d: %s%s", peer, status, reason, more)
 
 
 @dataclass(frozen=True)
@@ -113,7 +174,10 @@ class RegistrationAPI:
         self.clock = clock
         self.nonces = NonceCache()
         self._lock = asyncio.Lock()  # one membership change at a time
-        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
+        self._slots: dict[_Slot, None] = {}  # admitted connections, oldest first (insertion order)
+        self._per_source: dict[str, int] = {}
+        self._door = _DoorLog()
+        self._context: ssl.SSLContext | None = None
         self._servers: list[asyncio.base_events.Server] = []
 
     # -- the network side ---------------------------------------------------------------
@@ -122,12 +186,14 @@ class RegistrationAPI:
         """Listen on each ``(address, port)`` that is an address of this host, and only there.
 
         A shared cluster file lists both directors' addresses; each director binds its own and skips
-        the other's (EADDRNOTAVAIL). OSError when none could be bound.
+        the other's (EADDRNOTAVAIL). OSError when none could be bound. With ``context``, TLS starts
+        only after the source address was admitted, within the request's deadline.
         """
         skipped = []
+        self._context = context
         for host, port in endpoints:
             try:
-                server = await asyncio.start_server(self._connection, host, port, ssl=context, limit=4096,
+                server = await asyncio.start_server(self._connection, host, port, limit=4096,
                                                     reuse_address=True)
             except OSError as exc:
                 if exc.errno != errno.EADDRNOTAVAIL:
@@ -151,27 +217,92 @@ class RegistrationAPI:
             await server.wait_closed()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Admit (see the module docstring), read within the deadline, answer; never raises."""
         peer = _peer_address(writer.get_extra_info("peername"))
+        slot = None
+        clean = False
         try:
-            if self._slots.locked():  # busy: answer at once rather than hold sockets a flood could exhaust
-                status, data = self._refuse(503, "-", "-", peer, f"{MAX_CONNECTIONS} requests already in progress")
-                writer.write(encode_response(status, data))
+            refusal = self._admit(peer)
+            if refusal is not None:
+                self._door.refused(peer, *refusal, time.monotonic())
+                if self._context is None:  # a TLS client could not read a plain answer: it is only closed
+                    writer.write(encode_response(refusal[0], {"error": refusal[1]}))
+                clean = True
                 return
-            async with self._slots:
-                status, data = await self._serve(reader, peer)
-                writer.write(encode_response(status, data))
-                async with asyncio.timeout(READ_TIMEOUT):
-                    await writer.drain()
+            slot = self._take_slot(peer)
+            status, data = await self._serve(reader, peer, writer=writer, slot=slot)
+            writer.write(encode_response(status, data))
+            async with asyncio.timeout(WRITE_TIMEOUT):
+                await writer.drain()
+            clean = True
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             log.warning("registration: connection from %s: %s", peer, exc or type(exc).__name__)
+        except Exception:  # a bug must be a logged error, not asyncio's "Unhandled exception" with no answer
+            log.exception("registration: connection from %s failed", peer)
         finally:
-            writer.close()
+            if slot is not None:
+                self._release(slot)
+            if clean:
+                writer.close()
+            else:  # close() would wait for a peer that does not read to take what is still buffered
+                writer.transport.abort()
 
-    async def _serve(self, reader: asyncio.StreamReader, peer: str) -> tuple[int, dict]:
-        """Read one request within READ_TIMEOUT and answer it."""
+    def _admit(self, peer: str) -> tuple[int, str] | None:
+        """Why a connection from ``peer`` is refused before anything is read, or None to serve it.
+
+        Checked in this order so that a refused host never occupies what others need: the network
+        first, then this source's share, then the shared slots (where the oldest reader gives way).
+        """
+        reg = self.spec().registration
+        if reg is None:
+            return 503, "registration is not configured on this director"
+        if not in_networks(peer, reg.allowed_networks):
+            return 403, f"{peer} is outside the allowed networks ({', '.join(reg.allowed_networks)})"
+        if self._per_source.get(peer, 0) >= MAX_PER_SOURCE:
+            return 503, f"{MAX_PER_SOURCE} requests from {peer} already in progress"
+        if len(self._slots) >= MAX_CONNECTIONS:
+            victim = next((s for s in self._slots if s.reading), None)
+            if victim is None:
+                return 503, f"{MAX_CONNECTIONS} requests already being carried out"
+            self._evict(victim)
+        return None
+
+    def _take_slot(self, peer: str) -> _Slot:
+        slot = _Slot(peer, time.monotonic())
+        self._slots[slot] = None
+        self._per_source[peer] = self._per_source.get(peer, 0) + 1
+        return slot
+
+    def _release(self, slot: _Slot) -> None:
+        """Give the slot back (once: an evicted connection gave it back when it was evicted)."""
+        if self._slots.pop(slot, 0) is None:
+            left = self._per_source[slot.peer] - 1
+            if left:
+                self._per_source[slot.peer] = left
+            else:
+                del self._per_source[slot.peer]
+
+    def _evict(self, slot: _Slot) -> None:
+        """The oldest connection still being read gives way: its deadline is now (it answers 503)."""
+        slot.evicted = True
+        self._release(slot)
+        if slot.deadline is not None:
+            slot.deadline.reschedule(asyncio.get_running_loop().time())
+
+    async def _serve(self, reader: asyncio.StreamReader, peer: str, *, writer: asyncio.StreamWriter | None = None,
+                     slot: _Slot | None = None) -> tuple[int, dict]:
+        """Read one request within REQUEST_DEADLINE (TLS handshake, head and body together) and answer it.
+
+        ``writer`` is needed only to start TLS; ``slot`` is the admitted connection (a fresh one if none).
+        """
         method = path = "-"
+        slot = slot or _Slot(peer, time.monotonic())
         try:
-            async with asyncio.timeout(READ_TIMEOUT):
+            async with asyncio.timeout(REQUEST_DEADLINE) as slot.deadline:
+                if slot.evicted:  # evicted before the deadline existed
+                    raise TimeoutError
+                if self._context is not None and writer is not None:
+                    await writer.start_tls(self._context)
                 head = await read_head(reader)
                 parts = head.start.split(" ")
                 if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
@@ -185,11 +316,16 @@ class RegistrationAPI:
                     raise HTTPError(413, f"body of {length} bytes exceeds max_body {limit}")
                 body = await reader.readexactly(length) if length else b""
         except TimeoutError:
-            return self._refuse(408, method, path, peer, f"request not received within {READ_TIMEOUT:g} s")
+            if slot.evicted:
+                return self._refuse(503, method, path, peer, f"gave way to a newer request after "
+                                    f"{time.monotonic() - slot.started:.1f} s ({MAX_CONNECTIONS} in progress)")
+            return self._refuse(408, method, path, peer, f"request not received within {REQUEST_DEADLINE:g} s")
         except asyncio.IncompleteReadError:
             return self._refuse(400, method, path, peer, "connection closed before the whole body arrived")
         except HTTPError as exc:
             return self._refuse(exc.status, method, path, peer, str(exc))
+        finally:
+            slot.reading = False
         return await self.handle(Request(method, path, head.headers, body, peer))
 
     def _section_limit(self) -> int:
@@ -205,6 +341,10 @@ class RegistrationAPI:
             return await self._dispatch(request, member)
         except Refusal as exc:
             return self._refuse(exc.status, request.method, request.path, request.peer, exc.reason)
+        except Exception as exc:  # a bug: answered and logged with its traceback, never a dropped connection
+            log.exception("registration: %r %r from %s failed", request.method[:16], request.path[:80],
+                          request.peer)
+            return 500, {"error": f"internal error: {type(exc).__name__}"}
 
     def _refuse(self, status: int, method: str, path: str, peer: str, reason: str) -> tuple[int, dict]:
         # repr: a request line may carry control characters that must not reach the log as such
@@ -275,8 +415,8 @@ class RegistrationAPI:
 
     async def _register(self, request: Request, member_addr: str) -> tuple[int, dict]:
         try:
-            member = Member.from_json(json.loads(request.body))
-        except ValueError as exc:  # JSON errors and ProtocolError alike
+            member = Member.from_json(bounded_json.loads(request.body, max_bytes=self._section_limit()))
+        except ValueError as exc:  # JSON errors, limits, bad UTF-8 and ProtocolError alike
             raise Refusal(422 if isinstance(exc, ProtocolError) else 400, f"bad registration: {exc}") from None
         if member.address != member_addr:
             raise Refusal(403, f"member {member_addr} may not register {member.address}")

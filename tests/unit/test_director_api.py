@@ -13,6 +13,7 @@ from lvsmail.director.overrides import resolve
 from lvsmail.config import parse_cluster
 from lvsmail.ipvs.fake import FakeIPVS
 from lvsmail.ipvs.model import ServiceKey
+from test_registration_limits import LoopErrors, nothing_unhandled  # the loop-handler and log checks
 
 SMTP = ServiceKey(socket.AF_INET, socket.IPPROTO_TCP, "192.0.2.33", 25)
 
@@ -357,5 +358,171 @@ def test_a_state_directory_that_cannot_hold_the_socket_gets_it_on_tmpfs_with_a_p
         d.request_stop()
         await task
         assert not sock.exists() and not (state / "cluster.sock.path").exists()
+
+    asyncio.run(go())
+
+
+# -- hostile input: every malformed request is answered, nothing ends in an unhandled exception ---------
+
+
+async def raw_exchange(sock, data: bytes, timeout: float = 5.0) -> list[dict]:
+    """Send ``data`` on a fresh connection, then read reply lines until the director closes."""
+    reader, writer = await asyncio.open_unix_connection(str(sock), limit=1 << 20)
+    writer.write(data)
+    await writer.drain()
+    replies = []
+    async with asyncio.timeout(timeout):
+        while line := await reader.readline():
+            replies.append(json.loads(line))
+            if writer.can_write_eof():
+                writer.write_eof()
+    writer.close()
+    return replies
+
+
+def test_garbage_and_hostile_lines_each_get_an_error_reply(setup, caplog):
+    """Binary garbage, invalid UTF-8, JSON that is not an object, deep nesting (RecursionError in json.loads
+    before the limit) and a line over MAX_LINE: each is answered {"ok": false} with a reason, and the
+    director still answers a good request afterwards."""
+    from lvsmail.director import api
+
+    path, state = setup
+    kernel, checks = FakeIPVS(), ScriptedChecks()
+
+    async def go():
+        d, task = await start(path, state, kernel, checks)
+        sock = socket_path(state, path)
+        before = weights(kernel)
+        with LoopErrors() as errors:
+            for data, word in [
+                (b"\x00\xff\xfe garbage\n", "utf-8"),
+                (b'"just a string"\n', "a request is a JSON object"),
+                (b"[" * 30_000 + b"\n", "nested 30000 levels deep"),
+                (b'{"request": "status", "events": ' + b"[" * 50 + b"]" * 50 + b"}\n", "nested 51 levels deep"),
+                (b'{"request": "weight", "target": "mx1", "weight": ' + b"9" * 5000 + b"}\n", "digits"),
+                (b"x" * (api.MAX_LINE + 10) + b"\n", f"longer than {api.MAX_LINE}"),
+                (b'{"request": "drain", "target": {"a": 1}}\n', "target must be a non-empty string"),
+            ]:
+                replies = await raw_exchange(sock, data)
+                assert replies and replies[0]["ok"] is False and word in replies[0]["error"], (data[:40], replies)
+            assert (await call(sock, "status"))["ok"] is True
+            assert nothing_unhandled(errors, caplog)
+        assert weights(kernel) == before
+        assert not (state / "cluster.overrides.json").exists()
+        d.request_stop()
+        await task
+
+    caplog.set_level("WARNING")
+    asyncio.run(go())
+
+
+def test_a_slow_client_is_cut_at_the_line_deadline_and_others_are_served(setup, caplog, monkeypatch):
+    """One byte every 0.1 s: the request line does not complete within LINE_DEADLINE, so the client gets an
+    error reply and the connection closes; a status request meanwhile is answered at once."""
+    from lvsmail.director import api
+
+    monkeypatch.setattr(api, "LINE_DEADLINE", 0.5)
+    path, state = setup
+    kernel, checks = FakeIPVS(), ScriptedChecks()
+
+    async def go():
+        d, task = await start(path, state, kernel, checks)
+        sock = socket_path(state, path)
+        with LoopErrors() as errors:
+            reader, writer = await asyncio.open_unix_connection(str(sock))
+            started = asyncio.get_running_loop().time()
+            answered = None
+
+            async def drip():
+                for byte in b'{"request": "status"}':
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+                    await asyncio.sleep(0.1)
+
+            dripping = asyncio.create_task(drip())
+            await asyncio.sleep(0.15)
+            assert (await call(sock, "status"))["ok"] is True
+            answered = asyncio.get_running_loop().time() - started
+            reply = json.loads(await asyncio.wait_for(reader.readline(), 5))
+            cut = asyncio.get_running_loop().time() - started
+            assert reply == {"ok": False, "error": "request line not complete within 0.5 s"}
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed
+            assert 0.4 < cut < 2.0 and answered < cut
+            dripping.cancel()
+            await asyncio.gather(dripping, return_exceptions=True)
+            writer.close()
+            assert nothing_unhandled(errors, caplog)
+        d.request_stop()
+        await task
+
+    caplog.set_level("WARNING")
+    asyncio.run(go())
+
+
+def test_connections_over_the_cap_make_the_longest_idle_one_give_way(setup, caplog, monkeypatch):
+    from lvsmail.director import api
+
+    monkeypatch.setattr(api, "MAX_CLIENTS", 4)
+    path, state = setup
+    kernel, checks = FakeIPVS(), ScriptedChecks()
+
+    async def go():
+        d, task = await start(path, state, kernel, checks)
+        sock = socket_path(state, path)
+        with LoopErrors() as errors:
+            idle = []
+            for _ in range(4):
+                idle.append(await asyncio.open_unix_connection(str(sock)))
+                await asyncio.sleep(0.02)  # in order: the first is the one idle the longest
+            assert (await call(sock, "status"))["ok"] is True  # the fifth connection is served
+            first_reader = idle[0][0]
+            told = json.loads(await asyncio.wait_for(first_reader.readline(), 5))
+            assert told == {"ok": False, "error": "connection closed to make room for a new one"}
+            assert await asyncio.wait_for(first_reader.read(), 5) == b""
+            for reader, writer in idle[1:]:  # the others still work
+                writer.write(b'{"request": "status", "events": 0}\n')
+                assert json.loads(await asyncio.wait_for(reader.readline(), 5))["ok"] is True
+            for _, writer in idle:
+                writer.close()
+            assert nothing_unhandled(errors, caplog)
+        d.request_stop()
+        await task
+
+    caplog.set_level("ERROR")
+    asyncio.run(go())
+
+
+def rss_bytes() -> int:
+    """This process's resident set now (VmRSS), in bytes."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def test_an_event_stream_that_sends_data_is_not_buffered(setup):
+    """After "events" the client should send nothing; what it sends anyway is read and dropped in chunks,
+    so 32 MiB written by the client do not stay in the director's memory (a plain read() keeps them all)."""
+    path, state = setup
+    kernel, checks = FakeIPVS(), ScriptedChecks()
+
+    async def go():
+        d, task = await start(path, state, kernel, checks)
+        sock = socket_path(state, path)
+        reader, writer = await asyncio.open_unix_connection(str(sock))
+        writer.write(b'{"request": "events"}\n')
+        assert json.loads(await reader.readline())["ok"] is True
+        before = rss_bytes()
+        chunk = b"z" * (1 << 20)
+        for _ in range(32):
+            writer.write(chunk)
+            await asyncio.wait_for(writer.drain(), 5)
+        await asyncio.sleep(0.1)
+        grown = rss_bytes() - before
+        assert grown < 16 << 20, f"RSS grew by {grown >> 20} MiB while the client wrote 32 MiB"
+        writer.close()
+        d.request_stop()
+        await task
 
     asyncio.run(go())
