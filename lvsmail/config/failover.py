@@ -85,10 +85,12 @@ def _ifname(r: Reader, node: Node, path: str) -> str | None:
 
 def _instance(r: Reader, node: Node, path: str, default_if: str | None) -> VrrpInstanceSpec | None:
     """One instance; everything but name, vrid and vips has a default."""
+    # Counted before the mapping: a missing required key is a problem found there, and must stop
+    # the instance from being built without it (a fuzzed file once ended in a TypeError here).
+    start = len(r.problems)
     e = r.mapping(node, path, INSTANCE_KEYS, required=("name", "vrid", "vips"))
     if e is None:
         return None
-    start = len(r.problems)
     values: dict = {}
     if "name" in e:
         name = r.string(e["name"], join(path, "name"))

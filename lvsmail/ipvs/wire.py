@@ -306,7 +306,13 @@ def _addr(buf, a: dict[int, tuple[int, int]], kind: int, af: int, what: str) -> 
         raise WireError(f"{what}: address family {af} is neither AF_INET nor AF_INET6")
     if n < size:
         raise WireError(f"{what} has {n} bytes, expected {size}")
-    return socket.inet_ntop(af, bytes(buf[off:off + size]))
+    return _text(bytes(buf[off:off + size]))
+
+
+def _text(packed: bytes) -> str:
+    """An address as text in ipaddress's form, the form configuration is compared in (inet_ntop writes
+    IPv4-mapped IPv6 addresses as ``::ffff:192.0.2.1``, ipaddress as ``::ffff:c000:201``)."""
+    return str(ipaddress.ip_address(packed))
 
 
 def _string(buf, a: dict[int, tuple[int, int]], kind: int, what: str, strict: bool = True) -> str:
@@ -432,9 +438,9 @@ def decode_daemon(buf, payload: int, end: int) -> SyncDaemon | None:
         return None
     group = ""
     if DAEMON_MCAST_GROUP6 in a:
-        group = socket.inet_ntop(socket.AF_INET6, _get(buf, a, DAEMON_MCAST_GROUP6, _IN6, "sync group"))
+        group = _text(_get(buf, a, DAEMON_MCAST_GROUP6, _IN6, "sync group"))
     elif DAEMON_MCAST_GROUP in a:
-        group = socket.inet_ntop(socket.AF_INET, _get(buf, a, DAEMON_MCAST_GROUP, _IN4, "sync group"))
+        group = _text(_get(buf, a, DAEMON_MCAST_GROUP, _IN4, "sync group"))
     return SyncDaemon(
         state=state,
         interface=_string(buf, a, DAEMON_MCAST_IFN, "sync interface", strict=False),
@@ -496,7 +502,7 @@ class DestDecoder:
             raise WireError(f"real server address family {af} is neither AF_INET nor AF_INET6")
         addr = self._addrs.get(raw)
         if addr is None:
-            addr = socket.inet_ntop(af, raw[:4] if af == socket.AF_INET else raw)
+            addr = _text(raw[:4] if af == socket.AF_INET else raw)
             self._addrs[raw] = addr
         skey = (fwd & _FWD_MASK, weight, uth, lth, af, service_af)
         settings = self._settings.get(skey)

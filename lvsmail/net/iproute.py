@@ -315,7 +315,9 @@ def decode_address(payload: bytes, index: int, what: str = "addr show") -> str |
     size = 4 if family == socket.AF_INET else 16
     if len(raw) != size or prefixlen > size * 8:
         raise _malformed(what, f"address of {len(raw)} bytes, prefix /{prefixlen} for family {family}")
-    return f"{socket.inet_ntop(family, raw)}/{prefixlen}"
+    # ipaddress's text form, the one VIPs are configured and compared in (inet_ntop differs for
+    # IPv4-mapped IPv6 addresses).
+    return f"{ipaddress.ip_address(raw)}/{prefixlen}"
 
 
 def decode_link(payload: bytes, what: str = "link show") -> tuple[str, bool] | None:
