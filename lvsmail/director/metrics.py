@@ -23,6 +23,15 @@ snapshot ``status`` uses, so there is no second bookkeeping to drift. The
 HTTP server is the standard library's WSGI server around prometheus_client's
 WSGI application, on its own thread; a scrape asks the director's event loop for
 the snapshot and waits at most ``SCRAPE_TIMEOUT``.
+
+Limits (the endpoint listens on the network and has no authentication): each
+connection has one deadline, ``SCRAPE_DEADLINE``, for its whole request and reply
+(its socket is shut down then, however slowly the bytes came); one source address
+holds at most ``MAX_SCRAPES_PER_SOURCE`` connections (more are closed unanswered);
+at most ``MAX_SCRAPES`` are served at once and a new one makes the oldest give way,
+so a host that opens slow connections cannot keep Prometheus out, nor make the
+director start a thread per connection without bound. The request line and
+headers keep the standard library's bounds (65536 bytes a line, 100 headers).
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import asyncio
 import ipaddress
 import logging
 import socket
+import sys
 import threading
 from pathlib import Path
 from socketserver import ThreadingMixIn
@@ -43,6 +53,12 @@ log = logging.getLogger("lvsmail.director.metrics")
 
 #: Seconds a scrape waits for the director's snapshot.
 SCRAPE_TIMEOUT = 5.0
+#: Seconds for one connection's whole request and reply; then its socket is shut down.
+SCRAPE_DEADLINE = 10.0
+#: Connections served at once (one thread each); a new one makes the oldest give way.
+MAX_SCRAPES = 8
+#: Connections one source address may hold at once; more are closed unanswered.
+MAX_SCRAPES_PER_SOURCE = 2
 #: Check latencies: from a loopback answer (ms) to a check's usual timeout.
 CHECK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 #: Failover durations: VRRP takeovers (about 3.6 advertisement intervals) to slow real-server removals.
@@ -191,9 +207,70 @@ class Exporter:
 
 
 class _MetricsServer(ThreadingMixIn, WSGIServer):
-    """One thread per scrape; the threads are daemons so a stuck scrape never holds the director's exit."""
+    """One thread per scrape, bounded in number and time (see the module docstring).
+
+    The threads are daemons so a stuck scrape never holds the director's exit.
+    """
 
     daemon_threads = True
+    block_on_close = False
+    request_queue_size = 128  # socketserver's 5 would make a burst of connections wait for SYN retries
+
+    def __init__(self, *args, **kwargs) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[socket.socket, tuple[str, threading.Timer]] = {}  # oldest first
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request, client_address) -> None:
+        """Admit the connection (per-source cap, then the oldest gives way), arm its deadline, serve it."""
+        source = client_address[0]
+        with self._lock:
+            if sum(1 for peer, _ in self._open.values() if peer == source) >= MAX_SCRAPES_PER_SOURCE:
+                log.warning("metrics: %s already holds %d connections; closing a new one", source,
+                            MAX_SCRAPES_PER_SOURCE)
+                self.shutdown_request(request)
+                return
+            if len(self._open) >= MAX_SCRAPES:
+                oldest = next(iter(self._open))
+                log.warning("metrics: %d scrapes in progress; the oldest, from %s, gives way", MAX_SCRAPES,
+                            self._open[oldest][0])
+                self._release(oldest)
+                _cut(oldest)
+            timer = threading.Timer(SCRAPE_DEADLINE, _cut, (request,))
+            timer.daemon = True
+            self._open[request] = (source, timer)
+        request.settimeout(SCRAPE_DEADLINE)  # no single read waits past the deadline either
+        timer.start()
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        """Serve, then give the slot back and disarm the deadline."""
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._lock:
+                self._release(request)
+
+    def _release(self, request) -> None:
+        entry = self._open.pop(request, None)
+        if entry is not None:
+            entry[1].cancel()
+
+    def handle_error(self, request, client_address) -> None:
+        """A connection cut at its deadline or by a peer is one log line, not a traceback on stderr."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            log.warning("metrics: connection from %s: %s", client_address[0], exc)
+        else:
+            log.error("metrics: scrape from %s failed", client_address[0], exc_info=True)
+
+
+def _cut(request: socket.socket) -> None:
+    """End a connection's reads and writes now (its thread then finishes); idempotent."""
+    try:
+        request.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed by its thread: nothing left to cut
 
 
 class _QuietHandler(WSGIRequestHandler):
