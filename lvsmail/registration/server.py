@@ -38,8 +38,8 @@ are in progress, and when all are taken the *oldest request still being read*
 gives way (answered 503) to the new one, so a host holding slow connections
 loses them to members that send their request at once. A request being carried
 out is never cut. Nothing waits in the listen backlog: every connection is
-accepted and answered or served at once. Refusals at the door are logged once
-per source and reason every ``LOG_EVERY`` seconds, with a count of those not logged.
+accepted and answered or served at once. A refusal is logged once per source and
+reason every ``LOG_EVERY`` seconds, with a count of those not logged since.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ import errno
 import hmac
 import ipaddress
 import logging
+import re
 import ssl
 import time
 from dataclasses import dataclass
@@ -73,7 +74,7 @@ WRITE_TIMEOUT = 10.0
 MAX_CONNECTIONS = 32
 #: Requests in progress at once from one source address; more from it are answered 503 at once.
 MAX_PER_SOURCE = 4
-#: Seconds between two log lines for the same refusal at the door (source, reason).
+#: Seconds between two log lines for the same refusal (source, reason).
 LOG_EVERY = 10.0
 #: Nonces remembered at most; beyond this the API answers 503 until old ones expire.
 MAX_NONCES = 65536
@@ -115,30 +116,33 @@ class _Slot:
         self.deadline: asyncio.Timeout | None = None
 
 
-class _DoorLog:
-    """Logs a refusal at the door once per (source, reason) every ``every`` seconds, counting the rest.
+class _RefusalLog:
+    """Says whether to log a refusal: once per (source, reason) every ``every`` seconds, counting the rest.
 
-    A host that reconnects as fast as it can would otherwise write a journal line per connection.
+    A host that reconnects as fast as it can, or repeats one bad request, would otherwise write a
+    journal line per connection. Numbers in the reason (seconds waited, sizes) do not make it new.
     """
 
-    LIMIT = 4096  # sources remembered; beyond, the table starts again (a flood of sources is logged anew)
+    LIMIT = 4096  # keys remembered; beyond, the table starts again (a flood of sources is logged anew)
 
     def __init__(self, every: float = LOG_EVERY):
         self.every = every
         self._last: dict[tuple[str, str], tuple[float, int]] = {}
 
-    def refused(self, peer: str, status: int, reason: str, now: float) -> None:
-        """Log ``refused ... reason`` unless the same one was logged less than ``every`` seconds ago."""
-        key = (peer, reason)
+    def admit(self, peer: str, reason: str, now: float) -> str | None:
+        """None to stay quiet; else the suffix to log with (how many like it were not logged)."""
+        key = (peer, _DIGITS.sub("#", reason))
         last, quiet = self._last.get(key, (None, 0))
         if last is not None and now - last < self.every:
             self._last[key] = (last, quiet + 1)
-            return
+            return None
         if len(self._last) >= self.LIMIT:
             self._last.clear()
         self._last[key] = (now, 0)
-        more = f" ({quiet} more like it not logged)" if quiet else ""
-        log.warning("registration: refused connection from %s with %d: %s%s", peer, status, reason, more)
+        return f" ({quiet} more like it not logged)" if quiet else ""
+
+
+_DIGITS = re.compile(r"\d+(?:\.\d+)?")
 
 
 @dataclass(frozen=True)
@@ -176,7 +180,7 @@ class RegistrationAPI:
         self._lock = asyncio.Lock()  # one membership change at a time
         self._slots: dict[_Slot, None] = {}  # admitted connections, oldest first (insertion order)
         self._per_source: dict[str, int] = {}
-        self._door = _DoorLog()
+        self._quiet = _RefusalLog()
         self._context: ssl.SSLContext | None = None
         self._servers: list[asyncio.base_events.Server] = []
 
@@ -224,7 +228,9 @@ class RegistrationAPI:
         try:
             refusal = self._admit(peer)
             if refusal is not None:
-                self._door.refused(peer, *refusal, time.monotonic())
+                more = self._quiet.admit(peer, refusal[1], time.monotonic())
+                if more is not None:
+                    log.warning("registration: refused connection from %s with %d: %s%s", peer, *refusal, more)
                 if self._context is None:  # a TLS client could not read a plain answer: it is only closed
                     writer.write(encode_response(refusal[0], {"error": refusal[1]}))
                 clean = True
@@ -347,8 +353,10 @@ class RegistrationAPI:
             return 500, {"error": f"internal error: {type(exc).__name__}"}
 
     def _refuse(self, status: int, method: str, path: str, peer: str, reason: str) -> tuple[int, dict]:
-        # repr: a request line may carry control characters that must not reach the log as such
-        log.warning("registration: refused %r %r from %s: %s", method[:16], path[:80], peer, reason)
+        more = self._quiet.admit(peer, f"{method[:16]} {path[:80]} {reason}", time.monotonic())
+        if more is not None:
+            # repr: a request line may carry control characters that must not reach the log as such
+            log.warning("registration: refused %r %r from %s: %s%s", method[:16], path[:80], peer, reason, more)
         return status, {"error": reason}
 
     def _authenticate(self, request: Request) -> str:
