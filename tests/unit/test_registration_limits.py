@@ -420,3 +420,36 @@ def test_bounded_loads_refuses_before_parsing():
     with pytest.raises(ValueError):  # UTF-16 is not guessed: only UTF-8 is JSON between systems
         bounded_json.loads('["x"]'.encode("utf-16"), max_bytes=100)
     assert bounded_json.loads(b'{"a": [1, {"b": "\\u005b"}]}', max_bytes=100) == {"a": [1, {"b": "["}]}
+
+
+def test_a_tls_handshake_that_never_finishes_is_cut_at_the_request_deadline(tmp_path, caplog, monkeypatch):
+    """TLS starts after admission and inside the request's deadline: a peer that connects and never
+    sends its ClientHello holds its slot only until the deadline (asyncio's own default is 60 s)."""
+    trustme = pytest.importorskip("trustme")
+    monkeypatch.setattr(server, "REQUEST_DEADLINE", 0.5)
+    caplog.set_level(logging.WARNING)
+    ca = trustme.CA()
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "api.pem"))
+
+    async def go():
+        s = Served(tmp_path)
+        await s.api.start([("127.0.0.1", s.port)], server.server_context(str(tmp_path / "api.pem"),
+                                                                          str(tmp_path / "api.pem")))
+        try:
+            with LoopErrors() as errors:
+                reader, writer = await s.connect(MEMBER)
+                started = time.monotonic()
+                await asyncio.sleep(0.1)
+                assert len(s.api._slots) == 1
+                async with asyncio.timeout(5):
+                    while await reader.read(4096):
+                        pass
+                took = time.monotonic() - started
+                writer.close()
+                assert 0.3 < took < 1.5 and len(s.api._slots) == 0
+                assert any("request not received within 0.5 s" in r.getMessage() for r in caplog.records)
+                assert nothing_unhandled(errors, caplog)
+        finally:
+            await s.api.close()
+
+    asyncio.run(go())
