@@ -236,10 +236,10 @@ class _Frame:
 
 def _service(r: Reader, node: Node, path: str, vips: set[str] | None) -> ServiceSpec | None:
     """One virtual service with its real servers, fallback and check."""
+    before = len(r.problems)  # before the mapping: a missing name is found there and must stop the service
     e = r.mapping(node, path, SERVICE_KEYS, required=("name",))
     if e is None:
         return None
-    before = len(r.problems)
     name = _name(r, e["name"], join(path, "name")) if "name" in e else None
     family, vip, protocol, port, fwmark = _service_identity(r, node, e, path, vips)
 

@@ -23,10 +23,10 @@ _URL = re.compile(r"(https?)://(\[[^\]]+\]:\d+|[^:/\[\]]+:\d+|\[[^\]]+\]|[^:/\[\
 def read_registration(r: Reader, node: Node) -> RegistrationSpec | None:
     """Validate the section; every problem is recorded with its line, None when any was found."""
     path = "registration"
+    before = len(r.problems)  # before the mapping: a missing token_file is found there and must stop the section
     e = r.mapping(node, path, KEYS, required=("token_file",))
     if e is None:
         return None
-    before = len(r.problems)
     values: dict = {}
     if "token_file" in e:
         values["token_file"] = _absolute(r, e["token_file"], join(path, "token_file"))

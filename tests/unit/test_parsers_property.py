@@ -311,7 +311,7 @@ def test_damaged_state_file_is_state_file_error(text, reason):
         persist.parse_state(text, "s.json")
 
 
-# -- regressions: crashes the fuzzer found ------------------------------------------------------
+# -- regressions: crashes the fuzzer found (test_fuzz_crash_*) and ones found reading the decoders --
 
 def test_fuzz_crash_failover_instance_with_unknown_key_instead_of_name():
     """cluster target: an instance whose ``name`` key was misspelt ended in a TypeError building the spec."""
@@ -322,8 +322,9 @@ def test_fuzz_crash_failover_instance_with_unknown_key_instead_of_name():
         parse_cluster(broken, "pair-a.yaml")
 
 
-def test_fuzz_crash_netlink_error_code_outside_errno_range():
-    """rtnetlink and IPVS: an NLMSG_ERROR of -(-2**31) made os.strerror raise OverflowError."""
+def test_netlink_error_code_outside_errno_range_is_refused():
+    """rtnetlink and IPVS (found reading the decoders for the targets): an NLMSG_ERROR of -(-2**31) made
+    os.strerror raise OverflowError."""
     msg = parser_targets._rtnl_message(2, struct.pack("=i", -2**31) + b"\0" * 16, 4)
     with pytest.raises(NetError, match="not a negated errno"):
         iproute.parse_ack(msg, 4, "addr add")
@@ -331,10 +332,27 @@ def test_fuzz_crash_netlink_error_code_outside_errno_range():
         wire.error_code(msg, 16, len(msg))
 
 
-def test_fuzz_crash_ipvs_attribute_overrunning_its_message():
-    """ipvs: an attribute longer than its message was read past the end (struct.error or the next message)."""
+def test_ipvs_attribute_overrunning_its_message_is_refused():
+    """ipvs (found reading the decoder): an attribute longer than its message was read past the end."""
     msg = bytearray(wire.message(0x22, wire.CMD_NEW_SERVICE, wire.service_attr(ServiceKey(2, 6, "192.0.2.33", 25),
                                                                                   ServiceSettings()), 1))
     struct.pack_into("=H", msg, 20, 0xFFF0)  # the SERVICE nest's length
     with pytest.raises(wire.WireError, match="runs past its message"):
         wire.decode_service(bytes(msg), 16, len(msg), False)
+
+
+def test_fuzz_crash_service_with_unknown_key_instead_of_name():
+    """cluster target: a second service whose ``name`` key was damaged ended in KeyError('name')
+    while checking for duplicate names (the service had been built without a name)."""
+    text = (EXAMPLES / "clustermail.yaml").read_text()
+    broken = text.replace("  - name: http", "  - n\ufffdme: http", 1)
+    assert broken != text
+    with pytest.raises(ConfigError, match=r"services\[1\]: missing required key 'name'"):
+        parse_cluster(broken, "clustermail.yaml")
+
+
+def test_registration_section_without_token_file_is_config_error():
+    """Same pattern as the crash above, found by reading: the section was built without token_file."""
+    text = (EXAMPLES / "clustermail.yaml").read_text() + "\nregistration:\n  max_skew: 60\n"
+    with pytest.raises(ConfigError, match=r"registration: missing required key 'token_file'"):
+        parse_cluster(text, "clustermail.yaml")
