@@ -167,8 +167,14 @@ class Timer:
         self.cancelled = False
 
     def cancel(self) -> None:
-        """Do not run (a cancelled timer stays in the heap until it comes up, then is skipped)."""
+        """Do not run (a cancelled timer stays in the heap until it comes up, then is skipped).
+
+        The callback is dropped at once: a deadline's callback holds its job, and with it the finished
+        check's coroutine, reason and dialogue. A check that fails fast (a hostile peer's flood cut at a
+        limit) would otherwise keep all of it alive until its timeout came round.
+        """
         self.cancelled = True
+        self.callback = None
 
 
 class Driver:
@@ -318,11 +324,12 @@ class Driver:
         while timers and timers[0][0] <= now:
             timer = heapq.heappop(timers)[2]
             if not timer.cancelled:
-                timer.cancelled = True  # ran: a later cancel() is harmless
+                callback = timer.callback
+                timer.cancelled, timer.callback = True, None  # ran: a later cancel() is harmless
                 try:
-                    timer.callback()
+                    callback()
                 except Exception:  # one bad callback must not stop the schedule: the others are due too
-                    log.exception("check driver: timer callback %r failed", timer.callback)
+                    log.exception("check driver: timer callback %r failed", callback)
 
 
 _drivers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Driver]" = weakref.WeakKeyDictionary()

@@ -124,6 +124,7 @@ class HostilePeer:
             except OSError:
                 return
             thread = threading.Thread(target=self._serve, args=(sock,), daemon=True)
+            self.threads = [t for t in self.threads if t.is_alive()]  # a long bench keeps no dead threads
             self.threads.append(thread)
             thread.start()
 
@@ -306,4 +307,6 @@ CASES: list[Case] = [
          "bad Content-Length waiting for body of the response to GET /: '-5'", {"receive": "needle"}),
     Case("https-silent-tls", "https", silent_tls, "timeout after 2.0 s waiting for TLS handshake"),
     Case("https-tls-garbage", "https", tls_garbage, "TLS handshake failed"),
+    Case("https-endless-server-hello", "https", endless(b"\x16\x03\x03\x40\x00\x02\xff\xff\xff", BLOCK),
+         "TLS handshake failed"),
 ]

@@ -30,8 +30,8 @@ TIMEOUT = 2.0
 #: Slack on the deadline: the loop notices the timer, the reason is written (the lab's CPU emulation not included).
 MARGIN = 0.5
 #: Most Python memory one hostile check may allocate at its peak: the receive buffer (HIGH_WATER plus one read),
-#: the body or reply limits, and slack for the interpreter. The peers send up to 10 MB.
-PEAK_BOUND = 8 * (HIGH_WATER + RECV_SIZE)
+#: the body or reply limits, and slack for the loop and interpreter (measured: 25-280 KB). Peers send up to 10 MB.
+PEAK_BOUND = 4 * (HIGH_WATER + RECV_SIZE)
 
 
 def check(case_fields: dict, port: int):
@@ -115,3 +115,45 @@ def test_smtp_greeting_just_under_the_reply_byte_limit_passes():
     with HostilePeer(after_lines(0, say(b"250 mx\r\n", b"221 bye\r\n"), greeting * 100 + b"220 ready\r\n")) as peer:
         result, _ = check({"type": "smtp", "timeout": TIMEOUT}, peer.port)
     assert result.ok, result.reason
+
+
+def test_external_killed_by_a_real_time_signal_regression(tmp_path):
+    """signal.Signals(40) raises ValueError: a command killed by a real-time signal was a checker error."""
+    script = tmp_path / "die"
+    script.write_text("#!/bin/sh\nkill -40 $$\n")
+    script.chmod(0o755)
+    result, _ = check({"type": "external", "command": str(script), "timeout": TIMEOUT}, 1)
+    assert not result.ok
+    assert result.reason.endswith(f"{script} killed by signal 40"), result.reason
+
+
+def test_rounds_of_abuse_on_one_loop_leave_no_python_memory_behind():
+    """The engine runs every check on one loop for days: after a warm-up, ten rounds of every flood
+    (all at once) must leave the traced Python memory where it was (RSS figures: bench/abuse_rss.py)."""
+    fast = [case for case in CASES if "timeout" not in case.expect]
+
+    async def rounds(ports, n):
+        for _ in range(n):
+            results = await asyncio.gather(*(run_check(CheckSpec(**case.spec_fields(TIMEOUT)), LOOPBACK, port)
+                                             for case, port in zip(fast, ports)))
+            assert not any(r.ok for r in results)
+
+    async def go(ports):
+        await rounds(ports, 2)  # warm-up: caches (hostport, TLS contexts), interned strings
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        await rounds(ports, 10)
+        gc.collect()
+        return before, tracemalloc.get_traced_memory()[0]
+
+    peers = [HostilePeer(case.behave) for case in fast]
+    for peer in peers:
+        peer.__enter__()
+    tracemalloc.start()
+    try:
+        before, after = asyncio.run(go([peer.port for peer in peers]))
+    finally:
+        tracemalloc.stop()
+        for peer in peers:
+            peer.__exit__(None, None, None)
+    assert after - before < 64 * 1024, f"{len(fast) * 10} checks left {after - before} bytes behind"

@@ -54,6 +54,14 @@ def _last_line(output: bytes) -> str:
     return clip(lines[-1]) if lines else ""
 
 
+def _signal_name(number: int) -> str:
+    """``SIGKILL``; ``signal 40`` for a number the signal module has no name for (most real-time signals)."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 async def check(dlg: Dialogue, spec: CheckSpec, virtual: tuple[str, int | None] | None) -> None:
     """Run the command under the caller's timeout; returns on exit 0, raises CheckFailed otherwise."""
     argv = arguments(spec, dlg.address, dlg.port, virtual)
@@ -83,7 +91,7 @@ async def check(dlg: Dialogue, spec: CheckSpec, virtual: tuple[str, int | None] 
         dlg.decided = True
         return
     if status < 0:
-        why = f"{program} killed by {signal.Signals(-status).name}"
+        why = f"{program} killed by {_signal_name(-status)}"
     else:
         why = f"{program} exited with status {status}"
     raise CheckFailed(why + (f": {last}" if last else ""))

@@ -1,6 +1,6 @@
 """HTTP and HTTPS checks: one HTTP/1.1 request, status and body checked (RFC 9110, RFC 9112).
 
-A minimal client on asyncio streams, enough for a health page: ``method``
+A minimal client over the check's Dialogue, enough for a health page: ``method``
 ``path`` with ``Host`` (the check's ``host`` — ldirectord's ``virtualhost`` —
 else the real server's address), ``Connection: close``; interim 1xx responses
 are skipped; the status must equal ``status``; when ``receive`` is set the
