@@ -23,12 +23,12 @@ from lvsmail.net.realserver import TUNNEL, RealServerNetSpec, Step, host_cidr, p
 from lvsmail.realserver import mailstack, persist
 from lvsmail.realserver.changes import (
     Change, ChangeError, JoinContext, JoinError, NetChange, Register, StorageMarker, Symlink, WriteFile,
-    apply_changes, change_from_dict, service_of, undo_changes,
+    apply_changes, service_of, undo_changes,
 )
 from lvsmail.realserver.storage import MARKER, check_storage
 from lvsmail.spec import ClusterSpec, RealServerDefaultsSpec
 
-STATE_VERSION = 1
+STATE_VERSION = persist.STATE_VERSION
 
 #: Asks the LAN who has an IPv4 address: (interface, sender address, target address) -> answering MACs.
 ArpProber = Callable[[str, str, str], list[str]]
@@ -357,19 +357,17 @@ def pending_changes(plan: Plan, ctx: JoinContext) -> list[Change]:
 # -- state file -----------------------------------------------------------------------
 
 def read_state(path: str) -> dict | None:
-    """The recorded join, or None when this host has not joined."""
+    """The recorded join, or None when this host has not joined; a damaged file is a JoinError, nothing changed."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
-    try:
-        data = json.loads(text)
-        if data.get("version") != STATE_VERSION:
-            raise ValueError(f"version {data.get('version')!r}, expected {STATE_VERSION}")
-        data["undo"] = [change_from_dict(d) for d in data["undo"]]
-    except (ValueError, KeyError, TypeError) as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise JoinError(f"state file {path} is unreadable ({exc}); nothing was changed") from None
-    return data
+    try:
+        return persist.parse_state(text, path)
+    except persist.StateFileError as exc:
+        raise JoinError(f"{exc}; nothing was changed") from None
 
 
 def write_state(path: str, data: dict) -> None:

@@ -560,3 +560,23 @@ def test_join_command_writes_the_running_installation_into_the_dropin(tmp_path, 
     assert captured["argv"][:3] == [os.path.abspath(sys.executable), "-m", "lvsmail"]
     assert captured["argv"][3:7] == ["realserver", "join", "-c", str(path)]
     assert closed == [True]
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[]", "must hold a JSON object"),
+    ("[" * 100000, "nested too deeply"),
+    ('{"version": 1, "undo": [{"op": "net", "step": []}]}', "undo[0]: step [] does not fit 'net'"),
+    ("not json", "is not JSON"),
+])
+def test_damaged_state_file_is_a_join_error_that_names_the_problem(tmp_path, text, words):
+    # Found by fuzzing the state file's reader: leave read it with json.loads and crashed
+    # (AttributeError, RecursionError) or said only JoinError('op').
+    path = tmp_path / "realserver.json"
+    path.write_text(text)
+    with pytest.raises(J.JoinError) as info:
+        J.read_state(str(path))
+    assert words in str(info.value) and str(path) in str(info.value) and "nothing was changed" in str(info.value)
+
+
+def test_missing_state_file_means_not_joined(tmp_path):
+    assert J.read_state(str(tmp_path / "realserver.json")) is None
