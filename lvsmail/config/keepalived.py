@@ -68,8 +68,12 @@ def import_keepalived(path_or_text: str | Path, *, name: str | None = None) -> I
         text = _read(path, source, None)
     lines = Lines()
     notes = Notes(lines)
-    items = _Parser(lines, notes).parse(text, source, base)
-    tree = _Importer(notes).cluster(name or _cluster_name(stem), items)
+    try:
+        items = _Parser(lines, notes).parse(text, source, base)
+        tree = _Importer(notes).cluster(name or _cluster_name(stem), items)
+    except RecursionError:
+        # Blocks are parsed by recursion; a real keepalived.conf nests a few levels.
+        raise ConfigError([Problem(source, None, "", "blocks nested too deeply to be a keepalived.conf")]) from None
     if notes.problems:
         raise ConfigError(list(dict.fromkeys(notes.problems)))
     try:

@@ -73,6 +73,14 @@ def from_yaml(text: str, source: str) -> tuple[Node | None, list[Problem]]:
     """
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is None:
+            return None, []
+        problems: list[Problem] = []
+        return _convert(root, source, "", problems, yaml.constructor.SafeConstructor()), problems
+    except RecursionError:
+        # PyYAML composes (and _convert walks) nesting by recursion: a file nested deeper than
+        # Python's stack is hostile or broken, never a cluster file (which nests a few levels).
+        raise ConfigError([Problem(source, None, "", "nested too deeply to be a cluster file")]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -80,10 +88,6 @@ def from_yaml(text: str, source: str) -> tuple[Node | None, list[Problem]]:
         raise ConfigError([Problem(source, line, "", f"YAML syntax error: {detail}")]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([Problem(source, None, "", f"YAML syntax error: {exc}")]) from None
-    if root is None:
-        return None, []
-    problems: list[Problem] = []
-    return _convert(root, source, "", problems, yaml.constructor.SafeConstructor()), problems
 
 
 def _convert(ynode: yaml.Node, source: str, path: str, problems: list[Problem],

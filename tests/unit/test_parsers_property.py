@@ -356,3 +356,17 @@ def test_registration_section_without_token_file_is_config_error():
     text = (EXAMPLES / "clustermail.yaml").read_text() + "\nregistration:\n  max_skew: 60\n"
     with pytest.raises(ConfigError, match=r"registration: missing required key 'token_file'"):
         parse_cluster(text, "clustermail.yaml")
+
+
+@pytest.mark.parametrize("text", ["[" * 5000, "services: " + "[" * 5000, "cluster: " + "{a: " * 3000])
+def test_cluster_file_nested_deeper_than_the_stack_is_a_config_error(text):
+    # Found while writing the listeners page: PyYAML composes nesting by recursion (RecursionError).
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        parse_cluster(text, "deep.yaml")
+
+
+def test_keepalived_conf_with_blocks_nested_deeper_than_the_stack_is_a_config_error():
+    from lvsmail.config.keepalived import import_keepalived
+
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        import_keepalived("virtual_server 192.0.2.33 25 {\n" + "x {\n" * 5000 + "}\n" * 5001)
