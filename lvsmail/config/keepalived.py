@@ -62,6 +62,10 @@ def import_keepalived(path_or_text: str | Path, *, name: str | None = None) -> I
     if isinstance(path_or_text, str) and ("\n" in path_or_text or "{" in path_or_text):
         source, stem, base = "<string>", "keepalived", Path.cwd()
         text = path_or_text
+    elif "\0" in str(path_or_text):
+        # Not a file name (the kernel cannot open one with a NUL byte; Path raises a bare ValueError).
+        raise ConfigError([Problem(repr(str(path_or_text)[:80]), None, "",
+                                   "cannot read keepalived.conf: the file name contains a NUL byte")])
     else:
         path = Path(path_or_text)
         source, stem, base = str(path_or_text), path.stem, path.parent
@@ -148,6 +152,9 @@ class _Parser:
         pattern = args[0]
         if "{" in pattern:
             self.notes.error(line, word, f"{pattern!r}: brace expressions are not supported; list the files")
+            return
+        if "\0" in pattern:  # glob would match nothing and only warn; no file name holds a NUL byte
+            self.notes.error(line, word, f"{pattern!r}: a file name cannot contain a NUL byte")
             return
         full = pattern if os.path.isabs(pattern) else str(base / pattern)
         matches = sorted(glob.glob(full))

@@ -52,6 +52,10 @@ def _read(path_or_text: str | Path) -> tuple[str, str, str]:
     """(text, source label, file stem); multi-line strings are the file's text."""
     if isinstance(path_or_text, str) and ("\n" in path_or_text or "=" in path_or_text):
         return path_or_text, "<string>", "ldirectord"
+    if "\0" in str(path_or_text):
+        # Not a file name (the kernel cannot open one with a NUL byte; Path raises a bare ValueError).
+        raise ConfigError([Problem(repr(str(path_or_text)[:80]), None, "",
+                                   "cannot read ldirectord.cf: the file name contains a NUL byte")])
     path = Path(path_or_text)
     try:
         return path.read_text(encoding="utf-8"), str(path_or_text), path.stem

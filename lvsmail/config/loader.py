@@ -62,6 +62,9 @@ _FAMILY_NAME = {"inet": "IPv4", "inet6": "IPv6"}
 def load_cluster(path: str | Path) -> ClusterSpec:
     """Read and validate a cluster file; raises ConfigError listing every problem."""
     source = str(path)
+    if "\0" in source:  # Path raises a bare ValueError for it; no file name holds a NUL byte
+        raise ConfigError([Problem(repr(source[:80]), None, "",
+                                   "cannot read the cluster file: the file name contains a NUL byte")])
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -155,6 +158,9 @@ def _absolute_path(r: Reader, node: Node, path: str) -> str | None:
     text = r.string(node, path)
     if text is not None and not text.startswith("/"):
         r.error(node, path, f"{text!r} is not an absolute path")
+        return None
+    if text is not None and "\0" in text:  # YAML's "\0" escape makes one; no file name holds it
+        r.error(node, path, f"{text!r}: a path cannot contain a NUL byte")
         return None
     return text
 

@@ -211,9 +211,20 @@ def _cluster(data: bytes) -> None:
     assert parse_cluster(dump_cluster(spec), "fuzz.yaml") == spec, spec
 
 
+def _as_path_if_safe(text: str) -> bool:
+    """Whether to pass ``text`` itself too: only a would-be path with a NUL byte, which no file system opens."""
+    return "\0" in text and "\n" not in text
+
+
 def _ldirectord(data: bytes) -> None:
-    """Import an ldirectord.cf (text always holds a newline, so it is never taken for a path)."""
-    import_ldirectord(_text(data) + "\n")
+    """Import an ldirectord.cf (text with a newline added, so it is never taken for a path that exists)."""
+    text = _text(data)
+    if _as_path_if_safe(text):
+        try:
+            import_ldirectord(text)
+        except ConfigError:
+            pass
+    import_ldirectord(text + "\n")
 
 
 _EMPTY_DIR = tempfile.mkdtemp(prefix="lvsmail-fuzz-")
@@ -223,8 +234,14 @@ def _keepalived(data: bytes) -> None:
     """Import a keepalived.conf; relative includes resolve in an empty directory."""
     here = os.getcwd()
     os.chdir(_EMPTY_DIR)
+    text = _text(data)
     try:
-        import_keepalived(_text(data) + "\n")
+        if _as_path_if_safe(text):
+            try:
+                import_keepalived(text)
+            except ConfigError:
+                pass
+        import_keepalived(text + "\n")
     finally:
         os.chdir(here)
 

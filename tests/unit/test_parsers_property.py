@@ -370,3 +370,34 @@ def test_keepalived_conf_with_blocks_nested_deeper_than_the_stack_is_a_config_er
 
     with pytest.raises(ConfigError, match="nested too deeply"):
         import_keepalived("virtual_server 192.0.2.33 25 {\n" + "x {\n" * 5000 + "}\n" * 5001)
+
+
+@pytest.mark.parametrize("importer,what", [("ldirectord", "ldirectord.cf"), ("keepalived", "keepalived.conf")])
+def test_fuzz_crash_import_argument_with_nul_byte(importer, what):
+    """ldirectord (found by the hostile-input review, reproduced by the targets since): an argument with a NUL
+    byte and no newline is taken for a file name, and Path raised a bare ValueError('embedded null byte')."""
+    data = b"virtual\x00192.0.2.33:25"
+    parser_targets.run_guarded(importer, data)  # the target passes such text as a path too: a crash before
+    from lvsmail.config.keepalived import import_keepalived
+    from lvsmail.config.ldirectord import import_ldirectord
+
+    run = import_ldirectord if importer == "ldirectord" else import_keepalived
+    with pytest.raises(ConfigError, match=f"cannot read {what}: the file name contains a NUL byte"):
+        run(data.decode())
+
+
+def test_keepalived_include_of_a_name_with_nul_byte_is_a_config_error():
+    from lvsmail.config.keepalived import import_keepalived
+
+    with pytest.raises(ConfigError, match=r"<string>:1: include: .*a file name cannot contain a NUL byte"):
+        import_keepalived("include /etc/keepalived/a\0b.conf\n")
+
+
+def test_cluster_file_name_or_path_with_nul_byte_is_a_config_error():
+    from lvsmail.config.loader import load_cluster
+
+    with pytest.raises(ConfigError, match="the file name contains a NUL byte"):
+        load_cluster("/etc/lvsmail/a\0b.yaml")
+    text = (EXAMPLES / "clustermail.yaml").read_text() + '\nmaintenance_dir: "/var/lib/\\0x"\n'
+    with pytest.raises(ConfigError, match=r"maintenance_dir: .*a path cannot contain a NUL byte"):
+        parse_cluster(text, "clustermail.yaml")
