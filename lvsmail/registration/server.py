@@ -32,7 +32,8 @@ it can repeat no more than what the member asked of both directors anyway.
 
 No host can deny the API to the others. Connections are admitted in this order,
 each step costing nothing shared until it passes: the source address must be in
-``allowed_networks``; one source may have ``MAX_PER_SOURCE`` requests in progress
+``allowed_networks``; one source (an IPv4 address, or an IPv6 /64: see ``source_of``) may
+have ``MAX_PER_SOURCE`` requests in progress
 (more are answered 503 at once, and the client retries); at most ``MAX_CONNECTIONS``
 are in progress, and when all are taken the *oldest request still being read*
 gives way (answered 503) to the new one, so a host holding slow connections
@@ -72,8 +73,12 @@ REQUEST_DEADLINE = 10.0
 WRITE_TIMEOUT = 10.0
 #: Requests in progress at once; when all are taken the oldest one still being read gives way.
 MAX_CONNECTIONS = 32
-#: Requests in progress at once from one source address; more from it are answered 503 at once.
+#: Requests in progress at once from one source (``source_of``); more from it are answered 503 at once.
 MAX_PER_SOURCE = 4
+#: IPv6 sources are counted per prefix of this length: a host is routinely given a whole /64 (RFC 4291
+#: section 2.5.4, SLAAC and temporary addresses per RFC 8981), so counted per address it could take
+#: every slot with as many addresses.
+SOURCE_PREFIX_V6 = 64
 #: Seconds between two log lines for the same refusal (source, reason).
 LOG_EVERY = 10.0
 #: Nonces remembered at most; beyond this the API answers 503 until old ones expire.
@@ -106,10 +111,11 @@ class NonceCache:
 class _Slot:
     """One admitted connection: whom it is from, since when, and whether its request is still being read."""
 
-    __slots__ = ("peer", "started", "reading", "evicted", "deadline")
+    __slots__ = ("peer", "source", "started", "reading", "evicted", "deadline")
 
     def __init__(self, peer: str, started: float):
         self.peer = peer
+        self.source = source_of(peer)
         self.started = started
         self.reading = True
         self.evicted = False
@@ -130,8 +136,11 @@ class _RefusalLog:
         self._last: dict[tuple[str, str], tuple[float, int]] = {}
 
     def admit(self, peer: str, reason: str, now: float) -> str | None:
-        """None to stay quiet; else the suffix to log with (how many like it were not logged)."""
-        key = (peer, _DIGITS.sub("#", reason))
+        """None to stay quiet; else the suffix to log with (how many like it were not logged).
+
+        The addresses of one IPv6 /64 are one source here too, so a host cannot write a line per address.
+        """
+        key = (source_of(peer), _DIGITS.sub("#", reason.replace(peer, "-")))
         last, quiet = self._last.get(key, (None, 0))
         if last is not None and now - last < self.every:
             self._last[key] = (last, quiet + 1)
@@ -264,8 +273,10 @@ class RegistrationAPI:
             return 503, "registration is not configured on this director"
         if not in_networks(peer, reg.allowed_networks):
             return 403, f"{peer} is outside the allowed networks ({', '.join(reg.allowed_networks)})"
-        if self._per_source.get(peer, 0) >= MAX_PER_SOURCE:
-            return 503, f"{MAX_PER_SOURCE} requests from {peer} already in progress"
+        source = source_of(peer)
+        if self._per_source.get(source, 0) >= MAX_PER_SOURCE:
+            shown = peer if source == peer else f"{source} ({peer})"
+            return 503, f"{MAX_PER_SOURCE} requests from {shown} already in progress"
         if len(self._slots) >= MAX_CONNECTIONS:
             victim = next((s for s in self._slots if s.reading), None)
             if victim is None:
@@ -276,17 +287,17 @@ class RegistrationAPI:
     def _take_slot(self, peer: str) -> _Slot:
         slot = _Slot(peer, time.monotonic())
         self._slots[slot] = None
-        self._per_source[peer] = self._per_source.get(peer, 0) + 1
+        self._per_source[slot.source] = self._per_source.get(slot.source, 0) + 1
         return slot
 
     def _release(self, slot: _Slot) -> None:
         """Give the slot back (once: an evicted connection gave it back when it was evicted)."""
         if self._slots.pop(slot, 0) is None:
-            left = self._per_source[slot.peer] - 1
+            left = self._per_source[slot.source] - 1
             if left:
-                self._per_source[slot.peer] = left
+                self._per_source[slot.source] = left
             else:
-                del self._per_source[slot.peer]
+                del self._per_source[slot.source]
 
     def _evict(self, slot: _Slot) -> None:
         """The oldest connection still being read gives way: its deadline is now (it answers 503)."""
@@ -488,6 +499,17 @@ def _peer_address(peername) -> str:
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
     return addr.compressed
+
+
+def source_of(peer: str) -> str:
+    """What a per-source limit counts ``peer`` as: an IPv4 address itself, an IPv6 address its /64."""
+    try:
+        addr = ipaddress.ip_address(peer)
+    except ValueError:  # "?" when the socket had no peer name: counted as itself
+        return peer
+    if addr.version == 4:
+        return peer
+    return ipaddress.IPv6Network((addr, SOURCE_PREFIX_V6), strict=False).compressed
 
 
 def server_context(cert: str, key: str) -> ssl.SSLContext:
