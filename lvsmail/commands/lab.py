@@ -56,6 +56,18 @@ state_dir_option = click.option("--state-dir", type=click.Path(file_okay=False),
 prefix_option = click.option("--prefix", default=None, help="Which lab cluster, when several are up.")
 
 
+def _stack_names() -> list[str]:
+    """The registered director stacks (their modules are not imported for this)."""
+    from lvsmail.lab import stacks
+
+    return list(stacks.names())
+
+
+stack_option = click.option("--stack", default="lvsmail", show_default=True, type=click.Choice(_stack_names()),
+                            help="Director layer: lvsmail's own, or an anchor it is compared with "
+                                 "(seed: heartbeat + ldirectord; keepalived).")
+
+
 def _cluster_up_main(argv: list[str]) -> int:
     """Run ``lvsmail.lab.cluster_up`` with these arguments, here."""
     from lvsmail.lab.cluster_up import main as up_main
@@ -81,9 +93,10 @@ def _in_lab() -> bool:
                    "Without IPVS here the cluster lives in a lab VM for one command only: default "
                    "`lvsmail lab status`.")
 @state_dir_option
-def up(mode: str, realservers: int, then_cmd: str | None, state_dir: str | None) -> None:
+@stack_option
+def up(mode: str, realservers: int, then_cmd: str | None, state_dir: str | None, stack: str) -> None:
     """Build the seed deployment: a VRRP director pair with sync, N real servers with Postfix and Dovecot."""
-    argv = ["up", "--mode", mode, "--realservers", str(realservers)]
+    argv = ["up", "--mode", mode, "--stack", stack, "--realservers", str(realservers)]
     if state_dir:
         argv += ["--state-dir", state_dir]
     if _in_lab():
@@ -130,11 +143,16 @@ def status(prefix: str | None, state_dir: str | None) -> None:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Where the JSON report and the plot go (default: $LVSMAIL_LAB_OUT or lab-out/).")
 @click.option("--kinds", default=None, help="Only these fault kinds (comma-separated), e.g. director_kill,rs_hang.")
-def chaos(duration: float, seed: int, mode: str, realservers: int, out_dir: str | None, kinds: str | None) -> None:
-    """Seeded faults while MTA-like clients send and read mail; asserts no accepted message is lost."""
+@stack_option
+def chaos(duration: float, seed: int, mode: str, realservers: int, out_dir: str | None, kinds: str | None,
+          stack: str) -> None:
+    """Seeded faults while MTA-like clients send and read mail; asserts no accepted message is lost.
+
+    Faults that have no meaning for the stack are reported as n/a with the reason."""
     from lvsmail.lab.chaos.run import main as chaos_main
 
-    argv = ["--duration", str(duration), "--seed", str(seed), "--mode", mode, "--realservers", str(realservers)]
+    argv = ["--duration", str(duration), "--seed", str(seed), "--mode", mode, "--stack", stack,
+            "--realservers", str(realservers)]
     if out_dir:
         argv += ["--out", out_dir]
     if kinds:

@@ -3,7 +3,8 @@
 What :func:`up` builds (TUN by default, DR or NAT on request):
 
 * the lab topology with **two directors** side by side (``Topology(directors=2)``),
-  each running ``lvsmail director start`` with the same services, a VRRPv3
+  each running a director layer (``--stack``, see ``lvsmail.lab.stacks``; by default
+  ``lvsmail director start``) with the same services, a VRRPv3
   instance that places the VIP (priority 150 on director 1, 100 on director 2,
   preemption on: failback), and IPVS connection sync whose role follows VRRP;
   with NAT a second instance on the inside link moves the real servers' default
@@ -108,7 +109,14 @@ class MailCluster:
     """The whole lab cluster: topology, director pair, real servers with their mail stacks."""
 
     def __init__(self, mode: str = "tun", reals: int = 4, spare: int = 0, prefix: str | None = None,
-                 state_dir: Path = STATE_DIR) -> None:
+                 state_dir: Path = STATE_DIR, stack: str = "lvsmail") -> None:
+        from lvsmail.lab import stacks
+
+        try:
+            #: The director layer: lvsmail's own, or an anchor it is compared with (``--stack``).
+            self.stack = stacks.get(stack)
+        except ValueError as exc:
+            raise LabUpError(str(exc)) from None
         if mode not in MODES:
             raise LabUpError(f"--mode must be one of {', '.join(MODES)}")
         if not 1 <= reals <= 20:
@@ -233,10 +241,17 @@ class MailCluster:
         return "\n".join(lines) + "\n"
 
     def write_configs(self) -> None:
-        """Write the real servers' file and each director's file."""
+        """Write the real servers' file and each director's own files (in its stack's format)."""
         self.cluster_file.write_text(self.cluster_text(None))
         for d in self.directors:
-            d.config.write_text(self.cluster_text(d.number))
+            d.workdir.mkdir(parents=True, exist_ok=True)
+        self.stack.write_configs(self)
+
+    def reload(self) -> None:
+        """Rewrite the files from the cluster's state (``weights``) and reload the directors their stack's way."""
+        self.cluster_file.write_text(self.cluster_text(None))
+        self.stack.reload(self)
+        self.save()
 
     # -- processes ---------------------------------------------------------------------------------
 
@@ -249,11 +264,17 @@ class MailCluster:
         return proc
 
     def start_director(self, d: DirectorProc) -> None:
-        """``lvsmail director start`` in its namespace."""
+        """Start director ``d``'s layer (its stack's daemons) in its namespace."""
         d.workdir.mkdir(parents=True, exist_ok=True)
-        argv = lvsmail_argv("director", "start", "-c", str(d.config), "--repair-interval", "1",
-                            "--state-dir", str(d.state_dir))
-        d.pid = self.popen(f"director{d.number}", d.ns, argv, d.log).pid
+        self.stack.start(self, d)
+
+    def kill_director(self, d: DirectorProc) -> None:
+        """Crash director ``d`` as its stack would crash: every daemon SIGKILLed, VIP and IPVS table left."""
+        self.stack.kill(self, d)
+
+    def director_alive(self, d: DirectorProc) -> bool:
+        """Whether director ``d``'s layer runs."""
+        return self.stack.alive(self, d)
 
     def start_mail(self, role: str) -> None:
         """Postfix, Dovecot and the health page server of one real server."""
@@ -403,7 +424,7 @@ class MailCluster:
         said = [time.monotonic()]
 
         def complete(d: DirectorProc):
-            if d.pid is not None and not mailstack._alive(d.pid):
+            if not self.director_alive(d):
                 raise LabUpError(f"director {d.number} exited; its log ({d.log}):\n{mailstack._tail(d.log)}")
             table = self.table(d)
             if time.monotonic() - said[0] > 60:  # under emulation this can take minutes: say where it stands
@@ -455,7 +476,8 @@ class MailCluster:
     def to_state(self) -> dict:
         """What ``down`` and ``status`` need from another process."""
         return {
-            "version": 1, "prefix": self.topo.prefix, "mode": self.mode, "reals": self.nreals, "spare": self.nspare,
+            "version": 1, "prefix": self.topo.prefix, "stack": self.stack.name, "mode": self.mode,
+            "reals": self.nreals, "spare": self.nspare,
             "work": str(self.work), "created": self.created, "vip": self.topo.vip,
             "namespaces": [n.ns for n in self.topo.nodes if n.ns in self.topo._created],
             "pids": {name: {"pid": pid, "cmdline": _cmdline(pid)} for name, pid in self.pids.items()},
@@ -480,8 +502,9 @@ class MailCluster:
             state = json.loads(Path(state_path).read_text())
         except (OSError, ValueError) as exc:
             raise LabUpError(f"cannot read the lab state {state_path}: {exc}") from None
+        # Files written before the stacks existed are lvsmail's.
         self = cls(state["mode"], state["reals"], state.get("spare", 0), prefix=state["prefix"],
-                   state_dir=Path(state["work"]).parent)
+                   state_dir=Path(state["work"]).parent, stack=state.get("stack", "lvsmail"))
         self.created = state.get("created", 0.0)
         self.topo._created = [ns for ns in state.get("namespaces", []) if ns in netns.list_netns()]
         self.weights = dict(state.get("weights", {}))
@@ -514,7 +537,10 @@ class MailCluster:
         """Stop every process, remove every namespace and the directory; returns what could not be removed."""
         problems = []
         for d in self.directors:
-            self.stop_process(f"director{d.number}")
+            try:
+                self.stack.stop(self, d)
+            except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+                problems.append(f"director{d.number} ({self.stack.name}) could not be stopped: {exc}")
         for rs in self.topo.reals:
             if not self.rs_dir(rs.role).exists():
                 continue
@@ -596,11 +622,12 @@ def one_state(state_dir: Path = STATE_DIR, prefix: str | None = None) -> Path:
 
 def status_lines(cluster: MailCluster) -> list[str]:
     """What ``lvsmail lab status`` prints: directors (VIP, table), real servers (daemons), mailboxes."""
-    lines = [f"lab cluster {cluster.topo.prefix}: mode {cluster.mode}, VIP {cluster.topo.vip}, "
+    lines = [f"lab cluster {cluster.topo.prefix}: stack {cluster.stack.name}, mode {cluster.mode}, "
+             f"VIP {cluster.topo.vip}, "
              f"{cluster.nreals} real servers, files in {cluster.work}"]
     holder = cluster.vip_holder() if cluster.topo._created else None
     for d in cluster.directors:
-        alive = d.pid is not None and mailstack._alive(d.pid)
+        alive = cluster.director_alive(d)
         try:
             table = cluster.table(d) if d.ns in cluster.topo._created else {}
         except OSError:
@@ -634,10 +661,13 @@ def main(argv: list[str] | None = None) -> int:
     """``python3 -m lvsmail.lab.cluster_up up|down|status`` (the fast path inside the VM)."""
     import argparse
 
+    from lvsmail.lab import stacks
+
     parser = argparse.ArgumentParser(prog="python3 -m lvsmail.lab.cluster_up", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="verb", required=True)
     p = sub.add_parser("up")
     p.add_argument("--mode", choices=MODES, default="tun")
+    p.add_argument("--stack", choices=stacks.names(), default=stacks.DEFAULT)
     p.add_argument("--realservers", type=int, default=4)
     p.add_argument("--then", default=None, help="shell command to run once up, then tear down")
     p.add_argument("--state-dir", type=Path, default=STATE_DIR)
@@ -648,7 +678,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.verb == "up":
-            cluster = MailCluster(args.mode, args.realservers, state_dir=args.state_dir)
+            cluster = MailCluster(args.mode, args.realservers, state_dir=args.state_dir, stack=args.stack)
             t0 = time.monotonic()
             timings = cluster.up()
             print(f"up in {timings['ready']:.0f} s (wired {timings['wired']:.0f} s, joined {timings['joined']:.0f} s): "

@@ -60,6 +60,9 @@ class ChaosRun:
     def __init__(self, cluster, say=_say, clients=None) -> None:
         self.cluster, self.say, self.clients = cluster, say, clients
         self.topo = cluster.topo
+        #: Planned faults that have no meaning for the cluster's director stack, with the stack's reason:
+        #: reported as "n/a", never executed and never silently dropped.
+        self.not_applicable: list[tuple[FaultSpec, str]] = []
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -79,14 +82,13 @@ class ChaosRun:
 
     def unmet(self, role: str | None = None, weight: int | None = None, absent: str | None = None) -> list[str]:
         """What keeps the cluster from being whole: both directors alive with complete tables (every
-        listed server up), director 1 alone holding the VIP (failback), plus the optional conditions
-        (``role``'s SMTP weight, ``role`` present, ``absent`` gone). Empty when all hold."""
-        from lvsmail.lab.mailstack import _alive
-
+        listed server up), director 1 alone holding the VIP when the stack fails back (else exactly one
+        director), plus the optional conditions (``role``'s SMTP weight, ``role`` present, ``absent``
+        gone). Empty when all hold."""
         addresses = {rs.role: rs.address for rs in self.topo.reals}
         unmet = []
         for d in self.cluster.directors:
-            if d.pid is None or not _alive(d.pid):
+            if not self.cluster.director_alive(d):
                 unmet.append(f"director{d.number} not running")
                 continue
             for key, svc in self.cluster.table(d).items():
@@ -104,9 +106,13 @@ class ChaosRun:
                 if absent is not None and addresses[absent] in dests:
                     unmet.append(f"{where}: {absent} still present")
         holders = self.cluster.vip_holders()
-        if holders != [self.cluster.directors[0]]:
+        if self.cluster.stack.failback and holders != [self.cluster.directors[0]]:
             unmet.append("VIP on " + (", ".join(f"director{d.number}" for d in holders) or "no director")
                          + " (director1 alone after failback)")
+        elif not self.cluster.stack.failback and len(holders) != 1:
+            # Without failback (heartbeat's auto_failback off) either director may keep the VIP.
+            unmet.append("VIP on " + (", ".join(f"director{d.number}" for d in holders) or "no director")
+                         + " (exactly one director)")
         return unmet
 
     def wait_whole(self, what: str, timeout: float, **conditions) -> float:
@@ -144,20 +150,20 @@ class ChaosRun:
             d = self.master()
             rec.target = f"director{d.number}"
             if kind == "director_kill":
-                os.killpg(d.pid, signal.SIGKILL)
+                c.kill_director(d)
             else:
                 for link in ("eth0", "eth1"):
                     self._ip(d.ns, "link", "set", link, "down")
         elif kind == "director_split":
             rec.target = "director1|director2"
             for d in c.directors:
-                # VRRP is IP protocol 112 (RFC 5798 §5.1.1.4): each director stops hearing the other.
+                # The stack's failover traffic (VRRP, heartbeat's UDP) dropped: each stops hearing the other.
                 _nft(d.ns, "add table inet labsplit",
                      "add chain inet labsplit input { type filter hook input priority 0 ; }",
-                     "add rule inet labsplit input ip protocol 112 drop")
+                     f"add rule inet labsplit input {c.stack.split_rule} drop")
         elif kind == "reload":
             c.weights[role] = 3
-            self._reload()
+            c.reload()
         elif kind == "join_leave":
             c.join([self.topo.node(role)])
             c.start_mail(role)
@@ -214,7 +220,7 @@ class ChaosRun:
                 _nft(d.ns, "delete table inet labsplit")
         elif kind == "reload":
             c.weights.pop(role, None)
-            self._reload()
+            c.reload()
         elif kind == "join_leave":
             rc, output = c.leave(role)
             if rc != 0:
@@ -245,14 +251,6 @@ class ChaosRun:
         except TimeoutError as exc:
             rec.notes.append(str(exc))
 
-    def _reload(self) -> None:
-        """Rewrite every cluster file and SIGHUP both directors (the daemons re-read, diff and apply)."""
-        self.cluster.write_configs()
-        self.cluster.save()
-        for d in self.cluster.directors:
-            if d.pid:
-                os.kill(d.pid, signal.SIGHUP)
-
     # -- the run ----------------------------------------------------------------------------------
 
     def execute(self, faults: list[FaultSpec], clients, held, start: float) -> list[FaultRecord]:
@@ -263,6 +261,11 @@ class ChaosRun:
         """
         records = []
         for spec in faults:
+            reason = self.cluster.stack.not_applicable(spec.kind)
+            if reason is not None:
+                self.not_applicable.append((spec, reason))
+                self.say(f"  fault {spec.index}: {spec.kind} is n/a for the {self.cluster.stack.name} stack: {reason}")
+                continue
             wait = start + spec.at - time.time()
             if wait > 0:
                 time.sleep(wait)
@@ -323,8 +326,19 @@ def _nft(ns: str, *commands: str) -> None:
                        timeout=60, check=True)
 
 
+def not_applicable_fields(stack_name: str, skipped: list[tuple[FaultSpec, str]]) -> dict:
+    """The report's stack fields: ``stack``, ``not_applicable`` {kind: reason} and every planned fault
+    that was n/a (so a comparison shows what the same schedule held for this stack)."""
+    return {
+        "stack": stack_name,
+        "not_applicable": {spec.kind: reason for spec, reason in skipped},
+        "not_applicable_faults": [{"index": spec.index, "kind": spec.kind, "target": spec.target,
+                                   "planned_at": spec.at, "reason": reason} for spec, reason in skipped],
+    }
+
+
 def run_chaos(duration: float, seed: int, mode: str = "tun", realservers: int = 4, out_dir: Path | None = None,
-              kinds: tuple[str, ...] | None = None, say=_say) -> dict:
+              kinds: tuple[str, ...] | None = None, say=_say, stack: str = "lvsmail") -> dict:
     """The whole run; returns the report (also written to ``out_dir``)."""
     from lvsmail.lab.chaos.clients import HeldSessions, MtaClients
     from lvsmail.lab.chaos.report import build_report, plot, text_summary
@@ -332,10 +346,10 @@ def run_chaos(duration: float, seed: int, mode: str = "tun", realservers: int = 
 
     out_dir = Path(out_dir or os.environ.get("LVSMAIL_LAB_OUT") or "lab-out").resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    cluster = MailCluster(mode, realservers, spare=1)
+    cluster = MailCluster(mode, realservers, spare=1, stack=stack)
     reals = [rs.role for rs in cluster.reals]
     faults = make_schedule(seed, duration, reals, cluster.spares[0].role, kinds=kinds)
-    say(f"chaos: seed {seed}, {duration:.0f} s, {len(faults)} faults planned: "
+    say(f"chaos: stack {stack}, seed {seed}, {duration:.0f} s, {len(faults)} faults planned: "
         + ", ".join(f"{f.kind}({f.target})" for f in faults))
     clients = held = None
     t_setup = time.monotonic()
@@ -363,12 +377,15 @@ def run_chaos(duration: float, seed: int, mode: str = "tun", realservers: int = 
                               end=end_faults, queues_left=queues_left, unaccepted=unaccepted,
                               setup_seconds=timings["ready"])
         report["run_seconds"] = round(time.monotonic() - t_setup, 1)
-        path = out_dir / f"chaos-seed{seed}-{int(start)}.json"
+        report.update(not_applicable_fields(stack, run.not_applicable))
+        path = out_dir / f"chaos-{stack}-seed{seed}-{int(start)}.json"
         path.write_text(json.dumps(report, indent=2) + "\n")
         report["files"] = {"json": str(path)}
-        report["files"]["plot"] = plot(report, clients, out_dir / f"chaos-seed{seed}-{int(start)}.png")
+        report["files"]["plot"] = plot(report, clients, out_dir / f"chaos-{stack}-seed{seed}-{int(start)}.png")
         path.write_text(json.dumps(report, indent=2) + "\n")
         say(text_summary(report))
+        for kind, reason in report["not_applicable"].items():
+            say(f"  {kind}: n/a for the {stack} stack ({reason})")
         return report
     finally:
         if held is not None:
@@ -388,12 +405,13 @@ def run_chaos(duration: float, seed: int, mode: str = "tun", realservers: int = 
 
 def main(argv: list[str] | None = None) -> int:
     """``python3 -m lvsmail.lab.chaos.run``: here with IPVS, else in the lab VM (same arguments)."""
-    from lvsmail.lab import vm
+    from lvsmail.lab import stacks, vm
 
     parser = argparse.ArgumentParser(prog="lvsmail lab chaos", description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=300.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--mode", choices=MODES, default="tun")
+    parser.add_argument("--stack", choices=stacks.names(), default=stacks.DEFAULT)
     parser.add_argument("--realservers", type=int, default=4)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--kinds", default=None, help=f"comma-separated subset of: {', '.join(KINDS)}")
@@ -403,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lvsmail: unknown fault kind in --kinds; known: {', '.join(KINDS)}", file=sys.stderr)
         return 2
     if os.environ.get("LVSMAIL_IN_LAB") == "1" or vm.host_capability().ok:
-        report = run_chaos(args.duration, args.seed, args.mode, args.realservers, args.out, kinds)
+        report = run_chaos(args.duration, args.seed, args.mode, args.realservers, args.out, kinds,
+                           stack=args.stack)
         return 0 if report["ok"] else 1
     cmd = [sys.executable, "-m", "lvsmail.lab.chaos.run", *(argv if argv is not None else sys.argv[1:])]
     return vm.run(cmd, timeout=args.duration + 2400, memory="3G",

@@ -1,0 +1,54 @@
+"""The director layer of the lab pair as one interface, so the same cluster and chaos run can
+measure lvsmail against the stacks administrators run today (heartbeat + ldirectord, keepalived).
+
+Everything that is not the director layer — topology, real servers, the VIP holder as the
+kernel shows it, the IPVS table, the clients, the accounting — stays in the cluster and the
+chaos run; a stack only says how its own daemons are configured, started, crashed, stopped,
+reloaded and cut off from each other.
+"""
+
+from __future__ import annotations
+
+
+class DirectorStack:
+    """One director layer of the lab pair: how it is configured, started, killed, reloaded and split."""
+
+    #: The name ``--stack`` takes: "lvsmail" | "seed" | "keepalived".
+    name: str = ""
+    #: True when director 1 takes the VIP back after it returns (lvsmail and keepalived: preempt;
+    #: seed: heartbeat's auto_failback off -> False).
+    failback: bool = True
+    #: nft match that drops the stack's failover traffic between the directors, e.g. "ip protocol 112"
+    #: (VRRP) or "udp dport 694" (heartbeat).
+    split_rule: str = ""
+
+    def not_applicable(self, kind: str) -> str | None:
+        """None when the chaos fault ``kind`` applies to this stack; else why it is "n/a" for it."""
+        return None
+
+    def write_configs(self, cluster) -> None:
+        """Write every director's own files under ``cluster.work / f"dir{n}"`` (the stack's own format)."""
+        raise NotImplementedError
+
+    def start(self, cluster, d) -> None:
+        """Start the director layer of DirectorProc ``d`` in ``d.ns`` through ``cluster.popen`` (own
+        session, pids recorded); set ``d.pid`` to the process whose group a crash kills."""
+        raise NotImplementedError
+
+    def kill(self, cluster, d) -> None:
+        """Crash director ``d``: SIGKILL every daemon of its layer; the VIP and the kernel's IPVS table
+        stay behind, as with a real crash."""
+        raise NotImplementedError
+
+    def alive(self, cluster, d) -> bool:
+        """Whether director ``d``'s layer is running."""
+        raise NotImplementedError
+
+    def stop(self, cluster, d) -> None:
+        """For ``lab down``: stop everything of director ``d``, daemonized children too."""
+        raise NotImplementedError
+
+    def reload(self, cluster) -> None:
+        """Rewrite each director's own file from the cluster's state (``cluster.weights``) and reload
+        the stack its own way (lvsmail: SIGHUP; keepalived: SIGHUP; ldirectord: its reload)."""
+        raise NotImplementedError

@@ -1,0 +1,149 @@
+"""The lab's director stacks: the registry, the state file's stack, and how the chaos run treats a stack
+(n/a faults reported with their reason, the VIP condition without failback, the stack's split rule)."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from lvsmail.lab import stacks
+from lvsmail.lab.chaos.run import ChaosRun, not_applicable_fields
+from lvsmail.lab.chaos.schedule import FaultSpec
+from lvsmail.lab.cluster_up import LabUpError, MailCluster
+from lvsmail.lab.stacks.base import DirectorStack
+
+
+def test_registry_offers_lvsmail_first_and_builds_it():
+    assert stacks.names()[0] == "lvsmail" == stacks.DEFAULT
+    stack = stacks.get("lvsmail")
+    assert isinstance(stack, DirectorStack) and stack.name == "lvsmail"
+    assert set(stacks.STACKS) == set(stacks.names())
+    assert all(issubclass(cls, DirectorStack) and cls.name == name for name, cls in stacks.STACKS.items())
+
+
+def test_unknown_stack_is_refused_with_the_known_names(tmp_path):
+    with pytest.raises(ValueError, match="unknown director stack 'heartbeat2'; known: lvsmail"):
+        stacks.get("heartbeat2")
+    with pytest.raises(LabUpError, match="known: lvsmail"):
+        MailCluster("tun", 2, state_dir=tmp_path, stack="heartbeat2")
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_every_registered_stack_names_a_split_rule_and_says_why_a_kind_is_na():
+    from lvsmail.lab.chaos.schedule import KINDS
+
+    for name in stacks.names():
+        stack = stacks.get(name)
+        assert stack.split_rule, name
+        for kind in KINDS:
+            reason = stack.not_applicable(kind)
+            assert reason is None or (isinstance(reason, str) and reason.strip()), (name, kind)
+
+
+def test_state_file_records_the_stack_and_load_restores_it(tmp_path):
+    cluster = MailCluster("tun", 2, state_dir=tmp_path, prefix="unitstk")
+    cluster.save()
+    state = json.loads(cluster.state_path.read_text())
+    assert state["stack"] == "lvsmail"
+    assert MailCluster.load(cluster.state_path).stack.name == "lvsmail"
+    # A state file from before the stacks existed is lvsmail's.
+    del state["stack"]
+    cluster.state_path.write_text(json.dumps(state))
+    assert MailCluster.load(cluster.state_path).stack.name == "lvsmail"
+
+
+def test_lvsmail_stack_writes_each_directors_cluster_file_with_its_priority(tmp_path):
+    from lvsmail.config import parse_cluster
+
+    cluster = MailCluster("tun", 2, state_dir=tmp_path, prefix="unitstk")
+    cluster.work.mkdir(parents=True)
+    cluster.weights["rs1"] = 3
+    cluster.write_configs()
+    for d, priority in zip(cluster.directors, (150, 100)):
+        spec = parse_cluster(d.config.read_text())
+        assert spec.failover.instances[0].priority == priority
+        smtp = next(s for s in spec.services if s.name == "smtp")
+        assert [r.weight for r in smtp.realservers] == [3, 1]
+
+
+# -- the chaos run with a stack --------------------------------------------------------------------
+
+class _Stack(DirectorStack):
+    """A stack double: join_leave is n/a, no failback, heartbeat's split rule."""
+
+    name, failback, split_rule = "double", False, "udp dport 694"
+
+    def __init__(self) -> None:
+        self.killed = []
+
+    def not_applicable(self, kind):
+        return "no registration API: real servers are listed statically" if kind == "join_leave" else None
+
+    def kill(self, cluster, d):
+        self.killed.append(d.number)
+
+    def alive(self, cluster, d):
+        return True
+
+
+def _cluster(holders):
+    directors = [SimpleNamespace(number=1, ns="d1"), SimpleNamespace(number=2, ns="d2")]
+    topo = SimpleNamespace(reals=[], vip="192.0.2.33")
+    stack = _Stack()
+    cluster = SimpleNamespace(
+        topo=topo, directors=directors, reals=[], stack=stack, table=lambda d: {},
+        director_alive=lambda d: stack.alive(None, d), kill_director=lambda d: stack.kill(None, d),
+        vip_holders=lambda: [directors[i] for i in holders], vip_holder=lambda: directors[holders[0]])
+    return cluster
+
+
+def test_na_fault_is_recorded_with_its_reason_not_executed_and_not_dropped():
+    said = []
+    run = ChaosRun(_cluster([0]), say=said.append)
+    spec = FaultSpec(1, "join_leave", "rs3", 0.0, 10.0)
+    records = run.execute([spec], clients=None, held=None, start=0.0)
+    assert records == []
+    assert run.not_applicable == [(spec, "no registration API: real servers are listed statically")]
+    assert any("join_leave is n/a for the double stack" in s for s in said)
+    fields = not_applicable_fields("double", run.not_applicable)
+    assert fields["stack"] == "double"
+    assert fields["not_applicable"] == {"join_leave": "no registration API: real servers are listed statically"}
+    assert fields["not_applicable_faults"][0]["index"] == 1 and fields["not_applicable_faults"][0]["target"] == "rs3"
+
+
+@pytest.mark.parametrize("holders, whole", [
+    ([1], True),          # without failback director 2 may keep the VIP
+    ([0], True),
+    ([0, 1], False),      # split brain: two holders
+    ([], False),          # nobody
+])
+def test_without_failback_exactly_one_director_must_hold_the_vip(holders, whole):
+    cluster = _cluster(holders)
+    cluster.vip_holder = lambda: None
+    unmet = ChaosRun(cluster).unmet()
+    assert (unmet == []) is whole, unmet
+    if not whole:
+        assert "exactly one director" in unmet[-1]
+
+
+def test_with_failback_director1_alone_must_hold_the_vip():
+    cluster = _cluster([1])
+    cluster.stack.failback = True
+    assert "director1 alone after failback" in ChaosRun(cluster).unmet()[-1]
+
+
+def test_director_kill_goes_through_the_stack_and_split_uses_its_rule(monkeypatch):
+    from lvsmail.lab.chaos import run as run_module
+
+    cluster = _cluster([0])
+    rules = []
+    monkeypatch.setattr(run_module, "_nft", lambda ns, *cmds: rules.append((ns, cmds[-1])))
+    run = ChaosRun(cluster)
+    rec = run_module.FaultRecord(FaultSpec(1, "director_kill", "master", 0.0, 10.0))
+    run.inject(rec)
+    assert cluster.stack.killed == [1] and rec.target == "director1"
+    run.inject(run_module.FaultRecord(FaultSpec(2, "director_split", "master", 0.0, 10.0)))
+    assert rules == [("d1", "add rule inet labsplit input udp dport 694 drop"),
+                     ("d2", "add rule inet labsplit input udp dport 694 drop")]
