@@ -264,3 +264,54 @@ def test_plot_draws_one_bar_group_per_kind(tmp_path):
     path = cmp.plot(c, tmp_path / "stacks.png")
     assert path == str(tmp_path / "stacks.png")
     assert (tmp_path / "stacks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- bench/stacks.py: the options and the comparison of saved reports (the runs need the lab) ---------
+
+
+def test_stacks_short_variant_and_the_chaos_command_per_stack(tmp_path):
+    from bench import stacks
+
+    args = stacks.parse(["--short", "--seed", "7", "--out-dir", str(tmp_path)])
+    assert (args.duration, args.kinds, args.stacks) == (stacks.SHORT_DURATION, ",".join(stacks.SHORT_KINDS),
+                                                        ["lvsmail", "seed", "keepalived"])
+    argv = stacks.chaos_argv("seed", args)
+    assert argv[1:] == ["-m", "lvsmail", "lab", "chaos", "--stack", "seed", "--seed", "7", "--duration", "100",
+                        "--out", str(tmp_path / "seed"), "--kinds", ",".join(stacks.SHORT_KINDS)]
+    assert stacks.parse(["--short", "--kinds", "rs_kill"]).kinds == "rs_kill"
+    assert stacks.parse([]).kinds is None and stacks.parse([]).duration == 300.0
+
+
+@pytest.mark.parametrize("bad", [["--stacks", "seed,heartbeat"], ["--stacks", "seed,seed"], ["--kinds", "rs_nap"],
+                                 ["--duration", "5"]])
+def test_stacks_bad_options_exit_2_naming_the_option(bad, capsys):
+    from bench import stacks
+
+    with pytest.raises(SystemExit) as exc:
+        stacks.parse(bad)
+    assert exc.value.code == 2
+    assert bad[0] in capsys.readouterr().err
+
+
+def test_stacks_compare_only_writes_the_table_and_checks_each_reports_stack(tmp_path, capsys):
+    from bench import stacks
+
+    for stack, seconds in (("lvsmail", 1.0), ("seed", 4.0)):
+        (tmp_path / stack).mkdir()
+        r = report([fault("director_kill", seconds)], stack=stack,
+                   na={"join_leave": NO_REGISTRATION} if stack == "seed" else {})
+        (tmp_path / stack / f"chaos-{stack}-seed1-1.json").write_text(json.dumps(r))
+    assert stacks.main(["--compare-only", "--out-dir", str(tmp_path), "--stacks", "lvsmail,seed"]) == 0
+    md = (tmp_path / "stacks.md").read_text()
+    assert "| director_kill | 1.00 / 1.00 / 1.00 (×1) | 4.00 / 4.00 / 4.00 (×1) | 0.25 |" in md
+    saved = json.loads((tmp_path / "stacks.json").read_text())
+    assert [r["stack"] for r in saved["runs"]] == ["lvsmail", "seed"] and saved["comparison"]["anchors"] == ["seed"]
+    # keepalived has no report: still a table of the other two, and exit 1 saying so.
+    assert stacks.main(["--compare-only", "--out-dir", str(tmp_path)]) == 1
+    assert f"- keepalived: NO REPORT in `{tmp_path / 'keepalived'}`" in (tmp_path / "stacks.md").read_text()
+    # A report in the wrong stack's directory (the run ignored --stack) is refused by name.
+    (tmp_path / "keepalived").mkdir()
+    (tmp_path / "keepalived" / "chaos-seed1-2.json").write_text(json.dumps(report([fault("rs_kill", 1.0)])))
+    capsys.readouterr()
+    assert stacks.main(["--compare-only", "--out-dir", str(tmp_path)]) == 2
+    assert "chaos-seed1-2.json is a report of stack 'lvsmail', not 'keepalived'" in capsys.readouterr().err

@@ -245,7 +245,8 @@ def compare(reports: list[dict]) -> dict:
             "availability": stack_availability(r, measure),
         }
     seeds = sorted({str(r.get("seed")) for r in reports})
-    return {"measure": measure, "title": MEASURE_TITLES[measure], "stacks": stacks, "reference": REFERENCE,
+    notes = [f"the reports ran different seeds ({', '.join(seeds)}): not the same schedule"] if len(seeds) > 1 else []
+    return {"notes": notes, "measure": measure, "title": MEASURE_TITLES[measure], "stacks": stacks, "reference": REFERENCE,
             "anchors": anchors, "seeds": seeds, "kinds": per_kind, "per_stack": per_stack,
             "seed_printed": {"percent": av.SEED_TOTAL_PERCENT, "layers": dict(av.SEED_FIGURES),
                              "mtfo_s": {x.name: x.mtfo_seconds for x in av.SEED_LAYERS}}}
@@ -305,6 +306,7 @@ def markdown(comparison: dict) -> str:
     c = comparison
     stacks, anchors, ref = c["stacks"], c["anchors"], c["reference"]
     out = [f"Chaos runs compared: {', '.join(stacks)}; seed {', '.join(c['seeds'])}.", ""]
+    out += [f"Note: {n}." for n in c.get("notes", ())] + ([""] if c.get("notes") else [])
     out += [f"### {c['title']}, per fault kind (s)", ""]
     if c["measure"] == CLIENT:
         out.append("min / median / max over the kind's occurrences (×n), from the injection to the start of the "
