@@ -315,3 +315,10 @@ def test_stacks_compare_only_writes_the_table_and_checks_each_reports_stack(tmp_
     capsys.readouterr()
     assert stacks.main(["--compare-only", "--out-dir", str(tmp_path)]) == 2
     assert "chaos-seed1-2.json is a report of stack 'lvsmail', not 'keepalived'" in capsys.readouterr().err
+
+
+def test_reports_of_different_seeds_are_compared_with_a_note():
+    other = dict(report([fault("rs_kill", 2.0)], stack="seed"), seed=2)
+    c = cmp.compare([report([fault("rs_kill", 1.0)]), other])
+    assert c["seeds"] == ["1", "2"]
+    assert "Note: the reports ran different seeds (1, 2): not the same schedule." in cmp.markdown(c)

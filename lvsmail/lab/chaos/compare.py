@@ -246,8 +246,8 @@ def compare(reports: list[dict]) -> dict:
         }
     seeds = sorted({str(r.get("seed")) for r in reports})
     notes = [f"the reports ran different seeds ({', '.join(seeds)}): not the same schedule"] if len(seeds) > 1 else []
-    return {"notes": notes, "measure": measure, "title": MEASURE_TITLES[measure], "stacks": stacks, "reference": REFERENCE,
-            "anchors": anchors, "seeds": seeds, "kinds": per_kind, "per_stack": per_stack,
+    return {"notes": notes, "measure": measure, "title": MEASURE_TITLES[measure], "stacks": stacks,
+            "reference": REFERENCE, "anchors": anchors, "seeds": seeds, "kinds": per_kind, "per_stack": per_stack,
             "seed_printed": {"percent": av.SEED_TOTAL_PERCENT, "layers": dict(av.SEED_FIGURES),
                              "mtfo_s": {x.name: x.mtfo_seconds for x in av.SEED_LAYERS}}}
 
