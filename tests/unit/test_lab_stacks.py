@@ -147,3 +147,94 @@ def test_director_kill_goes_through_the_stack_and_split_uses_its_rule(monkeypatc
     run.inject(run_module.FaultRecord(FaultSpec(2, "director_split", "master", 0.0, 10.0)))
     assert rules == [("d1", "add rule inet labsplit input udp dport 694 drop"),
                      ("d2", "add rule inet labsplit input udp dport 694 drop")]
+
+
+# -- keepalived ------------------------------------------------------------------------------------
+
+def _keepalived_cluster(tmp_path, mode="tun"):
+    cluster = MailCluster(mode, 2, state_dir=tmp_path, prefix="unitka", stack="keepalived")
+    cluster.work.mkdir(parents=True)
+    cluster.weights["rs2"] = 3
+    cluster.write_configs()
+    return cluster
+
+
+def test_keepalived_conf_carries_the_lab_pairs_vrrp_services_checks_and_sync(tmp_path):
+    cluster = _keepalived_cluster(tmp_path)
+    stack = cluster.stack
+    for d, priority in zip(cluster.directors, (150, 100)):
+        conf = stack.conf(d).read_text()
+        # The same VRRP as lvsmail's lab pair: vrid 51, priorities 150/100, 1 s adverts, preemption on.
+        assert "virtual_router_id 51" in conf and f"priority {priority}" in conf and "advert_int 1" in conf
+        assert "nopreempt" not in conf and "interface eth0" in conf
+        assert "lvs_sync_daemon eth1 mail id 7" in conf
+        assert f'router_id "loadb{d.number}"' in conf
+        blocks = {port: conf.split(f"virtual_server 192.0.2.33 {port} {{")[1].split("\n}")[0] for port in (25, 143, 80)}
+        assert all("lb_algo wlc" in b and "lb_kind TUN" in b and "delay_loop 2" in b for b in blocks.values())
+        assert "persistence_timeout 120" in blocks[25] and "persistence_timeout" not in blocks[143]
+        assert blocks[25].count("SMTP_CHECK {") == 2 and blocks[143].count("TCP_CHECK {") == 2
+        assert blocks[80].count("HTTP_GET {") == 2 and 'path "/solicitud.html"' in blocks[80]
+        assert 'regex "test page"' in blocks[80] and "connect_timeout 10" in blocks[80]
+        # The cluster's weights (a reload's change) reach the file.
+        assert "real_server 198.51.100.32 25 {    ! rs2\n        weight 3" in blocks[25]
+        warnings = (d.workdir / "keepalived.export-warnings").read_text()
+        assert "registration" in warnings  # what keepalived cannot carry is said, not dropped
+
+
+def test_keepalived_conf_reads_back_to_the_directors_services(tmp_path):
+    from lvsmail.config import parse_cluster
+    from lvsmail.config.keepalived import import_keepalived
+
+    cluster = _keepalived_cluster(tmp_path)
+    d = cluster.directors[0]
+    ours = parse_cluster(d.config.read_text())
+    back = import_keepalived(cluster.stack.conf(d)).spec
+
+    def services(spec):
+        return {(s.vip, s.port): (s.scheduler, s.persistent, s.forwarding,
+                                  sorted((r.address, r.port, r.weight) for r in s.realservers))
+                for s in spec.services}
+
+    assert services(back) == services(ours)
+
+
+def test_keepalived_nat_pair_moves_the_real_servers_gateway_too(tmp_path):
+    from lvsmail.lab.topology import NAT_GATEWAY
+
+    cluster = _keepalived_cluster(tmp_path, mode="nat")
+    conf = cluster.stack.conf(cluster.directors[1]).read_text()
+    assert "virtual_router_id 52" in conf and f"{NAT_GATEWAY}/24" in conf and "lb_kind NAT" in conf
+
+
+def test_keepalived_runs_in_the_foreground_with_the_directors_own_pid_files(tmp_path):
+    cluster = _keepalived_cluster(tmp_path)
+    one, two = (cluster.stack.argv(d) for d in cluster.directors)
+    assert "--dont-fork" in one and "--use-file" in one
+    for flag in ("--pid", "--vrrp_pid", "--checkers_pid", "--use-file"):
+        assert one[one.index(flag) + 1] != two[two.index(flag) + 1]
+        assert one[one.index(flag) + 1].startswith(str(cluster.directors[0].workdir))
+
+
+def test_keepalived_says_join_leave_is_na_and_everything_else_applies():
+    from lvsmail.lab.chaos.schedule import KINDS
+
+    stack = stacks.get("keepalived")
+    assert "registration" in stack.not_applicable("join_leave")
+    assert [k for k in KINDS if stack.not_applicable(k)] == ["join_leave"]
+    assert stack.failback is True and stack.split_rule == "ip protocol 112"
+
+
+def test_keepalived_accepts_the_generated_file(tmp_path):
+    """keepalived's own parser (``--config-test``) finds nothing wrong but the lab's interfaces, which
+    exist only in the directors' namespaces."""
+    import shutil
+
+    from lvsmail.lab.stacks.keepalived import KEEPALIVED, config_test
+
+    if not shutil.which(KEEPALIVED):
+        pytest.skip("keepalived is not installed (deploy/setup installs it)")
+    cluster = _keepalived_cluster(tmp_path)
+    done = config_test(cluster.stack.conf(cluster.directors[0]))
+    errors = [line for line in done.stderr.splitlines()
+              if line.strip() and "doesn't exist" not in line and "Non-existent interface" not in line]
+    assert errors == [], done.stderr

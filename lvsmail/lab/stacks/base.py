@@ -9,6 +9,9 @@ reloaded and cut off from each other.
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 
 class DirectorStack:
     """One director layer of the lab pair: how it is configured, started, killed, reloaded and split."""
@@ -52,3 +55,27 @@ class DirectorStack:
         """Rewrite each director's own file from the cluster's state (``cluster.weights``) and reload
         the stack its own way (lvsmail: SIGHUP; keepalived: SIGHUP; ldirectord: its reload)."""
         raise NotImplementedError
+
+
+def apply_kernel_profile(cluster, d) -> dict[str, str]:
+    """Set the cluster file's ``kernel:`` IPVS sysctls in director ``d``'s namespace, as an administrator
+    of an anchor stack would with sysctl.d (``lvsmail director start`` sets them itself), so every stack
+    runs with the same kernel behaviour; returns what was set. OSError when a key cannot be written."""
+    from lvsmail.config import parse_cluster
+    from lvsmail.director.kernel_profile import SYSCTLS, wanted
+    from lvsmail.net import netns
+    from lvsmail.net.sysctl import ProcSysctl
+
+    spec = parse_cluster(cluster.cluster_text(d.number), source=str(d.config))
+    values = {SYSCTLS[name]: str(value) for name, value in wanted(spec).items()}
+    if any(key.startswith("net.ipv4.vs.") for key in values) and not Path("/proc/sys/net/ipv4/vs").exists():
+        # The net.ipv4.vs keys exist once ip_vs is loaded (lvsmail's director loads it through netlink).
+        subprocess.run(["modprobe", "ip_vs"], check=True, capture_output=True, timeout=120)
+
+    def write() -> None:
+        sysctl = ProcSysctl()
+        for key, value in values.items():
+            sysctl.write(key, value)
+
+    netns.run_in_netns(d.ns, write)
+    return values
