@@ -114,7 +114,8 @@ def test_messages_lost_and_duplicated_per_stack():
                   dups=["<c@x>", "<d@x>", "<e@x>"], unexplained=["<e@x>"], ok=False)
     c = cmp.compare([ours, seed])
     assert c["per_stack"]["seed"]["messages"] == {"accepted": 190, "lost": 2, "duplicated": 3,
-                                                  "unexplained_duplicates": 1, "never_accepted": 0}
+                                                  "unexplained_duplicates": 1, "never_accepted": 0,
+                                                  "lost_by_fault": {}, "duplicated_by_fault": {}}
     assert c["per_stack"]["lvsmail"]["messages"]["lost"] == 0
     md = cmp.markdown(c)
     assert "| seed | 190 | 2 | 3 (1) | 0 | 4/4 | no |" in md
@@ -322,3 +323,45 @@ def test_reports_of_different_seeds_are_compared_with_a_note():
     c = cmp.compare([report([fault("rs_kill", 1.0)]), other])
     assert c["seeds"] == ["1", "2"]
     assert "Note: the reports ran different seeds (1, 2): not the same schedule." in cmp.markdown(c)
+
+
+def test_lost_and_duplicated_messages_are_pinned_on_the_fault_whose_window_accepted_them():
+    """Through the chaos report itself: build_report says in which fault's window each was accepted."""
+    import threading
+
+    from lvsmail.lab.chaos.clients import Message
+    from lvsmail.lab.chaos.report import build_report
+    from lvsmail.lab.chaos.run import FaultRecord
+    from lvsmail.lab.chaos.schedule import FaultSpec
+
+    class Clients:
+        events, lock = [], threading.Lock()
+
+    class Held:
+        sessions, failures = {}, {}
+
+    def msg(mid, at, ambiguous=0):
+        return Message(mid=mid, rcpt="alice@example.org", source="203.0.113.10", created=0.0, attempts=1,
+                       ambiguous=ambiguous, accepted_at=at, accepted_by="rs2")
+
+    records = [FaultRecord(FaultSpec(1, "rs_hang", "rs2", 8.0, 6.0), "rs2", injected=108.0, healed=114.0,
+                           recovered=115.0),
+               FaultRecord(FaultSpec(2, "director_kill", "master", 20.0, 12.0), "director1", injected=120.0,
+                           healed=132.0, recovered=140.0)]
+    Clients.messages = [msg("early", 103.0), msg("hang", 110.0), msg("kill1", 125.0), msg("kill2", 150.0),
+                        msg("late", 170.0), msg("dup", 121.0, ambiguous=1)]
+    box = ["alice@example.org"]
+    r = build_report(seed=1, duration=60, mode="tun", realservers=4, faults=[], records=records, clients=Clients(),
+                     held=Held(), found={"dup": box * 2}, start=100.0, end=160.0, queues_left={}, unaccepted=0,
+                     setup_seconds=1.0)
+    assert [(d["message_id"], d["fault"], d["kind"], d["accepted_at"]) for d in r["messages"]["lost_detail"]] == [
+        ("early", None, "before the first fault", 3.0), ("hang", 1, "rs_hang", 10.0),
+        ("kill1", 2, "director_kill", 25.0), ("kill2", 2, "director_kill", 50.0),
+        ("late", None, "after the faults", 70.0)]
+    r["stack"] = "seed"
+    m = cmp.compare([r])["per_stack"]["seed"]["messages"]
+    assert m["lost_by_fault"] == {"before the first fault": 1, "fault 1 rs_hang": 1, "fault 2 director_kill": 2,
+                                  "after the faults": 1}
+    assert m["duplicated_by_fault"] == {"fault 2 director_kill": 1}
+    assert ("| seed | 6 | 5 (before the first fault: 1; fault 1 rs_hang: 1; fault 2 director_kill: 2; "
+            "after the faults: 1) | 1 (0) (fault 2 director_kill: 1) |") in cmp.markdown(cmp.compare([r]))

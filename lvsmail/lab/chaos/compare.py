@@ -198,6 +198,18 @@ def stack_availability(report: dict, measure: str) -> dict:
     }
 
 
+def by_fault(rows) -> dict[str, int]:
+    """How many lost or duplicated messages fall in each fault's window ("fault 6 director_kill": 2), for reports
+    that pin them on a fault (older ones do not: empty)."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        if "kind" not in row:
+            continue
+        label = f"fault {row['fault']} {row['kind']}" if row.get("fault") is not None else row["kind"]
+        counts[label] = counts.get(label, 0) + 1
+    return counts
+
+
 def _ordered_stacks(names) -> list[str]:
     known = [s for s in STACK_ORDER if s in names]
     return known + sorted(n for n in names if n not in STACK_ORDER)
@@ -239,7 +251,9 @@ def compare(reports: list[dict]) -> dict:
             "faults": len(r["faults"]), "ok": r.get("ok"),
             "messages": {"accepted": m["accepted"], "lost": len(m["lost"]), "duplicated": len(m["duplicates"]),
                          "unexplained_duplicates": len(m.get("unexplained_duplicates", ())),
-                         "never_accepted": m.get("never_accepted")},
+                         "never_accepted": m.get("never_accepted"),
+                         "lost_by_fault": by_fault(m.get("lost_detail", ())),
+                         "duplicated_by_fault": by_fault(m["duplicates"])},
             "held_sessions_across_director_faults": {"open": held.get("open"), "survived": held.get("survived")},
             "not_applicable": not_applicable_of(r),
             "availability": stack_availability(r, measure),
@@ -335,7 +349,8 @@ def markdown(comparison: dict) -> str:
     for s in stacks:
         p = c["per_stack"][s]
         m, h = p["messages"], p["held_sessions_across_director_faults"]
-        rows.append([s, str(m["accepted"]), str(m["lost"]), f"{m['duplicated']} ({m['unexplained_duplicates']})",
+        rows.append([s, str(m["accepted"]), f"{m['lost']}{_where(m['lost_by_fault'])}",
+                     f"{m['duplicated']} ({m['unexplained_duplicates']}){_where(m['duplicated_by_fault'])}",
                      str(m["never_accepted"]),
                      f"{h['survived']}/{h['open']}" if h["open"] is not None else "–",
                      {True: "yes", False: "no", None: "–"}[p["ok"]]])
@@ -357,6 +372,11 @@ def markdown(comparison: dict) -> str:
                  f"{sp['layers']['realservers']:.10f}", f"{sp['percent']:.5f} %", "–"])
     out += _table(header, rows)
     return "\n".join(out) + "\n"
+
+
+def _where(counts: dict[str, int]) -> str:
+    """`` (fault 6 director_kill: 2; after the faults: 1)`` or nothing."""
+    return f" ({'; '.join(f'{k}: {n}' for k, n in counts.items())})" if counts else ""
 
 
 def _mtfo_text(a: dict, layer: str) -> str:

@@ -4,6 +4,8 @@ Definitions used in the report:
 
 * **accepted**: the server answered 250 to the end of DATA (RFC 5321 §4.1.1.4).
 * **lost**: accepted, yet not in any Maildir once every queue was flushed.
+  Each lost or duplicated message names the fault in whose window (its
+  injection to the next one's) the client saw it accepted.
 * **duplicate**: one Message-ID in the Maildirs more than once. It is
   *explained* when that message had an ambiguous attempt (the final dot sent,
   the connection lost before the reply): the server had accepted it, the
@@ -29,6 +31,19 @@ from lvsmail.lab.chaos.schedule import DIRECTOR_KINDS, REALSERVER_KINDS
 
 def _failures_between(events, t0: float, t1: float) -> list:
     return [e for e in events if not e.ok and t0 <= e.start < t1]
+
+
+def fault_window(records, t: float | None, end: float) -> dict:
+    """The fault in whose window (its injection to the next one's) time ``t`` falls, for pinning a lost or
+    duplicated message on the fault that caused it; before the first or after the last window, says so."""
+    if t is None:
+        return {"fault": None, "kind": "never accepted"}
+    if t >= end:
+        return {"fault": None, "kind": "after the faults"}
+    during = [r for r in records if r.injected <= t]
+    if not during:
+        return {"fault": None, "kind": "before the first fault"}
+    return {"fault": during[-1].spec.index, "kind": during[-1].spec.kind}
 
 
 def build_report(*, seed, duration, mode, realservers, faults, records, clients, held, found, start, end,
@@ -61,11 +76,14 @@ def build_report(*, seed, duration, mode, realservers, faults, records, clients,
     accepted = [m for m in messages if m.accepted_at is not None]
     copies = {mid: len(boxes) for mid, boxes in found.items()}
     lost = [m.mid for m in accepted if copies.get(m.mid, 0) == 0]
+    lost_detail = [{"message_id": m.mid, "accepted_at": round(m.accepted_at - start, 2), "accepted_by": m.accepted_by,
+                    **fault_window(records, m.accepted_at, end)} for m in accepted if copies.get(m.mid, 0) == 0]
     duplicates, unexplained = [], []
     for m in messages:
         n = copies.get(m.mid, 0)
         if n > 1:
             row = {"message_id": m.mid, "copies": n, "attempts": m.attempts, "ambiguous_attempts": m.ambiguous,
+                   **fault_window(records, m.accepted_at, end),
                    "explanation": (f"{m.ambiguous} attempt(s) lost the connection after the final dot; the server "
                                    "had accepted, the client retried (RFC 5321 §6.1 at-least-once)")
                    if m.ambiguous else "unexplained: no ambiguous attempt"}
@@ -105,7 +123,7 @@ def build_report(*, seed, duration, mode, realservers, faults, records, clients,
             "created": len(messages), "accepted": len(accepted), "never_accepted": unaccepted,
             "attempts": sum(m.attempts for m in messages), "ambiguous_attempts": sum(m.ambiguous for m in messages),
             "found_in_maildirs": sum(copies.get(m.mid, 0) for m in messages),
-            "lost": lost, "duplicates": duplicates, "unexplained_duplicates": unexplained,
+            "lost": lost, "lost_detail": lost_detail, "duplicates": duplicates, "unexplained_duplicates": unexplained,
             "not_from_this_run": strangers, "queues_left": queues_left},
         "availability": {
             "observed_mtfo_s": {"directors": takeovers, "realservers": rs_faults},
