@@ -101,6 +101,44 @@ class APIError(Exception):
     """A request the director refused (the reply's ``error``)."""
 
 
+def parse_request(line: bytes, events_max: int) -> dict:
+    """One request line as the server reads it: the request object with its arguments checked.
+
+    ``events_max`` is the event buffer's size (the largest ``events``/``recent``).
+    Raises APIError, saying what is wrong, for anything else: invalid UTF-8 or
+    JSON, nesting deeper than ``bounded_json.MAX_DEPTH``, a line over ``MAX_LINE``,
+    not an object, an unknown request, an argument of the wrong type or range.
+    Whether a ``target`` names a real server is the director's to say (LookupError).
+    """
+    try:
+        req = bounded_json.loads(line, max_bytes=MAX_LINE)
+    except ValueError as exc:  # JSONLimitError, JSONDecodeError, UnicodeDecodeError
+        raise APIError(str(exc)) from None
+    return check_request(req, events_max)
+
+
+def check_request(req, events_max: int) -> dict:
+    """A decoded request with its known arguments checked and defaulted; APIError as ``parse_request``."""
+    if not isinstance(req, dict):
+        raise APIError("a request is a JSON object")
+    what = req.get("request")
+    if what not in REQUESTS:
+        raise APIError(f"unknown request {_short(what)}; expected one of {', '.join(REQUESTS)}")
+    out: dict = {"request": what}
+    if what == "status":
+        out["events"] = _int(req.get("events", 20), "events", 0, events_max)
+        out["services"] = None if req.get("services") is None else _text(req["services"], "services")
+        out["table"], out["mine"] = bool(req.get("table")), bool(req.get("mine"))
+    elif what == "events":
+        out["recent"] = _int(req.get("recent", 0), "recent", 0, events_max)
+    elif what != "reload":
+        out["target"] = _text(req.get("target"), "target")
+        out["service"] = None if req.get("service") is None else _text(req["service"], "service")
+        if what == "weight":
+            out["weight"] = _int(req.get("weight"), "weight", 0, ov.MAX_WEIGHT)
+    return out
+
+
 class AnotherDirector(OSError):
     """A live director already answers on the socket path."""
 
@@ -212,10 +250,8 @@ class APIServer:
                 if not line.strip():
                     continue
                 try:
-                    req = bounded_json.loads(line, max_bytes=MAX_LINE)
-                    if not isinstance(req, dict):
-                        raise APIError("a request is a JSON object")
-                    if req.get("request") == "events":
+                    req = parse_request(line, self.hub.recent.maxlen)
+                    if req["request"] == "events":
                         await self._stream(req, reader, writer)
                         return
                     reply = {"ok": True, **await self.handle(req)}
@@ -285,24 +321,20 @@ class APIServer:
 
     async def handle(self, req: dict) -> dict:
         """Answer one request (everything but ``events``); APIError/LookupError/ValueError refuse it."""
-        what = req.get("request")
-        if what not in REQUESTS:
-            raise APIError(f"unknown request {what!r}; expected one of {', '.join(REQUESTS)}")
+        req = check_request(req, self.hub.recent.maxlen)
+        what = req["request"]
         d = self.director
         if what == "status":
-            n = _int(req.get("events", 20), "events", 0, self.hub.recent.maxlen)
             table = await kernel_table(d)
-            only = "" if req.get("services") is None else _text(req["services"], "services")
-            reply = {"status": await snapshot(d, events=n, table=table, only=only)}
-            if req.get("table"):  # also the kernel-table view `director status` prints
-                reply["table"] = await table_status(d, table, mine=bool(req.get("mine")))
+            reply = {"status": await snapshot(d, events=req["events"], table=table, only=req["services"] or "")}
+            if req["table"]:  # also the kernel-table view `director status` prints
+                reply["table"] = await table_status(d, table, mine=req["mine"])
             return reply
         if what == "reload":
             d.request_reload()
             self.hub.publish("operator", "reload requested through the API")
             return {"requested": True}
-        keys = ov.resolve(d.effective(), _text(req.get("target"), "target"),
-                          None if req.get("service") is None else _text(req["service"], "service"))
+        keys = ov.resolve(d.effective(), req["target"], req["service"])
         if what == "recheck":
             return {"results": [await self._recheck(k) for k in keys]}
         store = ov.store_of(d)
@@ -311,7 +343,7 @@ class APIServer:
                 changed = [o.key for o in store.set(keys, "drain", 0)]
                 words = "drained"
             elif what == "weight":
-                w = _int(req.get("weight"), "weight", 0, ov.MAX_WEIGHT)
+                w = req["weight"]
                 changed = [o.key for o in store.set(keys, "weight", w)]
                 words = f"weight {w}"
             else:
@@ -340,7 +372,7 @@ class APIServer:
 
     async def _stream(self, req: dict, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Send events until the client closes its side (noticed at once, not at the next event)."""
-        n = _int(req.get("recent", 0), "recent", 0, self.hub.recent.maxlen)
+        n = req["recent"]
         queue = self.hub.subscribe()
         gone = asyncio.ensure_future(_until_eof(reader))  # the client sends nothing more; EOF means it left
         try:
@@ -391,8 +423,14 @@ def _text(value, name: str) -> str:
 
 def _int(value, name: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise APIError(f"{name} must be an integer {low}..{high}, got {value!r}")
+        raise APIError(f"{name} must be an integer {low}..{high}, got {_short(value)}")
     return value
+
+
+def _short(value) -> str:
+    """A client's value quoted in an error, at most 80 characters (a 4000-digit number is not echoed whole)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 async def _send(writer: asyncio.StreamWriter, obj: dict) -> None:

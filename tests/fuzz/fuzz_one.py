@@ -20,6 +20,13 @@ with atheris.instrument_imports(include=["lvsmail"]):
     import lvsmail.config.keepalived  # noqa: F401  (instrumented before parser_targets imports them)
     import lvsmail.config.ldirectord  # noqa: F401
     import lvsmail.config.loader  # noqa: F401
+    import lvsmail.director.api  # noqa: F401
+    import lvsmail.health.checkers.dialogue  # noqa: F401
+    import lvsmail.health.checkers.http  # noqa: F401
+    import lvsmail.health.checkers.imap  # noqa: F401
+    import lvsmail.health.checkers.pop3  # noqa: F401
+    import lvsmail.health.checkers.replies  # noqa: F401
+    import lvsmail.health.checkers.smtp  # noqa: F401
     import lvsmail.ipvs.wire  # noqa: F401
     import lvsmail.net.iproute  # noqa: F401
     import lvsmail.realserver.persist  # noqa: F401

@@ -24,13 +24,20 @@ from pathlib import Path
 from typing import Callable
 
 from lvsmail.config.errors import ConfigError
+from lvsmail.director import api
 from lvsmail.config.keepalived import import_keepalived
 from lvsmail.config.ldirectord import import_ldirectord
 from lvsmail.config.loader import dump_cluster, parse_cluster
 from lvsmail.ipvs import wire
+from lvsmail.health.checkers import http as http_check
+from lvsmail.health.checkers import imap, pop3, smtp
+from lvsmail.health.checkers.dialogue import Dialogue
+from lvsmail.health.checkers.replies import CheckFailed
+from lvsmail.health.credentials import Credentials
 from lvsmail.net import iproute
 from lvsmail.net.backend import NetError
 from lvsmail.realserver import persist
+from lvsmail.spec import CheckSpec
 from lvsmail.registration import http
 from lvsmail.registration.protocol import Member, ProtocolError, TokenError, parse_token
 from lvsmail.vrrp import auth, packet
@@ -319,6 +326,125 @@ def _state_file_seeds() -> list[bytes]:
     return [json.dumps(state, indent=1).encode(), b'{"version": 1, "undo": []}', b"[]"]
 
 
+# -- the checkers: what a real server answers (RFC 5321, RFC 9051, RFC 1939, RFC 9112) ----------
+
+#: The checkers a first byte chooses from (its two low bits), each run as the health engine runs it.
+CHECKERS = (("smtp", smtp.check), ("imap", imap.check), ("pop3", pop3.check), ("http", http_check.check))
+
+
+class ReplayDialogue(Dialogue):
+    """A Dialogue whose peer has said everything and closed: the real readers over fixed bytes.
+
+    Only the socket side is replaced (connecting, writing, waiting); ``read_line``,
+    ``read_smtp_reply``, ``read_exactly``, ``skip`` and ``read_some`` are the
+    checkers' own, with their limits, so the whole dialogue of a check runs on
+    whatever the peer sent. What the checker writes is kept in ``sent``.
+    """
+
+    def __init__(self, label: str, data: bytes):
+        super().__init__(label, "192.0.2.20", 25)
+        self.buffer = bytearray(data)
+        self.eof = True
+        self.sent: list[bytes] = []
+
+    async def connect(self, greeting_first: bool = False) -> None:
+        """Already connected."""
+        self.connected = True
+
+    async def send(self, data: str | bytes) -> None:
+        """Keep what the checker says."""
+        self.sent.append(data.encode() if isinstance(data, str) else data)
+
+    async def start_tls(self) -> None:
+        """No TLS in a replay: the peer's bytes after STARTTLS are taken as they come."""
+
+    def _consumed(self) -> None:
+        """Nothing to resume: the socket side is gone."""
+
+    async def _wait(self) -> None:
+        raise AssertionError("a checker waited for more with the peer's end of stream in its buffer")
+
+
+def run_to_end(coro) -> None:
+    """Run a coroutine that cannot wait (a replay answers at once); its result or exception is its own."""
+    try:
+        coro.send(None)
+    except StopIteration:
+        return
+    coro.close()
+    raise AssertionError("the coroutine waited on something")
+
+
+def _checker_replies(data: bytes) -> None:
+    """A whole check against a peer that sent ``data[1:]``: passes or fails (CheckFailed, ReplyError).
+
+    The first byte chooses the checker (bits 0-1), login credentials (bit 2; bit 6 makes the password
+    non-ASCII, an IMAP literal), a ``receive`` string for HTTP (bit 3, bit 4 a regex), HEAD (bit 5)
+    and STARTTLS (bit 7, whose handshake the replay skips).
+    """
+    if not data:
+        return
+    mode = data[0]
+    kind, check = CHECKERS[mode & 3]
+    creds = Credentials("lvsmail-check", "pässword" if mode & 64 else "password") if mode & 4 else None
+    spec = CheckSpec(kind, receive=("O[K]" if mode & 16 else "OK") if mode & 8 else None,
+                     receive_regex=bool(mode & 16), method="HEAD" if mode & 32 else "GET")
+    tls = "starttls" if mode & 128 and kind != "http" else "none"
+    run_to_end(check(ReplayDialogue(kind, data[1:]), spec, tls, creds))
+
+
+def _checker_replies_seeds() -> list[bytes]:
+    """A passing dialogue of each checker, with and without login, as Postfix, Dovecot and a web server answer."""
+    ehlo = b"250-mx1.example.org\r\n250-PIPELINING\r\n250-STARTTLS\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n"
+    smtp_ok = b"220-mx1.example.org ESMTP\r\n220 mx1.example.org ready\r\n" + ehlo
+    imap_ok = (b"* OK [CAPABILITY IMAP4rev1 STARTTLS AUTH=PLAIN] Dovecot ready.\r\n"
+               b"* CAPABILITY IMAP4rev1 STARTTLS LITERAL+ AUTH=PLAIN\r\nL1 OK Capability completed.\r\n")
+    imap_login = (b"+ OK\r\nL2 OK Logged in\r\n* 3 EXISTS\r\n* FLAGS (\\Seen)\r\n"
+                  b"* OK [UIDVALIDITY 1700000000] x {5}\r\nhello\r\nL3 OK [READ-ONLY] Examine completed\r\n")
+    http_ok = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: text/plain\r\n"
+    return [bytes([0]) + smtp_ok + b"221 2.0.0 Bye\r\n",
+            bytes([4 | 128]) + smtp_ok + b"220 2.0.0 go ahead\r\n" + ehlo + b"235 2.7.0 Authentication successful\r\n"
+            b"221 2.0.0 Bye\r\n",
+            bytes([4]) + smtp_ok.replace(b"AUTH PLAIN LOGIN", b"AUTH LOGIN") + b"334 VXNlcm5hbWU6\r\n"
+            b"334 UGFzc3dvcmQ6\r\n235 ok\r\n421 4.3.2 busy\r\n",
+            bytes([1]) + imap_ok + b"* BYE Logging out\r\nL2 OK Logout completed.\r\n",
+            bytes([1 | 4 | 64]) + imap_ok + imap_login + b"L4 OK Logout completed.\r\n",
+            bytes([2 | 4]) + b"+OK Dovecot ready.\r\n+OK\r\n+OK Logged in.\r\n+OK 3 1024\r\n+OK Logging out.\r\n",
+            bytes([3 | 8]) + http_ok + b"Content-Length: 2\r\n\r\nOK",
+            bytes([3 | 8 | 16]) + http_ok + b"Transfer-Encoding: chunked\r\n\r\n2;x=y\r\nOK\r\n0\r\n\r\n",
+            bytes([3 | 8]) + http_ok + b"\r\nOK to the end of the connection"]
+
+
+# -- the director's local API (newline-delimited JSON on a UNIX socket) -------------------------
+
+#: The event buffer's size the local API target checks ``events`` and ``recent`` against.
+API_EVENTS = 100
+
+
+def _local_api(data: bytes) -> None:
+    """Request lines as the server reads them (split at newlines, each at most MAX_LINE); what parses
+    must be a request that parses back the same from its own JSON."""
+    for line in data.split(b"\n")[:64]:
+        if not line.strip() or len(line) > api.MAX_LINE:  # blank lines are skipped, long ones refused unread
+            continue
+        try:
+            req = api.parse_request(line, API_EVENTS)
+        except api.APIError:  # answered with an error; the connection stays and the next line is read
+            continue
+        assert api.parse_request(json.dumps(req).encode(), API_EVENTS) == req, req
+
+
+def _local_api_seeds() -> list[bytes]:
+    """Every request the commands and the dashboard send, one per line, and a few refused ones."""
+    lines = [{"request": "status", "events": 20, "services": "smtp", "table": True, "mine": False},
+             {"request": "drain", "target": "192.0.2.20", "service": "smtp"}, {"request": "enable", "target": "mx2"},
+             {"request": "weight", "target": "[2001:db8::20]:25", "weight": 3}, {"request": "recheck", "target": "mx1"},
+             {"request": "reload"}, {"request": "events", "recent": 10}]
+    good = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    return [good, b'{"request": "weight", "target": "mx1", "weight": 65536}\n',
+            b'{"request": "status", "events": [[[[]]]]}\n', b'"status"\n{"request": "flush"}\n']
+
+
 TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("vrrp", _vrrp, (packet.PacketError,), _vrrp_seeds,
            "VRRPv3 adverts, IPv4 and IPv6, with and without lvsmail's authentication trailer"),
@@ -335,6 +461,9 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("http_head", _http_head, (http.HTTPError,), _http_head_seeds, "HTTP/1.1 request head of the registration API"),
     Target("token", _token, (TokenError,), _token_seeds, "registration key file"),
     Target("state_file", _state_file, (persist.StateFileError,), _state_file_seeds, "the real server's state file"),
+    Target("checker_replies", _checker_replies, (CheckFailed,), _checker_replies_seeds,
+           "a real server's replies to an SMTP, IMAP, POP3 or HTTP check (first byte: which, and its options)"),
+    Target("local_api", _local_api, (api.APIError,), _local_api_seeds, "request lines of the director's local API"),
 )}
 
 assert issubclass(ProtocolError, ValueError)

@@ -13,11 +13,17 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+import sys
+from pathlib import Path
+
 from lvsmail.health.checkers import http, imap
 from lvsmail.health.checkers.replies import (LINE_LIMIT, MAX_REPLY_BYTES, MAX_REPLY_LINES, CheckFailed, ReplyError,
                                              clip, http_chunk_size, http_content_length, http_header_field,
                                              http_status_line, imap_capabilities, imap_greeting, imap_literal_size,
                                              imap_tagged, parse_smtp_reply, pop3_ok, scan_smtp_reply)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fuzz"))
+import parser_targets  # noqa: E402  (the checker_replies fuzz target: whole checks over a replayed peer)
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -205,3 +211,44 @@ def test_http_header_and_body_readers_return_or_fail_the_check(data):
     except CheckFailed:
         return
     assert len(body) <= http.BODY_LIMIT
+
+
+# -- whole checks against a replayed peer (the checker_replies fuzz target) -----------------------------
+
+@SETTINGS
+@given(mode=st.integers(0, 255), data=reply_bytes)
+@example(mode=0, data=b"220 ready\r\n250 mx1\r\n221 bye\r\n")
+@example(mode=1 | 4 | 64, data=b"* OK ready\r\nL1 OK\r\n+ go\r\nL2 OK\r\n* 1 EXISTS {99999999}\r\n")
+@example(mode=3 | 8, data=b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\n")
+def test_a_whole_check_against_any_peer_passes_or_fails_with_check_failed(mode, data):
+    """Every checker's dialogue, from greeting to QUIT/LOGOUT or the body, on any bytes: CheckFailed or a pass."""
+    parser_targets.run_guarded("checker_replies", bytes([mode]) + data)
+
+
+@pytest.mark.parametrize("seed", parser_targets.TARGETS["checker_replies"].seeds(), ids=lambda s: f"mode{s[0]}")
+def test_each_checker_passes_a_well_behaved_server(seed):
+    """The fuzz seeds are real passing dialogues: a replay that fails them is a broken seed or checker."""
+    parser_targets.TARGETS["checker_replies"].run(seed)
+
+
+@SETTINGS
+@given(cut=st.integers(0, 2000), data=st.data())
+def test_a_well_behaved_dialogue_cut_short_fails_with_a_reason(cut, data):
+    """A server that closes mid-dialogue fails the check (it never passes half a dialogue, never crashes)."""
+    seed = data.draw(st.sampled_from(parser_targets.TARGETS["checker_replies"].seeds()))
+    if not 1 <= cut < len(seed) - 1:
+        return
+    mode, body = seed[0], seed[1:cut]
+    kind = parser_targets.CHECKERS[mode & 3][0]
+    try:
+        parser_targets.TARGETS["checker_replies"].run(bytes([mode]) + body)
+    except CheckFailed as exc:
+        assert str(exc)
+    else:  # passing is only possible once the verdict is in (the last reply), or with enough of an HTTP body
+        assert kind == "http" or _decided_before(seed, cut), (seed, cut)
+
+
+def _decided_before(seed: bytes, cut: int) -> bool:
+    """Whether the cut falls in the last reply (QUIT's or LOGOUT's), which cannot fail a check once decided."""
+    last = seed.rstrip(b"\r\n").rfind(b"\n")
+    return cut > last

@@ -27,6 +27,7 @@ import parser_targets  # noqa: E402
 
 from lvsmail.config.errors import ConfigError  # noqa: E402
 from lvsmail.config.loader import dump_cluster, parse_cluster  # noqa: E402
+from lvsmail.director import api  # noqa: E402
 from lvsmail.ipvs import wire  # noqa: E402
 from lvsmail.ipvs.model import DestKey, DestSettings, ServiceKey, ServiceSettings, SyncDaemon  # noqa: E402
 from lvsmail.net import iproute  # noqa: E402
@@ -60,7 +61,7 @@ def _apply(args) -> bytes:
     return bytes(data[:cut % (len(data) + 2)]) if cut % 3 == 0 else bytes(data)
 
 
-BINARY = ("vrrp", "ipvs", "rtnetlink", "registration_json", "http_head", "token", "state_file")
+BINARY = ("vrrp", "ipvs", "rtnetlink", "registration_json", "http_head", "token", "state_file", "local_api")
 TEXT = ("cluster", "ldirectord", "keepalived")
 
 
@@ -273,6 +274,60 @@ def test_member_schema_returns_member_or_protocol_error(body):
     except ProtocolError:
         return
     assert Member.from_json(json.loads(json.dumps(member.to_json()))) == member
+
+
+# -- the director's local API: request lines ------------------------------------------------------
+
+_API_JSON = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-2, 70000), st.text(max_size=8),
+                                   st.sampled_from(api.REQUESTS)),
+                         lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(
+                             st.sampled_from(["request", "events", "services", "table", "mine", "target", "service",
+                                              "weight", "recent", "x"]), inner, max_size=6)),
+                         max_leaves=10)
+
+
+@FAST
+@given(req=_API_JSON)
+def test_local_api_request_is_checked_or_refused_with_api_error(req):
+    try:
+        out = api.check_request(req, parser_targets.API_EVENTS)
+    except api.APIError as exc:
+        assert str(exc)
+        return
+    assert out["request"] in api.REQUESTS and out["request"] == req["request"]
+    for key in ("events", "recent", "weight"):
+        assert key not in out or (type(out[key]) is int and out[key] == req.get(key, out[key]))
+    assert api.parse_request(json.dumps(out).encode(), parser_targets.API_EVENTS) == out
+
+
+_TARGETS = st.one_of(st.ip_addresses().map(str), st.from_regex(r"\A[a-z][a-z0-9-]{0,20}\Z"),
+                     st.tuples(st.ip_addresses(v=6), st.integers(1, 65535)).map(lambda t: f"[{t[0]}]:{t[1]}"))
+
+
+@FAST
+@given(what=st.sampled_from(["drain", "enable", "recheck", "weight"]), target=_TARGETS,
+       service=st.one_of(st.none(), st.sampled_from(["smtp", "imap", "webmail"])), weight=st.integers(0, 65535))
+def test_local_api_well_formed_requests_parse_to_their_arguments(what, target, service, weight):
+    line = json.dumps({"request": what, "target": target, "service": service, "weight": weight}).encode()
+    out = api.parse_request(line + b"\n", parser_targets.API_EVENTS)
+    assert (out["request"], out["target"], out["service"]) == (what, target, service)
+    assert out.get("weight") == (weight if what == "weight" else None)
+
+
+@pytest.mark.parametrize("line,reason", [
+    (b"\xff\n", "utf-8"),
+    (b"[" * 100 + b"]" * 100, "nested 100 levels deep"),
+    (b'{"request": "weight", "target": "mx1", "weight": ' + b"9" * 5000 + b"}", "digits"),
+    (b'{"request": "status", "events": 101}', "events must be an integer 0..100, got 101"),
+    (b'{"request": "events", "recent": true}', "recent must be an integer 0..100, got True"),
+    (b'{"request": "drain", "target": "  "}', "target must be a non-empty string"),
+    (b'{"request": "' + b"x" * 500 + b'"}', "unknown request 'xxxx"),
+    (b"[]", "a request is a JSON object"),
+])
+def test_local_api_refusals_say_what_is_wrong(line, reason):
+    with pytest.raises(api.APIError, match=reason) as caught:
+        api.parse_request(line, parser_targets.API_EVENTS)
+    assert len(str(caught.value)) < 400  # a long value is not echoed back whole
 
 
 # -- the real server's state file ---------------------------------------------------------------
