@@ -574,6 +574,16 @@ def child_env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{path}" if path else str(REPO))
 
 
+def run_logged(log: Path, *args: str, timeout: float) -> subprocess.CompletedProcess:
+    """``lvsmail ARGS`` as an administrator types it, its output into ``log`` (readable from outside the VM
+    while it runs); the result carries that output as ``stdout``."""
+    with open(log, "w") as out:
+        done = subprocess.run(lvsmail_argv(*args), stdout=out, stderr=subprocess.STDOUT, timeout=timeout,
+                              stdin=subprocess.DEVNULL, env=child_env())
+    done.stdout = Path(log).read_text()
+    return done
+
+
 def _connects(ns: str, host: str, port: int) -> bool:
     """Whether a TCP connection to host:port from ``ns`` succeeds."""
     s = netns.socket_in_netns(ns)

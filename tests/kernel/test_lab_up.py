@@ -29,14 +29,9 @@ UP_TIMEOUT = 1500
 
 def _lvsmail(log: Path, *args: str, timeout: float = UP_TIMEOUT) -> subprocess.CompletedProcess:
     """Run the lvsmail command; its output goes to ``log`` (readable from outside the VM while it runs)."""
-    from lvsmail.lab.cluster import lvsmail_argv
-    from lvsmail.lab.cluster_up import child_env
+    from lvsmail.lab.cluster_up import run_logged
 
-    with open(log, "w") as out:
-        done = subprocess.run(lvsmail_argv(*args), stdout=out, stderr=subprocess.STDOUT, timeout=timeout,
-                              stdin=subprocess.DEVNULL, env=child_env())
-    done.stdout = log.read_text()
-    return done
+    return run_logged(log, *args, timeout=timeout)
 
 
 def test_lab_up_mail_through_the_vip_and_back_over_imap_then_down_leaves_nothing(lab_ok, lab_out, alone_in_the_lab, capsys):
