@@ -26,8 +26,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -100,7 +102,7 @@ def newest_report(directory: Path, since: float = 0.0) -> Path | None:
 
 
 def run_stack(stack: str, args: argparse.Namespace) -> dict:
-    """One stack's chaos run, its output to ``OUT/<stack>/chaos.log``; what it produced."""
+    """One stack's chaos run, its output here and in ``OUT/<stack>/chaos.log``; what it produced."""
     directory = args.out_dir / stack
     directory.mkdir(parents=True, exist_ok=True)
     argv = chaos_argv(stack, args)
@@ -108,18 +110,56 @@ def run_stack(stack: str, args: argparse.Namespace) -> dict:
     print(f"== stack {stack}: {' '.join(argv[1:])} (log {log})", flush=True)
     started = time.time()
     with open(log, "w") as out:
-        try:
-            rc = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                                timeout=args.duration + RUN_SLACK).returncode
-        except subprocess.TimeoutExpired:
-            rc = None
-            out.write(f"\nbench/stacks.py: timed out after {args.duration + RUN_SLACK:.0f} s\n")
+        rc = _tee(argv, out, args.duration + RUN_SLACK)
     seconds = round(time.time() - started, 1)
     report = newest_report(directory, since=started)
     print(f"== stack {stack}: exit {rc if rc is not None else 'timeout'} after {seconds:.0f} s, "
           f"report {report or 'NONE (see the log)'}", flush=True)
     return {"stack": stack, "exit": rc, "seconds": seconds, "report": str(report) if report else None,
             "log": str(log)}
+
+
+def _tee(argv: list[str], out, timeout: float) -> int | None:
+    """Run ``argv``, its output line by line to stdout and ``out``; its exit status, None on timeout.
+
+    On timeout the run gets SIGINT first (its ``finally`` takes the lab cluster down, so the next
+    stack starts clean), then, two minutes later, SIGKILL for its whole process group.
+    """
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO, text=True,
+                            start_new_session=True)
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    timer = threading.Timer(timeout, expire)
+    timer.daemon = True
+    timer.start()
+    label = f"  [{argv[argv.index('--stack') + 1]}] "
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.write(line)
+            out.flush()
+            sys.stdout.write(label + line)
+            sys.stdout.flush()
+
+    # A thread, not a loop here: a daemon the run left behind may hold the pipe open after the run exits.
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    rc = proc.wait()
+    timer.cancel()
+    reader.join(timeout=10)
+    if expired.is_set():
+        out.write(f"\nbench/stacks.py: timed out after {timeout:.0f} s (exit {rc})\n")
+        return None
+    return rc
 
 
 def write_outputs(args: argparse.Namespace, runs: list[dict], command: str) -> int:
