@@ -365,3 +365,19 @@ def test_lost_and_duplicated_messages_are_pinned_on_the_fault_whose_window_accep
     assert m["duplicated_by_fault"] == {"fault 2 director_kill": 1}
     assert ("| seed | 6 | 5 (before the first fault: 1; fault 1 rs_hang: 1; fault 2 director_kill: 2; "
             "after the faults: 1) | 1 (0) (fault 2 director_kill: 1) |") in cmp.markdown(cmp.compare([r]))
+
+
+def test_stacks_run_output_is_logged_and_a_run_past_its_time_is_interrupted(capsys):
+    import io
+    import sys
+
+    from bench import stacks
+
+    log = io.StringIO()
+    assert stacks._tee(["sh", "-c", "echo one; echo two; exit 3", "--stack", "seed"], log, 30) == 3
+    assert log.getvalue() == "one\ntwo\n"
+    assert capsys.readouterr().out == "  [seed] one\n  [seed] two\n"
+    log = io.StringIO()
+    slow = [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)", "--stack", "keepalived"]
+    assert stacks._tee(slow, log, 1.0) is None  # SIGINT: KeyboardInterrupt ends it within the second
+    assert log.getvalue().startswith("up\n") and "timed out after 1 s" in log.getvalue()
