@@ -1,7 +1,8 @@
-"""``lvsmail config``: validate, check against the kernel, diff, and import ldirectord/keepalived files."""
+"""``lvsmail config``: validate, check against the kernel, diff, and import or export ldirectord/keepalived files."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -14,7 +15,7 @@ from lvsmail.commands.options import EXIT_CONFIG, cluster_file_argument, state_d
 
 @click.group(name="config")
 def config() -> None:
-    """Validate, check and compare cluster files; import ldirectord and keepalived configurations."""
+    """Validate, check and compare cluster files; import and export ldirectord and keepalived configurations."""
 
 
 @config.command()
@@ -85,6 +86,72 @@ def import_keepalived_cmd(file: str, output: str | None, name: str | None) -> No
         Path(output).write_text(text, encoding="utf-8")
     else:
         click.echo(text, nl=False)
+
+
+@config.command("export-keepalived")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
+              help="Write keepalived.conf here (atomically) instead of standard output.")
+@click.option("--router-id", help="keepalived's router_id for this director (default: the cluster name).")
+def export_keepalived_cmd(file: str, output: str | None, router_id: str | None) -> None:
+    """Print the keepalived.conf (keepalived 2.2.7) equivalent to the cluster file FILE.
+
+    FILE is one director's cluster file: its failover: section becomes the
+    vrrp_instance blocks, sync: the lvs_sync_daemon, each service a
+    virtual_server.  Settings keepalived cannot express are comments in the
+    output and listed on standard error; the export still succeeds (exit 0).
+    ``lvsmail config import-keepalived`` reads the output back to the same
+    services.  Exit 2 if FILE is invalid.
+    """
+    from lvsmail.config.export_keepalived import export_keepalived
+
+    spec = _load(file)
+    _emit(lambda: export_keepalived(spec, router_id=router_id), output)
+
+
+@config.command("export-ldirectord")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
+              help="Write ldirectord.cf here (atomically) instead of standard output.")
+@click.option("--logfile", default="/var/log/ldirectord.log", show_default=True,
+              help="ldirectord's logfile= setting.")
+def export_ldirectord_cmd(file: str, output: str | None, logfile: str) -> None:
+    """Print the ldirectord.cf (ldirectord 4.12) equivalent to the cluster file FILE.
+
+    Settings ldirectord cannot express (failover and sync, which heartbeat
+    did for ldirectord) are comments in the output and listed on standard
+    error; the export still succeeds (exit 0).  ``lvsmail config
+    import-ldirectord`` reads the output back to the same services.  Exit 2
+    if FILE is invalid.
+    """
+    from lvsmail.config.export_ldirectord import export_ldirectord
+
+    spec = _load(file)
+    _emit(lambda: export_ldirectord(spec, logfile=logfile), output)
+
+
+def _emit(export, output: str | None) -> None:
+    """Run an exporter; warnings to standard error, the text to OUTPUT (atomically) or standard output."""
+    from lvsmail.config import ConfigError
+
+    try:
+        result = export()
+    except ConfigError as exc:
+        _fail(exc)
+    for warning in result.warnings:
+        click.echo(warning, err=True)
+    if not output:
+        click.echo(result.text, nl=False)
+        return
+    target = Path(output)
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(result.text, encoding="utf-8")
+        os.replace(tmp, target)  # a daemon reloading it never reads half a file
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        click.echo(f"lvsmail: cannot write {output}: {exc.strerror or exc}", err=True)
+        raise SystemExit(EXIT_CONFIG) from None
 
 
 _STATE_DIR = state_dir("Where a running director records the services it owns.")
