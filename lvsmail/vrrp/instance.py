@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from lvsmail.vrrp.guard import ReceiveGuard
 from lvsmail.vrrp.packet import Advertisement
 from lvsmail.vrrp.state import (
     Advert, Announce, Discard, Event, ReleaseResources, Role, RunNotify, SendAdvert, Start, Stop, TakeResources, Tick,
@@ -66,6 +67,8 @@ class VrrpInstance:
         self.sent = 0
         self.last_heard: float | None = None  # when the last advert arrived (the master's last sign of life)
         self.takeover_since: float | None = None  # set when we took over as backup: last_heard at that moment
+        # The transport's guard when it has one (a VrrpSocket), so its drops and ours are counted together.
+        self.guard: ReceiveGuard = getattr(transport, "guard", None) or ReceiveGuard(name, clock=clock)
 
     def start(self) -> None:
         """Begin (Startup, RFC 5798 §6.4.1) in a task of the running loop."""
@@ -77,7 +80,16 @@ class VrrpInstance:
         self._events.put_nowait(event)
 
     def received(self, source: str, ttl: int, adv: Advertisement) -> None:
-        """Queue a received advert."""
+        """Queue a received advert: unless it is for another VRID, crossed a router (RFC 5798 section 7.1)
+        or its source is over its rate (see ``lvsmail.vrrp.guard``); those are only counted."""
+        if adv.vrid != self.params.vrid:
+            self.guard.drop("vrid", source)
+            return
+        if ttl != 255:
+            self.guard.drop("ttl", source)
+            return
+        if not self.guard.admit(source, self.state.master, self.params.advert_interval, self.state.master_adver_int):
+            return
         self.last_heard = self.clock()
         self.feed(Advert(source, adv.priority, adv.max_adver_int, adv.vrid, ttl))
 

@@ -3,9 +3,12 @@
 Adverts go to 224.0.0.18 / ff02::12 (or to each configured unicast peer, for
 networks without multicast) with TTL / hop limit 255, from the interface's
 primary address (IPv4) or link-local address (IPv6). On receipt a packet is
-dropped when its TTL is not 255, its version is not 3, its checksum is wrong
-(the state machine drops a foreign VRID), or, with a key, its lvsmail
-authentication trailer is missing, wrong or replayed.
+dropped, cheapest check first (RFC 5798 section 7.1), when it is not a whole
+IPv4 datagram, its TTL / hop limit is not 255, it is not from a configured
+unicast peer, its version is not 3 or its checksum is wrong, or, with a key,
+its lvsmail authentication trailer is missing, wrong or replayed (the instance
+then drops a foreign VRID and rate-limits the rest: ``lvsmail.vrrp.guard``).
+Every drop is counted in ``guard``; none is logged on its own.
 
 IPv4 adverts are sent with ``IP_HDRINCL`` so the source is the primary address
 the checksum was computed over, whatever address the kernel would have chosen.
@@ -20,6 +23,7 @@ import time
 from dataclasses import dataclass
 
 from lvsmail.vrrp import auth
+from lvsmail.vrrp.guard import ReceiveGuard
 from lvsmail.vrrp.packet import (
     IPPROTO_VRRP, MCAST_V4, MCAST_V6, Advertisement, PacketError, decode, encode, ipv4_header, parse_ipv4,
 )
@@ -54,6 +58,7 @@ class VrrpSocket:
         self.key = key
         self.verifier = auth.Verifier(key) if key else None
         self._warned: dict[tuple[str, str], float] = {}
+        self.guard = ReceiveGuard(f"{interface} {'IPv6' if family == socket.AF_INET6 else 'IPv4'}")
         self.index = socket.if_nametoindex(interface)
         self.group = MCAST_V4 if family == socket.AF_INET else MCAST_V6
         self.sock = self._open()
@@ -95,8 +100,9 @@ class VrrpSocket:
         return self.sock.fileno()
 
     def close(self) -> None:
-        """Leave the group and close (the kernel drops the membership with the socket)."""
+        """Leave the group and close (the kernel drops the membership with the socket); log the last drops."""
         self.sock.close()
+        self.guard.flush()
 
     def send(self, adv: Advertisement) -> None:
         """Send to the group, or to every unicast peer; an error is raised to the caller to log."""
@@ -110,10 +116,7 @@ class VrrpSocket:
                 self.sock.sendto(payload, (dst, 0, 0, self.index))
 
     def receive(self) -> Received | None:
-        """Read one packet; None (after a debug log line) when it is not an acceptable advert.
-
-        The TTL check itself is left to the state machine, which names it in its discard reason.
-        """
+        """Read one packet; None when there was none or it is not an acceptable advert (counted in ``guard``)."""
         try:
             if self.family == socket.AF_INET:
                 data, _addr = self.sock.recvfrom(4096)
@@ -130,14 +133,19 @@ class VrrpSocket:
             return None
         except (OSError, PacketError) as exc:
             log.debug("vrrp %s: unreadable packet: %s", self.interface, exc)
+            self.guard.drop("malformed", "?")
+            return None
+        if ttl != 255:  # §7.1: crossed a router, so not from our link (checked before anything costs more)
+            self.guard.drop("ttl", src)
             return None
         if self.peers and src not in self.peers:
-            log.debug("vrrp %s: advert from %s, not a configured unicast peer", self.interface, src)
+            self.guard.drop("not-a-peer", src)
             return None
         try:
             adv = decode(payload, src, dst, self.family)
         except PacketError as exc:
             log.debug("vrrp %s: dropped packet from %s: %s", self.interface, src, exc)
+            self.guard.drop("malformed", src)
             return None
         if self.verifier is not None:
             try:
@@ -149,5 +157,6 @@ class VrrpSocket:
                 if level == logging.WARNING:
                     self._warned[key] = now
                 log.log(level, "vrrp %s: dropped advert from %s (VRID %d): %s", self.interface, src, adv.vrid, exc)
+                self.guard.drop("auth", src)
                 return None
         return Received(src, ttl, adv)
