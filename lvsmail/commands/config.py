@@ -100,7 +100,7 @@ def export_keepalived_cmd(file: str, output: str | None, router_id: str | None) 
     vrrp_instance blocks, sync: the lvs_sync_daemon, each service a
     virtual_server.  Settings keepalived cannot express are comments in the
     output and listed on standard error; the export still succeeds (exit 0).
-    ``lvsmail config import-keepalived`` reads the output back to the same
+    lvsmail config import-keepalived reads the output back to the same
     services.  Exit 2 if FILE is invalid.
     """
     from lvsmail.config.export_keepalived import export_keepalived
@@ -120,8 +120,8 @@ def export_ldirectord_cmd(file: str, output: str | None, logfile: str) -> None:
 
     Settings ldirectord cannot express (failover and sync, which heartbeat
     did for ldirectord) are comments in the output and listed on standard
-    error; the export still succeeds (exit 0).  ``lvsmail config
-    import-ldirectord`` reads the output back to the same services.  Exit 2
+    error; the export still succeeds (exit 0).  lvsmail config
+    import-ldirectord reads the output back to the same services.  Exit 2
     if FILE is invalid.
     """
     from lvsmail.config.export_ldirectord import export_ldirectord
