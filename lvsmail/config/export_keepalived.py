@@ -48,7 +48,7 @@ def export_keepalived(spec: ClusterSpec, *, router_id: str | None = None) -> Exp
     """
     out = _Writer(spec.source)
     out.raw(f"! keepalived.conf for keepalived 2.2.7, written by `lvsmail config export-keepalived` from "
-            f"{spec.source}.")
+            f"{out.source_label}.")
     out.raw(f"! Cluster {spec.name}.  Read it back with: lvsmail config import-keepalived FILE")
     out.raw("! Lines starting '! lvsmail:' name settings keepalived cannot express (also printed as warnings).")
     out.raw("")
@@ -104,6 +104,11 @@ class ExportWriter:
     def raw(self, text: str) -> None:
         """A line exactly as given."""
         self.lines.append(text)
+
+    @property
+    def source_label(self) -> str:
+        """The source's name for a comment line: a control character (a line break in a file name) as '?'."""
+        return "".join("?" if ord(ch) < 32 or ord(ch) == 127 else ch for ch in self.source)
 
     def note_cannot(self, indent: str, path: str, why: str) -> None:
         """A setting the target cannot express: a comment in place and a warning."""

@@ -37,7 +37,8 @@ def export_ldirectord(spec: ClusterSpec, *, logfile: str = DEFAULT_LOGFILE) -> E
     unchanged (a ``#`` in a request path, for example).
     """
     out = _Writer(spec.source)
-    out.raw(f"# ldirectord.cf for ldirectord 4.12, written by `lvsmail config export-ldirectord` from {spec.source}.")
+    out.raw(f"# ldirectord.cf for ldirectord 4.12, written by `lvsmail config export-ldirectord` from "
+            f"{out.source_label}.")
     out.raw(f"# Cluster {spec.name}.  Read it back with: lvsmail config import-ldirectord FILE")
     out.raw("# Lines starting '# lvsmail:' name settings ldirectord cannot express (also printed as warnings).")
     exported = [(i, s) for i, s in enumerate(spec.services) if _expressible(out, s, f"services[{i}]")]

@@ -366,3 +366,14 @@ def test_cli_exits_2_on_a_bad_cluster_file_and_writes_nothing(cli_runner, tmp_pa
     assert result.exit_code == 2
     assert f"{bad}:3: services[0]: needs either vip" in result.stderr
     assert not out.exists()
+
+
+def test_a_line_break_in_the_source_name_cannot_add_lines_to_either_output():
+    from lvsmail.config.export_ldirectord import export_ldirectord
+    from lvsmail.config.ldirectord import import_ldirectord
+
+    spec = parse_cluster(EXAMPLES[0].read_text(), "x\nvirtual_server 192.0.2.99 80 {")
+    keepalived, ldirectord = export_keepalived(spec).text, export_ldirectord(spec).text
+    assert keepalived.startswith("! ") and "\nvirtual_server 192.0.2.99" not in keepalived
+    assert "\nvirtual_server 192.0.2.99" not in ldirectord
+    assert len(import_keepalived(keepalived).spec.services) == len(import_ldirectord(ldirectord).spec.services) == 2
