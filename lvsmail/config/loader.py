@@ -86,10 +86,38 @@ def spec_from_tree(tree: Node | None, source: str, problems: list[Problem] = ())
     """
     reader = Reader(source)
     reader.problems.extend(problems)
+    _refuse_nul_bytes(reader, tree)
     spec = _cluster(reader, tree)
     if reader.problems or spec is None:
         raise ConfigError(reader.problems)
     return spec
+
+
+def _refuse_nul_bytes(r: Reader, tree: Node | None) -> None:
+    """A problem for every string holding a NUL byte (YAML's ``"\\0"`` escape, an import's text).
+
+    No setting can hold one: paths, commands and names reach the kernel as C strings, where
+    ``os`` and ``pathlib`` raise a bare ValueError for them. Walked without recursion, so a
+    document nested as deep as YAML allows costs no stack.
+    """
+    stack = [("", tree)] if tree is not None else []
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node.value, dict):
+            for key, entry in node.value.items():
+                if "\0" in str(key):
+                    r.error(entry.node, path, f"key {key!r} contains a NUL byte")
+                stack.append((join(path, key), entry.node))
+        elif isinstance(node.value, list):
+            stack.extend((join(path, i), item) for i, item in enumerate(node.value))
+        elif any(isinstance(v, str) and "\0" in v for v in (node.value, node.text)):
+            r.error(node, path, f"{clip_value(node)} contains a NUL byte; no setting can hold one")
+
+
+def clip_value(node: Node) -> str:
+    """A scalar as quoted in a problem, at most 60 characters."""
+    text = repr(node.text if node.text is not None else node.value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # -- cluster -------------------------------------------------------------------
@@ -158,9 +186,6 @@ def _absolute_path(r: Reader, node: Node, path: str) -> str | None:
     text = r.string(node, path)
     if text is not None and not text.startswith("/"):
         r.error(node, path, f"{text!r} is not an absolute path")
-        return None
-    if text is not None and "\0" in text:  # YAML's "\0" escape makes one; no file name holds it
-        r.error(node, path, f"{text!r}: a path cannot contain a NUL byte")
         return None
     return text
 

@@ -453,6 +453,16 @@ def test_cluster_file_name_or_path_with_nul_byte_is_a_config_error():
 
     with pytest.raises(ConfigError, match="the file name contains a NUL byte"):
         load_cluster("/etc/lvsmail/a\0b.yaml")
-    text = (EXAMPLES / "clustermail.yaml").read_text() + '\nmaintenance_dir: "/var/lib/\\0x"\n'
-    with pytest.raises(ConfigError, match=r"maintenance_dir: .*a path cannot contain a NUL byte"):
+
+
+@pytest.mark.parametrize("extra,where", [
+    ('maintenance_dir: "/var/lib/\\0x"', "maintenance_dir"),
+    ('registration:\n  token_file: "/etc/lvsmail/registration\\0.key"', "registration.token_file"),
+    ('alerts:\n  webhook: "https://example.org/\\x00"', "alerts.webhook"),
+])
+def test_cluster_file_setting_with_nul_byte_is_a_config_error(extra, where):
+    """YAML's "\\0" escape makes a NUL byte; a path holding one made the director raise a bare ValueError
+    (embedded null byte) when it opened the file, e.g. load_token for registration.token_file."""
+    text = (EXAMPLES / "clustermail.yaml").read_text() + "\n" + extra + "\n"
+    with pytest.raises(ConfigError, match=rf"{where}: .*contains a NUL byte; no setting can hold one"):
         parse_cluster(text, "clustermail.yaml")
