@@ -512,6 +512,8 @@ class Runner:
             "faults": list(st.faults) if st else ([self.problem] if self.problem else []),
             "advert_interval": self.spec.advert_interval, "preempt": self.spec.preempt,
             "held": [r.name for r in self.group.held],
+            # What the receive guard kept from the state machine, by reason (lvsmail.vrrp.guard).
+            "adverts_dropped": dict(self.instance.guard.dropped) if self.instance else {},
         }
 
 

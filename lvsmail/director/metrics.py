@@ -13,6 +13,9 @@ keep working; the director adds what only it knows under ``lvsmail_*``:
 * ``lvsmail_vrrp_state{vrrp_instance}``: 0 init, 1 backup, 2 master, 3 fault
   (the label is not ``instance``: Prometheus gives that to the scrape target);
 * ``lvsmail_vrrp_transitions_total{vrrp_instance}``;
+* ``lvsmail_vrrp_adverts_dropped_total{vrrp_instance,reason}``: adverts the receive
+  guard kept from the state machine (RFC 5798 section 7.1 checks, then the rate limits;
+  ``lvsmail.vrrp.guard``), so a flood on the VRRP link shows on a dashboard;
 * ``lvsmail_failover_duration_seconds{kind}``: histogram of the failovers the
   director recorded for ``lvsmail availability`` (director takeovers,
   real-server removals), read from that record at scrape time so both tools
@@ -114,10 +117,14 @@ def families(snap: dict, outages=()) -> list:
     state = GaugeMetricFamily("lvsmail_vrrp_state", "VRRP role: 0 init, 1 backup, 2 master, 3 fault.",
                               labels=["vrrp_instance"])
     vrrp_transitions = CounterMetricFamily("lvsmail_vrrp_transitions", "VRRP role changes.", labels=["vrrp_instance"])
+    dropped = CounterMetricFamily("lvsmail_vrrp_adverts_dropped", "VRRP adverts dropped before the state machine.",
+                                  labels=["vrrp_instance", "reason"])
     for inst in (snap.get("failover") or {}).get("instances", []):
         state.add_metric([inst["name"]], VRRP_STATES.get(inst["role"], 0))
         vrrp_transitions.add_metric([inst["name"]], inst["transitions"])
-    out += [state, vrrp_transitions, failover_histogram(outages)]
+        for reason, count in sorted(inst.get("adverts_dropped", {}).items()):
+            dropped.add_metric([inst["name"], reason], count)
+    out += [state, vrrp_transitions, dropped, failover_histogram(outages)]
     return out
 
 

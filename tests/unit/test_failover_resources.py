@@ -153,10 +153,13 @@ def test_pair_elects_higher_priority_moves_vip_and_hands_over_gracefully(tmp_pat
         await a.start()
         await b.start()
         await until(lambda: role(a) is Role.MASTER and role(b) is Role.BACKUP)
-        await until(lambda: "192.0.2.33/24" in net_a.links["eth0"].addresses)
+        # The address comes first, its gratuitous ARP right after: wait for both (a loaded machine runs
+        # the test between the two).
+        await until(lambda: "192.0.2.33/24" in net_a.links["eth0"].addresses and ann_a)
         assert "192.0.2.33/24" not in net_b.links["eth0"].addresses and ann_a == [("192.0.2.33",)]
         state = json.loads((tmp_path / "a.failover.json").read_text())
         assert state["instances"][0]["role"] == "master" and state["instances"][0]["held"] == ["vips 192.0.2.33/24"]
+        assert state["instances"][0]["adverts_dropped"] == {}  # the receive guard's counts: a clean link drops none
         # graceful stop: priority 0, so b takes over after the skew time, not 3 intervals
         t0 = asyncio.get_running_loop().time()
         await a.stop()

@@ -169,7 +169,8 @@ def test_endpoint_starts_moves_and_stops_on_every_prometheus_client():
 
 def test_vrrp_and_failover_families_from_a_snapshot():
     snap = {"services": [], "failover": {"instances": [
-        {"name": "VI_1", "role": "master", "transitions": 3}, {"name": "VI_2", "role": "backup", "transitions": 1}]}}
+        {"name": "VI_1", "role": "master", "transitions": 3, "adverts_dropped": {"ttl": 7, "rate": 2}},
+        {"name": "VI_2", "role": "backup", "transitions": 1}]}}
     outages = [Outage("director_takeover", 1.2, 1.0), Outage("director_takeover", 3.5, 2.0),
                Outage("realserver_removal", 0.8, 3.0)]
     from prometheus_client import CollectorRegistry, generate_latest
@@ -186,6 +187,9 @@ def test_vrrp_and_failover_families_from_a_snapshot():
     total = {s.labels["vrrp_instance"]: s.value for s in fams["lvsmail_vrrp_transitions"].samples
              if s.name.endswith("_total")}
     assert total == {"VI_1": 3.0, "VI_2": 1.0}
+    dropped = {(s.labels["vrrp_instance"], s.labels["reason"]): s.value
+               for s in fams["lvsmail_vrrp_adverts_dropped"].samples if s.name.endswith("_total")}
+    assert dropped == {("VI_1", "ttl"): 7.0, ("VI_1", "rate"): 2.0}
     h = {(s.name, s.labels.get("kind"), s.labels.get("le")): s.value
          for s in fams["lvsmail_failover_duration_seconds"].samples}
     assert h[("lvsmail_failover_duration_seconds_count", "director_takeover", None)] == 2
