@@ -249,6 +249,7 @@ def compare(reports: list[dict]) -> dict:
         per_stack[s] = {
             "seed": r.get("seed"), "duration": r.get("duration"), "mode": r.get("mode"), "started": r.get("started"),
             "faults": len(r["faults"]), "ok": r.get("ok"),
+            "setup_seconds": r.get("setup_seconds"), "run_seconds": r.get("run_seconds"),
             "messages": {"accepted": m["accepted"], "lost": len(m["lost"]), "duplicated": len(m["duplicates"]),
                          "unexplained_duplicates": len(m.get("unexplained_duplicates", ())),
                          "never_accepted": m.get("never_accepted"),
@@ -343,8 +344,11 @@ def markdown(comparison: dict) -> str:
              *(_failed_text(k["stacks"][s]) for s in stacks)] for k in c["kinds"]]
     out += _table(header, rows)
     out += ["", "### Messages", ""]
+    out.append("The run's length (setup included) sets how many messages there were: a loaded machine "
+               "stretches every wait.")
+    out.append("")
     header = ["stack", "accepted", "lost", "duplicated (unexplained)", "never accepted",
-              "held sessions survived, director faults", "run ok"]
+              "held sessions survived, director faults", "run ok", "run s (setup s)"]
     rows = []
     for s in stacks:
         p = c["per_stack"][s]
@@ -353,7 +357,8 @@ def markdown(comparison: dict) -> str:
                      f"{m['duplicated']} ({m['unexplained_duplicates']}){_where(m['duplicated_by_fault'])}",
                      str(m["never_accepted"]),
                      f"{h['survived']}/{h['open']}" if h["open"] is not None else "–",
-                     {True: "yes", False: "no", None: "–"}[p["ok"]]])
+                     {True: "yes", False: "no", None: "–"}[p["ok"]],
+                     _run_text(p)])
     out += _table(header, rows)
     out += ["", "### Availability, the seed's model with each stack's observed failover times", "",
             "Director layer: median over director takeovers (SIGKILL, links down); real-server layer: median over "
@@ -372,6 +377,12 @@ def markdown(comparison: dict) -> str:
                  f"{sp['layers']['realservers']:.10f}", f"{sp['percent']:.5f} %", "–"])
     out += _table(header, rows)
     return "\n".join(out) + "\n"
+
+
+def _run_text(p: dict) -> str:
+    """``413 (33)``: the whole run and its setup, in seconds, as far as the report says."""
+    run, setup = p.get("run_seconds"), p.get("setup_seconds")
+    return (f"{run:.0f}" if run is not None else "–") + (f" ({setup:.0f})" if setup is not None else "")
 
 
 def _where(counts: dict[str, int]) -> str:
