@@ -115,6 +115,18 @@ def test_recovery_is_the_last_failed_session_start_after_the_fault():
     assert r["availability"]["seed_percent"] == 99.99608
 
 
+def test_failures_in_the_final_drain_do_not_count_against_the_last_fault():
+    from lvsmail.lab.chaos.schedule import FaultSpec
+
+    rec = FaultRecord(FaultSpec(1, "director_split", "master", 8.0, 10.0), target="director1|director2",
+                      injected=10.0, healed=20.0, recovered=25.0)
+    # One failure during the fault, one while the senders drain their retries after the faults ended (60 s).
+    events = [SessionEvent("smtp", 12.0, 13.0, False, None, "refused"),
+              SessionEvent("smtp", 70.0, 80.0, False, None, "timeout")]
+    fault = _report([_msg("a")], {"a": ["alice@example.org"]}, events, [rec])["faults"][0]
+    assert fault["recovery_s"] == 2.0 and fault["failed_sessions"] == {"smtp": 1, "imap": 0}
+
+
 def test_sessions_per_second_buckets_by_start():
     events = [SessionEvent("smtp", 0.2, 1.0, True, "rs1"), SessionEvent("imap", 1.5, 2.0, True, None),
               SessionEvent("smtp", 1.7, 2.0, False, None)]

@@ -56,7 +56,10 @@ def build_report(*, seed, duration, mode, realservers, faults, records, clients,
         messages = list(clients.messages)
     # -- faults ---------------------------------------------------------------------------------
     fault_rows = []
-    bounds = [r.injected for r in records[1:]] + [end + 3600]
+    # A fault's window runs to the next injection; the last one's to the end of the faults. The drain
+    # after it (senders' final retries on a machine that may be loaded) belongs to no fault: it was
+    # counted against the last fault's recovery before, inflating it by minutes.
+    bounds = [r.injected for r in records[1:]] + [max(end, records[-1].injected)] if records else []
     for rec, until in zip(records, bounds):
         failed = _failures_between(events, rec.injected, until)
         recovery = (max(e.start for e in failed) - rec.injected) if failed else 0.0
