@@ -32,7 +32,9 @@ def test_ha_cf_carries_the_seeds_timing_transport_and_nodes(tmp_path):
         assert wanted in lines, wanted
     # heartbeat reads udpport when it opens a medium: the port must come before `bcast`.
     assert lines.index("udpport 694") < lines.index("bcast eth0")
-    assert f"logfile {tmp_path / 'ha-log'}" in lines
+    # The logs end in .log, so the lab keeps them with the others (MailCluster.save_logs).
+    assert f"logfile {tmp_path / 'heartbeat.log'}" in lines
+    assert f"debugfile {tmp_path / 'heartbeat-debug.log'}" in lines
     # haresources mode: no CRM directive at all (heartbeat 3's default is no CRM).
     assert not [line for line in lines if line.split()[0] in ("crm", "pacemaker")]
 
@@ -58,6 +60,7 @@ def test_stack_identity_split_rule_failback_and_join_leave_na():
     stack = stacks.get("seed")
     assert isinstance(stack, seed.SeedStack) and stack.name == "seed"
     assert stack.failback is False  # auto_failback off
+    assert stack.table_on_standby is False  # ldirectord runs where the resources are
     assert stack.split_rule == "udp dport 694"
     assert stack.not_applicable("join_leave") == \
         "no registration API: real servers are listed statically in ldirectord.cf"

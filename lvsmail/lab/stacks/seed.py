@@ -63,8 +63,8 @@ def ha_cf(log_dir: Path, ping: str, initdead: int = INITDEAD) -> str:
         "# The seed's ha.cf (heartbeat 3, haresources mode), in the lvsmail lab.",
         "# Lab additions: the log files (the seed used syslog), the ping node is the lab's front gateway,",
         "# ipfail's path is Debian 12's.",
-        f"logfile {log_dir / 'ha-log'}",
-        f"debugfile {log_dir / 'ha-debug'}",
+        f"logfile {log_dir / 'heartbeat.log'}",
+        f"debugfile {log_dir / 'heartbeat-debug.log'}",
         f"keepalive {KEEPALIVE}",
         f"deadtime {DEADTIME}",
         f"initdead {initdead}",
@@ -162,6 +162,9 @@ class SeedStack(DirectorStack):
     failback = False
     #: heartbeat's own UDP port (ha.cf udpport): dropping it silences each director to the other.
     split_rule = f"udp dport {UDPPORT}"
+    #: ldirectord is a heartbeat resource: only the director holding the VIP runs it, so the standby's
+    #: IPVS table stays empty until it takes over (lvsmail and keepalived check on both directors).
+    table_on_standby = False
 
     def __init__(self, initdead: int = INITDEAD) -> None:
         self.initdead = initdead
