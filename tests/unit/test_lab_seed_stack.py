@@ -276,3 +276,13 @@ def test_director_start_script_checks_its_arguments():
     assert subprocess.run(["sh", "-n", str(script)], capture_output=True).returncode == 0
     done = subprocess.run(["sh", str(script), "only-one"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and "usage:" in done.stderr
+
+
+def test_start_refuses_while_the_directors_processes_still_run(tmp_path):
+    d = type("D", (), {"workdir": tmp_path, "number": 1, "pid": None, "ns": "unused"})()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "marker").write_text("left by the running director")
+    (tmp_path / "mntns").write_text(os.readlink("/proc/self/ns/mnt") + "\n")  # this test's own processes
+    with pytest.raises(seed.SeedStackError, match="director1 still runs"):
+        seed.SeedStack().start(None, d)
+    assert (tmp_path / "run" / "marker").exists()  # nothing of the running director was touched

@@ -235,6 +235,9 @@ class SeedStack(DirectorStack):
         """The kernel profile's sysctls (as sysctl.d would), then heartbeat in ``d.ns`` and its own mount and
         UTS namespace, via the start-up script; d.pid is heartbeat's master control process (the script
         execs it in the foreground)."""
+        mntns = self._mntns(d)
+        if mntns is not None and _members(mntns):
+            raise SeedStackError(f"director{d.number} still runs (processes {_members(mntns)}): stop or kill it first")
         apply_kernel_profile(cluster, d)
         run = self.run_dir(d)
         if run.exists():
@@ -261,17 +264,25 @@ class SeedStack(DirectorStack):
 
     def stop(self, cluster, d) -> None:
         """SIGTERM heartbeat (it gives its resources up: sync daemon back to backup, ldirectord stopped,
-        VIP removed), then SIGKILL whatever of the director is left after the grace period."""
+        VIP removed), then SIGKILL whatever of the director is left after the grace period, and the
+        start-up script if it was still waiting for the lab's links."""
         mntns = self._mntns(d)
         pid = self.heartbeat_pid(d)
         if pid is not None:
-            os.kill(pid, signal.SIGTERM)
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pid = None  # it exited since its pid file was read
             deadline = time.monotonic() + STOP_GRACE
-            while _pid_mntns(pid) is not None and time.monotonic() < deadline:
+            while pid is not None and _pid_mntns(pid) is not None and time.monotonic() < deadline:
                 time.sleep(0.2)
         if mntns is not None:
             _kill_namespace(mntns)
         if d.pid is not None:
+            try:
+                os.killpg(d.pid, signal.SIGKILL)  # the start-up script's session, before it became heartbeat
+            except ProcessLookupError:
+                pass  # nothing of it is left
             _reap(d.pid)
 
     def reload(self, cluster) -> None:
