@@ -414,7 +414,8 @@ class MailCluster:
 
     def wait_ready(self, reals: list[RealServer], timeout: float = READY_TIMEOUT,
                    say: Callable[[str], None] = _say_default) -> None:
-        """Until: mail ports answer on every real server, both tables are complete, one director holds the VIP."""
+        """Until: mail ports answer on every real server, both tables are complete (only the VIP holder's
+        when the stack keeps no table on its standby), one director holds the VIP."""
         for rs in reals:
             for port in (25, 143, 80):
                 wait_until(lambda rs=rs, port=port: _connects(rs.ns, rs.address, port), timeout, interval=0.3,
@@ -435,12 +436,29 @@ class MailCluster:
                     + "\n".join("    " + line for line in mailstack._tail(d.log, 600).splitlines()[-4:]))
             return all(k in table and sum(x.weight > 0 for x in table[k].dests) == n for k, n in want.items())
 
-        for d in self.directors:
-            try:
-                wait_until(lambda d=d: complete(d), timeout, interval=0.5, what=f"director {d.number}'s table")
-            except TimeoutError as exc:
-                raise LabUpError(f"{exc}; log ({d.log}):\n{mailstack._tail(d.log)}") from None
-        wait_until(lambda: self.vip_holder() is not None, timeout, interval=0.5, what="a director holding the VIP")
+        if self.stack.table_on_standby:
+            for d in self.directors:
+                try:
+                    wait_until(lambda d=d: complete(d), timeout, interval=0.5, what=f"director {d.number}'s table")
+                except TimeoutError as exc:
+                    raise LabUpError(f"{exc}; log ({d.log}):\n{mailstack._tail(d.log)}") from None
+            wait_until(lambda: self.vip_holder() is not None, timeout, interval=0.5,
+                       what="a director holding the VIP")
+            return
+
+        # The table is a resource of the VIP holder (the seed's ldirectord): whoever holds the VIP must
+        # have it complete; every director must still be running.
+        def holder_complete() -> bool:
+            for d in self.directors:
+                if not self.director_alive(d):
+                    raise LabUpError(f"director {d.number} exited; its log ({d.log}):\n{mailstack._tail(d.log)}")
+            holder = self.vip_holder()
+            return holder is not None and complete(holder)
+
+        try:
+            wait_until(holder_complete, timeout, interval=0.5, what="the VIP holder's complete table")
+        except TimeoutError as exc:
+            raise LabUpError(f"{exc}; logs in {self.work}/dir1, dir2") from None
 
     # -- views -------------------------------------------------------------------------------------
 

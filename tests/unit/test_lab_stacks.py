@@ -238,3 +238,21 @@ def test_keepalived_accepts_the_generated_file(tmp_path):
     errors = [line for line in done.stderr.splitlines()
               if line.strip() and "doesn't exist" not in line and "Non-existent interface" not in line]
     assert errors == [], done.stderr
+
+
+def test_without_a_standby_table_only_the_vip_holders_table_must_be_complete():
+    from lvsmail.lab.cluster import ProcDest, ProcService
+
+    key = "TCP 192.0.2.33:25"
+    full = {key: ProcService(key, "wlc", None, [ProcDest("198.51.100.20", 25, "Tunnel", 1, 0, 0)])}
+    empty = {key: ProcService(key, "wlc", None, [])}
+    cluster = _cluster([1])  # director 2 holds the VIP
+    cluster.topo.reals = cluster.reals = [SimpleNamespace(role="rs1", address="198.51.100.20")]
+    cluster.table = lambda d: full if d.number == 2 else empty
+    # lvsmail and keepalived check on both directors: the standby's missing real server is a failure ...
+    assert ChaosRun(cluster).unmet() == [f"director1 {key}: rs1 absent"]
+    # ... the seed's standby runs no ldirectord: only the holder's table counts.
+    cluster.stack.table_on_standby = False
+    assert ChaosRun(cluster).unmet() == []
+    cluster.table = lambda d: empty
+    assert ChaosRun(cluster).unmet() == [f"director2 {key}: rs1 absent"]

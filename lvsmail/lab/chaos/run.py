@@ -82,14 +82,18 @@ class ChaosRun:
 
     def unmet(self, role: str | None = None, weight: int | None = None, absent: str | None = None) -> list[str]:
         """What keeps the cluster from being whole: both directors alive with complete tables (every
-        listed server up), director 1 alone holding the VIP when the stack fails back (else exactly one
+        listed server up; only the VIP holder's when the stack keeps none on its standby), director 1 alone holding the VIP when the stack fails back (else exactly one
         director), plus the optional conditions (``role``'s SMTP weight, ``role`` present, ``absent``
         gone). Empty when all hold."""
         addresses = {rs.role: rs.address for rs in self.topo.reals}
         unmet = []
+        holders = self.cluster.vip_holders()
+        checked = self.cluster.directors if self.cluster.stack.table_on_standby else holders
         for d in self.cluster.directors:
             if not self.cluster.director_alive(d):
                 unmet.append(f"director{d.number} not running")
+                continue
+            if d not in checked:
                 continue
             for key, svc in self.cluster.table(d).items():
                 if not key.startswith(f"TCP {self.topo.vip}:"):
@@ -105,7 +109,6 @@ class ChaosRun:
                     unmet.append(f"{where}: {role} absent")
                 if absent is not None and addresses[absent] in dests:
                     unmet.append(f"{where}: {absent} still present")
-        holders = self.cluster.vip_holders()
         if self.cluster.stack.failback and holders != [self.cluster.directors[0]]:
             unmet.append("VIP on " + (", ".join(f"director{d.number}" for d in holders) or "no director")
                          + " (director1 alone after failback)")

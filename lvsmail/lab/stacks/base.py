@@ -24,6 +24,9 @@ class DirectorStack:
     #: nft match that drops the stack's failover traffic between the directors, e.g. "ip protocol 112"
     #: (VRRP) or "udp dport 694" (heartbeat).
     split_rule: str = ""
+    #: True when the standby director keeps the full IPVS table too (lvsmail, keepalived: both check);
+    #: False when the table is a resource of the VIP holder (the seed: ldirectord runs under heartbeat).
+    table_on_standby: bool = True
 
     def not_applicable(self, kind: str) -> str | None:
         """None when the chaos fault ``kind`` applies to this stack; else why it is "n/a" for it."""
