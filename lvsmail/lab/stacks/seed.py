@@ -39,7 +39,6 @@ FILES = Path(__file__).with_name("seed_files")
 #: Debian 12's stock heartbeat directory (harc, shellfuncs, rc.d, resource.d), copied for each director.
 STOCK_HA_D = Path("/etc/ha.d")
 STOCK_VAR_LIB = Path("/var/lib/heartbeat")
-HEARTBEAT = "/usr/libexec/heartbeat/heartbeat"
 IPFAIL = "/usr/libexec/heartbeat/ipfail"
 LDIRECTORD = "/usr/sbin/ldirectord"
 #: ldirectord's configuration, named after the file as the seed's haresources names it.
@@ -79,7 +78,11 @@ def ha_cf(log_dir: Path, ping: str, initdead: int = INITDEAD) -> str:
 
 
 def haresources(vip: str, prefix: int, interface: str, broadcast: str) -> str:
-    """The seed's haresources: loadb1's group of the VIP, ldirectord and the sync daemon's master role."""
+    """The seed's haresources: loadb1's group of the VIP, ldirectord and the sync daemon's master role.
+
+    The thesis prints the second resource as ``directord::ldirectord.cf``; heartbeat's resource (and the
+    script Debian installs in resource.d) is ``ldirectord``, which is what the seed must have run.
+    """
     return (f"loadb1 IPaddr2::{vip}/{prefix}/{interface}/{broadcast} "
             f"ldirectord::{LDIRECTORD_CF} LVSSyncDaemonSwap::master\n")
 
