@@ -88,12 +88,22 @@ class _Stack(DirectorStack):
         return True
 
 
+def _services(dests=()):
+    """A director's table with every service of the lab, each with ``dests``."""
+    from lvsmail.lab.cluster import ProcService
+    from lvsmail.lab.cluster_up import SERVICES
+
+    return {f"TCP 192.0.2.33:{port}": ProcService(f"TCP 192.0.2.33:{port}", "wlc", None, list(dests))
+            for _, port, _ in SERVICES}
+
+
 def _cluster(holders):
     directors = [SimpleNamespace(number=1, ns="d1"), SimpleNamespace(number=2, ns="d2")]
     topo = SimpleNamespace(reals=[], vip="192.0.2.33")
     stack = _Stack()
+    full = _services()
     cluster = SimpleNamespace(
-        topo=topo, directors=directors, reals=[], stack=stack, table=lambda d: {},
+        topo=topo, directors=directors, reals=[], stack=stack, table=lambda d: full,
         director_alive=lambda d: stack.alive(None, d), kill_director=lambda d: stack.kill(None, d),
         vip_holders=lambda: [directors[i] for i in holders], vip_holder=lambda: directors[holders[0]])
     return cluster
@@ -241,18 +251,30 @@ def test_keepalived_accepts_the_generated_file(tmp_path):
 
 
 def test_without_a_standby_table_only_the_vip_holders_table_must_be_complete():
-    from lvsmail.lab.cluster import ProcDest, ProcService
+    from lvsmail.lab.cluster import ProcDest
 
-    key = "TCP 192.0.2.33:25"
-    full = {key: ProcService(key, "wlc", None, [ProcDest("198.51.100.20", 25, "Tunnel", 1, 0, 0)])}
-    empty = {key: ProcService(key, "wlc", None, [])}
+    full = _services([ProcDest("198.51.100.20", 25, "Tunnel", 1, 0, 0)])
+    empty = _services()
     cluster = _cluster([1])  # director 2 holds the VIP
     cluster.topo.reals = cluster.reals = [SimpleNamespace(role="rs1", address="198.51.100.20")]
     cluster.table = lambda d: full if d.number == 2 else empty
     # lvsmail and keepalived check on both directors: the standby's missing real server is a failure ...
-    assert ChaosRun(cluster).unmet() == [f"director1 {key}: rs1 absent"]
+    assert ChaosRun(cluster).unmet() == [f"director1 {key}: rs1 absent" for key in empty]
     # ... the seed's standby runs no ldirectord: only the holder's table counts.
     cluster.stack.table_on_standby = False
     assert ChaosRun(cluster).unmet() == []
     cluster.table = lambda d: empty
-    assert ChaosRun(cluster).unmet() == [f"director2 {key}: rs1 absent"]
+    assert ChaosRun(cluster).unmet() == [f"director2 {key}: rs1 absent" for key in empty]
+
+
+def test_a_table_missing_a_service_is_not_whole():
+    """A takeover whose table never came (the seed's ldirectord not started on the new holder) is not a
+    recovery, even though no listed real server is missing from the services that are there."""
+    cluster = _cluster([1])
+    cluster.stack.table_on_standby = False
+    cluster.table = lambda d: {}
+    assert ChaosRun(cluster).unmet() == [f"director2 TCP 192.0.2.33:{port}: absent" for port in (25, 143, 80)]
+    partial = _services()
+    del partial["TCP 192.0.2.33:143"]
+    cluster.table = lambda d: partial
+    assert ChaosRun(cluster).unmet() == ["director2 TCP 192.0.2.33:143: absent"]

@@ -82,9 +82,12 @@ class ChaosRun:
 
     def unmet(self, role: str | None = None, weight: int | None = None, absent: str | None = None) -> list[str]:
         """What keeps the cluster from being whole: both directors alive with complete tables (every
-        listed server up; only the VIP holder's when the stack keeps none on its standby), director 1 alone holding the VIP when the stack fails back (else exactly one
-        director), plus the optional conditions (``role``'s SMTP weight, ``role`` present, ``absent``
-        gone). Empty when all hold."""
+        service of the lab present, every listed server up; only the VIP holder's table when the stack
+        keeps none on its standby), director 1 alone holding the VIP when the stack fails back (else
+        exactly one director), plus the optional conditions (``role``'s SMTP weight, ``role`` present,
+        ``absent`` gone). Empty when all hold."""
+        from lvsmail.lab.cluster_up import SERVICES
+
         addresses = {rs.role: rs.address for rs in self.topo.reals}
         unmet = []
         holders = self.cluster.vip_holders()
@@ -95,7 +98,12 @@ class ChaosRun:
                 continue
             if d not in checked:
                 continue
-            for key, svc in self.cluster.table(d).items():
+            table = self.cluster.table(d)
+            # A table without a service is not whole (a takeover whose table never came: the seed's
+            # ldirectord not started on the new holder).
+            unmet += [f"director{d.number} TCP {self.topo.vip}:{port}: absent" for _, port, _ in SERVICES
+                      if f"TCP {self.topo.vip}:{port}" not in table]
+            for key, svc in table.items():
                 if not key.startswith(f"TCP {self.topo.vip}:"):
                     continue
                 dests = {x.address: x.weight for x in svc.dests}
