@@ -446,7 +446,11 @@ def test_a_slow_client_is_cut_at_the_line_deadline_and_others_are_served(setup, 
             reply = json.loads(await asyncio.wait_for(reader.readline(), 5))
             cut = asyncio.get_running_loop().time() - started
             assert reply == {"ok": False, "error": "request line not complete within 0.5 s"}
-            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed
+            try:
+                rest = await asyncio.wait_for(reader.read(), 5)
+            except ConnectionResetError:  # closed while the drip's next byte was in flight: a reset
+                rest = b""
+            assert rest == b""  # closed
             assert 0.4 < cut < 2.0 and answered < cut
             dripping.cancel()
             await asyncio.gather(dripping, return_exceptions=True)

@@ -113,14 +113,14 @@ failover:
     - name: mail
       vrid: 51
       priority: {priority}
-      advert_interval: 0.05
+      advert_interval: {advert}
       vips: [192.0.2.33/24]
       garp: {{count: 1}}
 """
 
 
-def make(wire, name, address, priority, tmp_path, **options):
-    spec = parse_cluster(PAIR.format(priority=priority))
+def make(wire, name, address, priority, tmp_path, advert=0.05, **options):
+    spec = parse_cluster(PAIR.format(advert=advert, priority=priority))
     net = FakeNetBackend({"eth0": FakeLink(True, [f"{address}/24"])})
     announced = []
 
@@ -148,8 +148,10 @@ def test_pair_elects_higher_priority_moves_vip_and_hands_over_gracefully(tmp_pat
     wire = FakeWire()
 
     async def go():
-        a, net_a, ann_a = make(wire, "a", "192.0.2.1", 200, tmp_path)
-        b, net_b, ann_b = make(wire, "b", "192.0.2.2", 100, tmp_path)
+        # Adverts every 0.2 s: b's master-down interval (3 x 0.2 s + skew 0.12 s) and its skew time alone
+        # are far enough apart that a loaded machine cannot blur them.
+        a, net_a, ann_a = make(wire, "a", "192.0.2.1", 200, tmp_path, advert=0.2)
+        b, net_b, ann_b = make(wire, "b", "192.0.2.2", 100, tmp_path, advert=0.2)
         await a.start()
         await b.start()
         await until(lambda: role(a) is Role.MASTER and role(b) is Role.BACKUP)
@@ -164,8 +166,8 @@ def test_pair_elects_higher_priority_moves_vip_and_hands_over_gracefully(tmp_pat
         t0 = asyncio.get_running_loop().time()
         await a.stop()
         assert "192.0.2.33/24" not in net_a.links["eth0"].addresses
-        await until(lambda: role(b) is Role.MASTER, 1.0)
-        assert asyncio.get_running_loop().time() - t0 < 0.15
+        await until(lambda: role(b) is Role.MASTER, 2.0)
+        assert asyncio.get_running_loop().time() - t0 < 0.5  # the skew time (0.12 s), not master-down (0.72 s)
         await until(lambda: "192.0.2.33/24" in net_b.links["eth0"].addresses)
         await b.stop()
 
@@ -265,7 +267,7 @@ def test_reload_retunes_priority_in_place_and_the_peer_preempts(tmp_path):
         await b.start()
         await until(lambda: role(a) is Role.MASTER and role(b) is Role.BACKUP)
         runner = a.runners["mail"]
-        new = parse_cluster(PAIR.format(priority=50))
+        new = parse_cluster(PAIR.format(advert=0.05, priority=50))
         await a.update(new.failover, new)
         assert a.runners["mail"] is runner  # not restarted
         await until(lambda: role(b) is Role.MASTER and role(a) is Role.BACKUP)
@@ -277,7 +279,7 @@ def test_reload_retunes_priority_in_place_and_the_peer_preempts(tmp_path):
 
 def test_vip_resource_owner_never_removes_its_own_address():
     net = FakeNetBackend({"eth0": FakeLink(True, ["192.0.2.33/24"])})
-    spec = parse_cluster(PAIR.format(priority=255)).failover.instances[0]
+    spec = parse_cluster(PAIR.format(advert=0.05, priority=255)).failover.instances[0]
 
     async def quiet(*a):
         return None
@@ -301,7 +303,7 @@ def test_director_runs_failover_publishes_state_and_hands_over_on_exit(tmp_path)
 
     wire = FakeWire()
     path = tmp_path / "pair.yaml"
-    path.write_text(PAIR.format(priority=200))
+    path.write_text(PAIR.format(advert=0.05, priority=200))
     net = FakeNetBackend({"eth0": FakeLink(True, ["192.0.2.1/24"])})
 
     async def quiet(*args):
@@ -322,11 +324,11 @@ def test_director_runs_failover_publishes_state_and_hands_over_on_exit(tmp_path)
         assert state["instances"][0]["role"] == "master" and state["instances"][0]["priority"] == 200
         # a reload lowering the priority below the peer's hands the VIP over, without restarting the instance
         runner = d.failover.runners["mail"]
-        path.write_text(PAIR.format(priority=50))
+        path.write_text(PAIR.format(advert=0.05, priority=50))
         d.request_reload()
         await until(lambda: role(peer) is Role.MASTER and role(d.failover) is Role.BACKUP)
         assert d.failover.runners["mail"] is runner
-        path.write_text(PAIR.format(priority=250))
+        path.write_text(PAIR.format(advert=0.05, priority=250))
         d.request_reload()
         await until(lambda: role(d.failover) is Role.MASTER)
         d.request_stop()
