@@ -278,3 +278,45 @@ def test_a_table_missing_a_service_is_not_whole():
     del partial["TCP 192.0.2.33:143"]
     cluster.table = lambda d: partial
     assert ChaosRun(cluster).unmet() == ["director2 TCP 192.0.2.33:143: absent"]
+
+
+class _Clock:
+    """time.time/monotonic/sleep for the chaos run, advanced only by sleep."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def time(self):
+        return self.now
+
+    def monotonic(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def test_recovery_counts_only_once_the_cluster_stays_whole(monkeypatch):
+    """Whole for a moment, then a late takeover puts the VIP on both directors (heartbeat after a split
+    brain): the recovery is the start of the final quiet period, not the first moment it looked whole."""
+    from lvsmail.lab.chaos import run as run_module
+
+    clock = _Clock()
+    monkeypatch.setattr(run_module, "time", clock)
+    run = ChaosRun(_cluster([0]))
+    # whole from 1001 to 1003, two holders from 1003 to 1010, whole from then on
+    run.unmet = lambda **_: [] if 1001 <= clock.now < 1003 or clock.now >= 1010 else ["VIP on director1, director2"]
+    assert run.wait_whole("recovery", timeout=60, settle=5) == 1010.0
+    clock.now = 1000.0
+    assert run.wait_whole("recovery", timeout=60, settle=0) == 1001.0  # without settling: the moment
+
+
+def test_a_cluster_never_whole_for_long_enough_times_out_saying_so(monkeypatch):
+    from lvsmail.lab.chaos import run as run_module
+
+    clock = _Clock()
+    monkeypatch.setattr(run_module, "time", clock)
+    run = ChaosRun(_cluster([0]))
+    run.unmet = lambda **_: [] if int(clock.now) % 4 == 0 else ["VIP on no director"]  # flapping
+    with pytest.raises(TimeoutError, match="waiting for recovery"):
+        run.wait_whole("recovery", timeout=30, settle=5)

@@ -30,6 +30,12 @@ from lvsmail.lab.topology import GW_FRONT, MODES
 #: Bounds of the run's waits (emulation is slow, a shared machine slower still).
 RECOVER_TIMEOUT = 240.0
 FINAL_TIMEOUT = 300.0
+#: Seconds the cluster must stay whole before a fault counts as recovered. A stack can look whole for a
+#: moment while a takeover is still on its way: after a split brain heals, heartbeat declares its peer
+#: dead up to a deadtime (10 s) later and takes the VIP a resource script later, so both directors hold
+#: it again (seen in a comparison run: that split brain was counted as the next fault's). 20 s covers the
+#: slowest stack's detection plus its first step under emulation, and is the same for every stack.
+SETTLE = 20.0
 #: Postfix's free-space floor that makes smtpd answer 452 4.3.1 (a queue file system "full").
 FULL_QUEUE_MINFREE = str(10 ** 15)
 #: Messages put into a real server's queue by the queue-full fault.
@@ -126,15 +132,22 @@ class ChaosRun:
                          + " (exactly one director)")
         return unmet
 
-    def wait_whole(self, what: str, timeout: float, **conditions) -> float:
-        """Poll :meth:`unmet` until nothing is; the time it became true, or TimeoutError saying what was not."""
+    def wait_whole(self, what: str, timeout: float, settle: float = 0.0, **conditions) -> float:
+        """Poll :meth:`unmet` until nothing is, and stays so for ``settle`` seconds; the time it became
+        true (the start of that quiet period), or TimeoutError saying what was not."""
         deadline = time.monotonic() + timeout
+        since = None  # time.time() and time.monotonic() when unmet last became empty
         while True:
             unmet = self.unmet(**conditions)
-            if not unmet:
-                return time.time()
+            if unmet:
+                since = None
+            elif since is None:
+                since = (time.time(), time.monotonic())
+            if since is not None and time.monotonic() - since[1] >= settle:
+                return since[0]
             if time.monotonic() >= deadline:
-                raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}: " + "; ".join(unmet[:6]))
+                raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}: "
+                                   + ("; ".join(unmet[:6]) if unmet else f"whole, but not for {settle:.0f} s"))
             time.sleep(0.5)
 
     # -- faults -----------------------------------------------------------------------------------
@@ -293,7 +306,7 @@ class ChaosRun:
             rec.healed = time.time()
             self.heal(rec)
             try:
-                rec.recovered = self.wait_whole(f"recovery from {spec.kind}", RECOVER_TIMEOUT,
+                rec.recovered = self.wait_whole(f"recovery from {spec.kind}", RECOVER_TIMEOUT, SETTLE,
                                                 **self.recovery_conditions(rec))
             except TimeoutError as exc:
                 rec.notes.append(str(exc))
