@@ -312,6 +312,10 @@ class GarpSpec:
 
     count: int = 3
     interval: float = 0.1  # seconds between repeats
+    # Seconds after the first set until a second set (keepalived's garp_master_delay, 5 s there too); 0 for none.
+    # A peer that was master for a moment (a stalled director, a split brain healing) may announce after us, and
+    # without a second set the hosts on the link keep its MAC address until their ARP entry expires.
+    refresh: float = 5.0
 
 
 @dataclass(frozen=True)

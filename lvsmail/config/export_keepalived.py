@@ -264,6 +264,7 @@ def _vrrp_instance(out: _Writer, vi: VrrpInstanceSpec, sync: bool, garp_interval
     elif vi.preempt_delay:
         out.line(1, f"preempt_delay {_num(vi.preempt_delay)}")
     out.line(1, f"garp_master_repeat {vi.garp.count}")
+    out.line(1, f"garp_master_delay {_num(vi.garp.refresh)}")
     if vi.garp.interval != garp_interval:
         out.cannot(1, f"{path}.garp.interval", f"{_num(vi.garp.interval)}: keepalived spaces gratuitous ARP/NA per "
                                                f"interface, not per instance; {_num(garp_interval)} s is written")

@@ -217,15 +217,16 @@ def _peers(r: Reader, node: Node, path: str, family: str | None) -> tuple[str, .
 
 
 def _garp(r: Reader, node: Node, path: str) -> GarpSpec | None:
-    """Repeat count (1..100) and interval of the announcements."""
+    """Repeat count (1..100), interval and refresh (the second set's delay, 0 for none) of the announcements."""
     e = r.mapping(node, path, GARP_KEYS)
     if e is None:
         return None
     count = r.integer(e["count"], join(path, "count"), 1, 100) if "count" in e else GarpSpec.count
     interval = r.number(e["interval"], join(path, "interval")) if "interval" in e else GarpSpec.interval
-    if count is None or interval is None:
+    refresh = _seconds_or_zero(r, e["refresh"], join(path, "refresh")) if "refresh" in e else GarpSpec.refresh
+    if count is None or interval is None or refresh is None:
         return None
-    return GarpSpec(count=count, interval=interval)
+    return GarpSpec(count=count, interval=interval, refresh=refresh)
 
 
 def _tracks(r: Reader, node: Node, path: str, interfaces: bool) -> tuple[TrackSpec, ...] | None:
@@ -323,7 +324,7 @@ def _dump_instance(i: VrrpInstanceSpec, default_if: str | None) -> dict:
     if i.auth_key_file:
         d["auth_key_file"] = i.auth_key_file
     if i.garp != GarpSpec():
-        d["garp"] = {"count": i.garp.count, "interval": i.garp.interval}
+        d["garp"] = {"count": i.garp.count, "interval": i.garp.interval, "refresh": i.garp.refresh}
     for key in ("track_interfaces", "track_services"):
         tracks = getattr(i, key)
         if tracks:

@@ -277,7 +277,7 @@ SECTIONS: tuple[Section, ...] = (
                     "Send adverts to these instead of 224.0.0.18 / ff02::12."),
                 Key("auth_key_file", "absolute path", "none",
                     "Root-only key: HMAC-signed adverts, between lvsmail directors only."),
-                Key("garp", "mapping", "count 3, interval 0.1", "Announcements after taking the VIPs; see garp."),
+                Key("garp", "mapping", "count 3, interval 0.1, refresh 5", "Announcements after taking the VIPs; see garp."),
                 Key("track_interfaces", "list of names or {name, weight}", "[]",
                     "Interfaces that must be up; without weight a failure means fault."),
                 Key("track_services", "list of names or {name, weight}", "[]",
@@ -291,6 +291,8 @@ SECTIONS: tuple[Section, ...] = (
             "advertisements after taking the VIPs.", (
                 Key("count", "integer 1..100", "3", "How many announcements."),
                 Key("interval", "seconds > 0", "0.1", "Time between them."),
+                Key("refresh", "seconds >= 0", "5", "A second set this long after the first (keepalived's "
+                    "garp_master_delay), in case a peer that was master for a moment announced after us; 0: none."),
             )),
     Section("failover.instances[].track_interfaces[]", "failover.instances[].track_interfaces[] and "
             "track_services[]", "A tracked interface or service written as a mapping.", (

@@ -137,12 +137,20 @@ class VipResource:
         self.announce()
 
     def announce(self) -> None:
-        """Gratuitous ARP / unsolicited NA for every VIP, ``garp.count`` times (again, if asked twice)."""
+        """Gratuitous ARP / unsolicited NA for every VIP, ``garp.count`` times, and the same again
+        ``garp.refresh`` seconds later; a new call starts over, releasing the VIPs stops both."""
         if self._announcing is not None:
             self._announcing.cancel()
+        self._announcing = asyncio.create_task(self._announce_sets())
+
+    async def _announce_sets(self) -> None:
+        """The first set at once; the second in case a peer that was master for a moment announced after us."""
         addrs = tuple(str(ipaddress.ip_interface(c).ip) for c in self.spec.vips)
-        self._announcing = asyncio.create_task(
-            self.announcer(self.spec.interface, addrs, self.spec.garp.count, self.spec.garp.interval))
+        garp = self.spec.garp
+        await self.announcer(self.spec.interface, addrs, garp.count, garp.interval)
+        if garp.refresh > 0:
+            await asyncio.sleep(garp.refresh)
+            await self.announcer(self.spec.interface, addrs, garp.count, garp.interval)
 
     async def release(self) -> None:
         """Stop announcing and remove the VIPs (an address already gone is fine)."""

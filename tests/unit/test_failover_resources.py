@@ -1,6 +1,7 @@
 """The director's failover: resource groups (order, reverse release, rollback) and instances on a fake link."""
 
 import asyncio
+import dataclasses
 import json
 
 import pytest
@@ -293,6 +294,38 @@ def test_vip_resource_owner_never_removes_its_own_address():
 
     asyncio.run(go())
     assert net.links["eth0"].addresses == ["192.0.2.33/24"]
+
+
+def test_vips_are_announced_again_after_garp_refresh_unless_released_first():
+    """keepalived's garp_master_delay: a peer that was master for a moment (a stalled director, a split brain
+    healing) can announce after us; the second set puts the hosts' ARP entries back on our MAC address."""
+    net = FakeNetBackend({"eth0": FakeLink(True, [])})
+    base = parse_cluster(PAIR.format(advert=0.05, priority=200)).failover.instances[0]
+    spec = dataclasses.replace(base, garp=dataclasses.replace(base.garp, refresh=0.2))
+    sent = []
+
+    async def announcer(iface, addrs, count, interval):
+        sent.append((asyncio.get_running_loop().time(), iface, addrs))
+
+    async def go():
+        tn = ThreadedNet(lambda: net)
+        kept = VipResource(tn, spec, announcer=announcer)
+        await kept.acquire()
+        start = asyncio.get_running_loop().time()
+        await asyncio.sleep(0.5)
+        assert [(i, a) for _, i, a in sent] == [("eth0", ("192.0.2.33",))] * 2
+        assert sent[1][0] - start >= 0.19  # the second set waited for the refresh
+        sent.clear()
+        released = VipResource(tn, spec, announcer=announcer)
+        await released.acquire()
+        await asyncio.sleep(0.05)  # the first set goes out at once
+        assert len(sent) == 1
+        await released.release()  # gave way before the refresh: no late announcement of an address we dropped
+        await asyncio.sleep(0.4)
+        assert len(sent) == 1
+        tn.close()
+
+    asyncio.run(go())
 
 
 def test_director_runs_failover_publishes_state_and_hands_over_on_exit(tmp_path):
