@@ -36,6 +36,7 @@ import click
 
 from lvsmail import __version__
 from lvsmail.config.keys import SECTIONS, Key, Section
+from lvsmail.statefiles import DEFAULT_STATE_DIR
 
 #: Used when neither SOURCE_DATE_EPOCH nor debian/changelog gives a date.
 FALLBACK_DATE = "2026-12-04"
@@ -75,7 +76,7 @@ FILES = (
                                   "installs a commented example, kept across upgrades."),
     ("/etc/lvsmail/", "Also the place for the root-only files the cluster file names: check credentials, "
                       "the registration key, the VRRP key."),
-    ("/run/lvsmail/", "The director's state directory (--state-dir): the services it owns, its local API socket "
+    (DEFAULT_STATE_DIR + "/", "The director's state directory (--state-dir): the services it owns, its local API socket "
                       "FILE.sock, health and failover state, operator overrides and the recorded outages."),
     ("/var/lib/lvsmail/", "What realserver join changed (realserver.json, so leave can restore it) and, when "
                           "registration.members_file points there, the joined members."),

@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-#: Where a director keeps its state files unless told otherwise (--state-dir).
+#: Where a director keeps its state files unless told otherwise (--state-dir; systemd's RuntimeDirectory=lvsmail).
 DEFAULT_STATE_DIR = "/run/lvsmail"
 
 #: Where a director listens when its state directory cannot hold a socket (a 9p share, a path too long).

@@ -216,9 +216,10 @@ def status(as_json: bool, config_path: str | None, state_dir: str) -> None:
     # The file named with -c says what the sysctls should be; otherwise the running directors do.
     want = kernel_profile.wanted(spec) if config_path else fmt.wanted_from(profiles)
     rows = kernel_profile.report(ProcSysctl(), want)
-    from pathlib import Path
+    from lvsmail.statefiles import StateDir
 
-    failover = fmt.read_failover(state_dir, Path(config_path).stem if config_path else None)  # VRRP roles
+    stem = StateDir.of(state_dir, config_path).stem if config_path else None
+    failover = fmt.read_failover(state_dir, stem)  # VRRP roles
     if as_json:
         data = fmt.as_json(table, timeouts, health, joined)
         data.update(fmt.profile_json(rows, daemons, profiles))

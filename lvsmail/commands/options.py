@@ -4,10 +4,10 @@ import os
 
 import click
 
+from lvsmail.statefiles import DEFAULT_STATE_DIR
+
 #: The cluster file of a host installed from the package (a conffile of the Debian package).
 DEFAULT_CLUSTER_FILE = "/etc/lvsmail/cluster.yaml"
-#: Where running directors keep their API sockets and state files (systemd's RuntimeDirectory=lvsmail).
-DEFAULT_STATE_DIR = "/run/lvsmail"
 
 
 def _default_file() -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 from lvsmail.ipvs.model import IPVSBackend, Op, ServiceKey, Timeouts, describe
 from lvsmail.ipvs.plan import plan
 from lvsmail.spec import CheckSpec, ClusterSpec, RealServerSpec, ServiceSpec
+from lvsmail.statefiles import StateDir
 
 # -- file against kernel ---------------------------------------------------------------
 
@@ -69,7 +70,7 @@ async def kernel_plan(spec: ClusterSpec, backend: IPVSBackend, owned: set[Servic
 
 def read_owned(state_dir: str | Path, config_path: str | Path) -> tuple[set[ServiceKey], str | None]:
     """Services a director of ``config_path`` recorded as its own, and a warning if the record is unreadable."""
-    path = Path(state_dir) / (Path(config_path).stem + ".owned.json")
+    path = StateDir.of(state_dir, config_path).owned
     try:
         data = json.loads(path.read_text())
         return {ServiceKey(**item) for item in data}, None

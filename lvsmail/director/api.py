@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -61,6 +60,7 @@ from lvsmail.director import overrides as ov
 from lvsmail.director.events import EventHub, VrrpWatch, attach, watch
 from lvsmail.director.snapshot import kernel_table, snapshot, table_status
 from lvsmail.registration import bounded_json
+from lvsmail.statefiles import FALLBACK_SOCKET_DIR, StateDir, write_text
 
 log = logging.getLogger("lvsmail.director.api")
 
@@ -79,22 +79,21 @@ REQUESTS = ("status", "drain", "enable", "weight", "recheck", "reload", "events"
 
 def socket_path(state_dir: str | Path, config_path: str | Path) -> Path:
     """Where the director of ``config_path`` listens."""
-    return Path(state_dir) / (Path(config_path).stem + ".sock")
+    return StateDir.of(state_dir, config_path).socket
 
 
 #: Where a director listens when its state directory cannot hold a socket (see APIServer.start).
-FALLBACK_DIR = Path("/run/lvsmail-api")
+FALLBACK_DIR = FALLBACK_SOCKET_DIR
 
 
 def fallback_path(state_dir: str | Path, config_path: str | Path) -> Path:
     """The tmpfs socket of a director whose state directory cannot hold one (unique per state directory)."""
-    digest = hashlib.sha256(str(Path(state_dir).resolve()).encode()).hexdigest()[:16]
-    return FALLBACK_DIR / f"{digest}-{Path(config_path).stem}.sock"
+    return StateDir.of(state_dir, config_path).fallback_socket(FALLBACK_DIR)
 
 
 def pointer_path(state_dir: str | Path, config_path: str | Path) -> Path:
     """The file in the state directory that names a fallback socket."""
-    return Path(state_dir) / (Path(config_path).stem + ".sock.path")
+    return StateDir.of(state_dir, config_path).socket_pointer
 
 
 class APIError(Exception):
@@ -482,8 +481,8 @@ def find_socket(state_dir: str | Path, config_path: str | Path | None = None) ->
     if config_path is not None:
         stems = [Path(config_path).stem]
     else:
-        stems = sorted({p.name[:-len(".sock")] for p in state.glob("*.sock")}
-                       | {p.name[:-len(".sock.path")] for p in state.glob("*.sock.path")})
+        stems = sorted({stem for stem, _ in StateDir.each(state, "socket")}
+                       | {stem for stem, _ in StateDir.each(state, "socket_pointer")})
     found = [p for p in (_socket_of(state, stem) for stem in stems) if p is not None]
     if len(found) > 1:
         raise APIError(f"several directors answer in {state_dir} ({', '.join(p.name for p in found)}): "
@@ -492,11 +491,11 @@ def find_socket(state_dir: str | Path, config_path: str | Path | None = None) ->
 
 
 def _socket_of(state: Path, stem: str) -> Path | None:
-    direct = state / f"{stem}.sock"
-    if direct.exists():
-        return direct
+    files = StateDir(state, stem)
+    if files.socket.exists():
+        return files.socket
     try:
-        named = Path(state.joinpath(f"{stem}.sock.path").read_text().strip())
+        named = Path(files.socket_pointer.read_text().strip())
     except OSError:
         return None
     return named if named.exists() else None
@@ -504,9 +503,7 @@ def _socket_of(state: Path, stem: str) -> Path | None:
 
 def _write_pointer(path: Path, target: Path) -> None:
     """Name the fallback socket in the state directory (replaced atomically)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(str(target) + "\n")
-    os.replace(tmp, path)
+    write_text(path, str(target) + "\n")
 
 
 class Client:

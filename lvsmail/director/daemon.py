@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import signal
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from lvsmail.config import ConfigError, load_cluster
 from lvsmail.director import kernel_profile
 from lvsmail.director.desired import desired_table, desired_timeouts, service_key
 from lvsmail.director.overrides import OverrideStore
-from lvsmail.director.outages import REALSERVER_REMOVAL, OutageRecorder, outages_path
+from lvsmail.director.outages import REALSERVER_REMOVAL, OutageRecorder
 from lvsmail.director.reconcile import Reconciler, ReconcileError
 from lvsmail.director.sync import SyncRole, initial_role
 from lvsmail.health.alerts import Alerter
@@ -42,11 +41,10 @@ from lvsmail.ipvs.model import IPVSBackend, IPVSError, ServiceKey, Table
 from lvsmail.net.sysctl import ProcSysctl, SysctlBackend
 from lvsmail.registration.director import Membership
 from lvsmail.spec import ClusterSpec
+from lvsmail.statefiles import DEFAULT_STATE_DIR, StateDir, write_json
 from lvsmail.systemd import STATUS_PERIOD, Notifier, Pacer, status_line
 
 log = logging.getLogger("lvsmail.director")
-
-DEFAULT_STATE_DIR = "/run/lvsmail"
 
 
 class Director:
@@ -70,6 +68,7 @@ class Director:
         self.repair_interval = repair_interval
         self.flush_on_exit = flush_on_exit
         self.state_dir = Path(state_dir)
+        self.files = StateDir.of(state_dir, config_path)  # every state file's name
         self.spec: ClusterSpec | None = None
         self.reconciler: Reconciler | None = None
         self.engine: HealthEngine | None = None
@@ -88,7 +87,7 @@ class Director:
         self._status_closed = False  # set once STOPPING=1 is sent
         self._reload_note: str | None = None  # a rejected reload, shown in STATUS= until the next good one
         # Operators' drain/weight (director.api), kept across restarts and applied to every desired table.
-        self.overrides = OverrideStore(self.state_dir / (Path(config_path).stem + ".overrides.json"))
+        self.overrides = OverrideStore(self.files.overrides)
         self._health_written: float | None = None  # engine clock of the last health-file write
         self._health_later: asyncio.TimerHandle | None = None  # the deferred write, if one is due
         self._kernel = asyncio.Lock()  # one reconcile at a time: the loop's and health transitions'
@@ -102,9 +101,9 @@ class Director:
         self._transition_task: asyncio.Task | None = None
         self._transition_last: float | None = None
         # Failovers this director measured, for `lvsmail availability`.
-        self.outages = OutageRecorder(outages_path(state_dir, config_path))
+        self.outages = OutageRecorder(self.files.outages)
         # Real servers that joined through the registration API, merged over the file's spec.
-        self.membership = Membership(self.state_dir / (Path(config_path).stem + ".members.json"),
+        self.membership = Membership(self.files.members,
                                      lambda: self.spec, self._members_changed, self._member_connections)
 
     def request_reload(self) -> None:
@@ -260,7 +259,7 @@ class Director:
 
     def reload_file(self) -> Path:
         """Where the director records its last reload, for ``lvsmail director reload`` to wait on."""
-        return reload_file(self.state_dir, self.config_path)
+        return self.files.reload
 
     def desired(self) -> Table:
         """The table the file asks for, with real servers as their health allows."""
@@ -424,7 +423,7 @@ class Director:
 
     def profile_file(self) -> Path:
         """Where the running director publishes its kernel profile and sync role for ``status``."""
-        return self.state_dir / (Path(self.config_path).stem + ".kernel.json")
+        return self.files.kernel
 
     def _save_profile(self) -> None:
         if self.spec is None:
@@ -496,7 +495,7 @@ class Director:
 
     def health_file(self) -> Path:
         """Where the running director publishes its real servers' health."""
-        return self.state_dir / (Path(self.config_path).stem + ".health.json")
+        return self.files.health
 
     def _save_health(self, *, now: bool = False) -> None:
         """Publish health for ``status``: at once if the last write is HEALTH_FILE_PERIOD old (or ``now``), else then."""
@@ -544,7 +543,7 @@ class Director:
     # -- ownership across restarts ---------------------------------------------------
 
     def _state_file(self) -> Path:
-        return self.state_dir / (Path(self.config_path).stem + ".owned.json")
+        return self.files.owned
 
     def _load_owned(self) -> set[ServiceKey]:
         try:
@@ -562,16 +561,13 @@ class Director:
 
 def reload_file(state_dir: str | Path, config_path: str) -> Path:
     """The record of the last reload of the director of ``config_path``: when it started, and its outcome."""
-    return Path(state_dir) / (Path(config_path).stem + ".reload.json")
+    return StateDir.of(state_dir, config_path).reload
 
 
 def _write_json(path: Path, data) -> None:
     """Replace a state file atomically; a failure is logged, the director keeps running."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, path)
+        write_json(path, data)
     except OSError as exc:
         log.warning("director: cannot write %s: %s", path, exc)
 

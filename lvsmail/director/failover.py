@@ -757,7 +757,7 @@ def for_director(director) -> Failover:
     options = dict(director.failover_options)
     return Failover(
         director.spec.failover, director.spec,
-        state_file=director.state_dir / (Path(director.config_path).stem + ".failover.json"),
+        state_file=director.files.failover,
         sync_role=lambda: director.sync,
         health=lambda: director.engine.states if director.engine else {},
         on_takeover=lambda what, seconds: director.record_outage(DIRECTOR_TAKEOVER, seconds, what),

@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from lvsmail.statefiles import StateDir, write_text
+
 #: A backup director took over the VIPs (seconds: from the master's last sign of life to takeover).
 DIRECTOR_TAKEOVER = "director_takeover"
 #: A failed real server left the IPVS table (seconds: from its first failed check to removal).
@@ -66,7 +68,7 @@ class OutageLog:
 
 def outages_path(state_dir: str | Path, config_path: str | Path) -> Path:
     """Where the director of ``config_path`` records its failovers (next to its other state files)."""
-    return Path(state_dir) / (Path(config_path).stem + ".outages.jsonl")
+    return StateDir.of(state_dir, config_path).outages
 
 
 def validate(kind: str, seconds: float, when: float, detail: str) -> Outage:
@@ -132,13 +134,7 @@ class OutageRecorder:
                 break
             kept.append(line)
             total += len(line)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            f.writelines(reversed(kept))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o640)
-        os.replace(tmp, self.path)
+        write_text(self.path, b"".join(reversed(kept)), mode=0o640, fsync=True)
 
 
 def read_outages(path: str | Path) -> OutageLog:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from lvsmail.ipvs.model import DestKey, Table
 from lvsmail.spec import ClusterSpec
+from lvsmail.statefiles import write_json
 
 log = logging.getLogger("lvsmail.director.overrides")
 
@@ -110,10 +111,7 @@ class OverrideStore:
 
     def _commit(self, items: dict[Key, Override]) -> None:
         """Write first, then take the new state: a failed write (OSError) changes nothing."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps([asdict(o) for o in sorted(items.values(), key=lambda o: o.key)]))
-        tmp.replace(self.path)
+        write_json(self.path, [asdict(o) for o in sorted(items.values(), key=lambda o: o.key)])
         self.items = items
 
 

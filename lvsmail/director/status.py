@@ -7,9 +7,9 @@ import json
 import socket
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 from lvsmail.ipvs.model import FWD_IPVSADM, PROTOCOL_NAMES, ServiceKey, Table, Timeouts, hostport
+from lvsmail.statefiles import StateDir
 
 
 def netmask_text(key: ServiceKey, netmask: int) -> str:
@@ -26,7 +26,7 @@ Health = dict[tuple[str, str, int], dict]
 def read_health(state_dir: str) -> Health:
     """Health of every real server from the running directors' files (empty when none run)."""
     out: Health = {}
-    for path in sorted(Path(state_dir).glob("*.health.json")):
+    for _stem, path in StateDir.each(state_dir, "health"):
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -43,7 +43,7 @@ Joined = dict[tuple[str, str, int], dict]
 def read_joined(state_dir: str) -> Joined:
     """Joined (not static) real servers, as the running directors publish them with their health."""
     out: Joined = {}
-    for path in sorted(Path(state_dir).glob("*.health.json")):
+    for _stem, path in StateDir.each(state_dir, "health"):
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -217,7 +217,7 @@ def _human(n: int) -> str:
 def read_profiles(state_dir: str) -> list[dict]:
     """Kernel profiles and sync roles published by the running directors (empty when none run)."""
     out = []
-    for path in sorted(Path(state_dir).glob("*.kernel.json")):
+    for _stem, path in StateDir.each(state_dir, "kernel"):
         try:
             out.append(json.loads(path.read_text()))
         except (OSError, ValueError):
@@ -277,7 +277,7 @@ def profile_text(rows, daemons, profiles: list[dict]) -> str:
 def read_failover(state_dir: str, stem: str | None = None) -> list[dict]:
     """VRRP instances published by the running directors (only ``stem``'s file when given)."""
     out = []
-    for path in sorted(Path(state_dir).glob(f"{stem or '*'}.failover.json")):
+    for _stem, path in StateDir.each(state_dir, "failover", stem):
         try:
             out.append(json.loads(path.read_text()))
         except (OSError, ValueError):

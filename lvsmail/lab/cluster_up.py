@@ -47,6 +47,7 @@ from lvsmail.lab.topology import (
     wait_until,
 )
 from lvsmail.net import netns
+from lvsmail.statefiles import write_json
 
 #: Where running lab clusters keep their files and state (tmpfs: gone with the machine, as the namespaces).
 STATE_DIR = Path("/run/lvsmail-lab")
@@ -509,9 +510,7 @@ class MailCluster:
     def save(self) -> None:
         """Write the state file (atomically)."""
         self.work.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.to_state(), indent=2) + "\n")
-        os.replace(tmp, self.state_path)
+        write_json(self.state_path, self.to_state(), indent=2, newline=True)
 
     @classmethod
     def load(cls, state_path: Path) -> "MailCluster":

@@ -11,7 +11,6 @@ before the VIP goes away, so established sessions finish.
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from lvsmail.realserver.changes import (
 )
 from lvsmail.realserver.storage import MARKER, check_storage
 from lvsmail.spec import ClusterSpec, RealServerDefaultsSpec
+from lvsmail.statefiles import write_json
 
 STATE_VERSION = persist.STATE_VERSION
 
@@ -372,14 +372,8 @@ def read_state(path: str) -> dict | None:
 
 def write_state(path: str, data: dict) -> None:
     """Write atomically, root-only (it holds previous configuration values)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     out = dict(data, undo=[c.to_dict() for c in data["undo"]])
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(out, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_json(path, out, indent=1, newline=True, mode=0o600)
 
 
 # -- join / leave ----------------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import Iterable
 
 from lvsmail.registration.protocol import Member, ProtocolError
 from lvsmail.spec import ClusterSpec, RealServerSpec, ServiceSpec
+from lvsmail.statefiles import write_json
 
 log = logging.getLogger("lvsmail.registration")
 
@@ -173,11 +174,6 @@ class MemberStore:
 
     def _commit(self, members: dict[str, JoinedMember]) -> None:
         data = {"members": [members[a].to_json() for a in sorted(members)]}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())  # the rename must not expose an empty file after a crash
-        os.replace(tmp, self.path)
+        # fsync: the rename must not expose an empty file after a crash
+        write_json(self.path, data, indent=1, sort_keys=True, fsync=True)
         self.members = members
