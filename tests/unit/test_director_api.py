@@ -13,51 +13,31 @@ from lvsmail.director.overrides import resolve
 from lvsmail.config import parse_cluster
 from lvsmail.ipvs.fake import FakeIPVS
 from lvsmail.ipvs.model import ServiceKey
+from support import ScriptedChecks, until
+from support.cluster import cluster_yaml, service
 from test_registration_limits import LoopErrors, nothing_unhandled  # the loop-handler and log checks
 
 SMTP = ServiceKey(socket.AF_INET, socket.IPPROTO_TCP, "192.0.2.33", 25)
 
-CLUSTER = """\
-cluster: test
-vips: [192.0.2.33]
-services:
-  - name: smtp
-    vip: 192.0.2.33
-    port: 25
-    forwarding: tun
-    persistent: 300
-    quiescent: false
-    realservers: [{address: 198.51.100.20, weight: 3, name: mx1}, 198.51.100.32]
-    check: {type: smtp, interval: 0.05, timeout: 0.5}
-"""
+MX1 = {"address": "198.51.100.20", "weight": 3, "name": "mx1"}
 
 
-class ScriptedChecks:
-    """A checker whose verdict per real server the test flips."""
+def api_cluster(realservers=(MX1, "198.51.100.32")) -> str:
+    """One checked SMTP service; mx1 weighs 3."""
+    return cluster_yaml(service(forwarding="tun", persistent=300, quiescent=False, realservers=realservers,
+                                check={"type": "smtp", "interval": 0.05, "timeout": 0.5}))
 
-    def __init__(self):
-        self.down: set[str] = set()
-        self.calls = 0
 
-    async def __call__(self, spec, address, port, creds, virtual=None):
-        from lvsmail.health.result import Result
+CLUSTER = api_cluster()
 
-        self.calls += 1
-        if address in self.down:
-            return Result(False, f"smtp {address}:{port}: greeting 421 4.3.2 busy", 0.002, "greeting")
-        return Result(True, f"smtp {address}:{port}: ok", 0.001, "done")
+
+def busy_checks() -> ScriptedChecks:
+    """Checks that fail at the greeting, as a busy server answers."""
+    return ScriptedChecks(("greeting 421 4.3.2 busy", "greeting"), down_latency=0.002)
 
 
 def weights(kernel):
     return {k.addr: d.settings.weight for k, d in kernel.table[SMTP].dests.items()}
-
-
-async def until(cond, timeout=5.0):
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        assert loop.time() < end, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture
@@ -88,7 +68,7 @@ def rows(status):
 
 def test_status_over_the_socket_shows_health_weights_and_service(setup):
     path, state = setup
-    kernel, checks = FakeIPVS(), ScriptedChecks()
+    kernel, checks = FakeIPVS(), busy_checks()
 
     async def go():
         d, task = await start(path, state, kernel, checks)
@@ -121,7 +101,7 @@ def test_status_over_the_socket_shows_health_weights_and_service(setup):
 
 def test_drain_survives_a_restart_and_enable_restores_the_weight(setup):
     path, state = setup
-    kernel, checks = FakeIPVS(), ScriptedChecks()
+    kernel, checks = FakeIPVS(), busy_checks()
 
     async def go():
         d, task = await start(path, state, kernel, checks)
@@ -149,7 +129,7 @@ def test_drain_survives_a_restart_and_enable_restores_the_weight(setup):
 
 def test_a_drained_server_that_fails_stays_out_and_returns_drained(setup):
     path, state = setup
-    kernel, checks = FakeIPVS(), ScriptedChecks()
+    kernel, checks = FakeIPVS(), busy_checks()
 
     async def go():
         d, task = await start(path, state, kernel, checks)
@@ -168,7 +148,7 @@ def test_a_drained_server_that_fails_stays_out_and_returns_drained(setup):
 
 def test_bad_requests_are_refused_and_change_nothing(setup):
     path, state = setup
-    kernel, checks = FakeIPVS(), ScriptedChecks()
+    kernel, checks = FakeIPVS(), busy_checks()
 
     async def go():
         d, task = await start(path, state, kernel, checks)
@@ -201,7 +181,7 @@ def test_bad_requests_are_refused_and_change_nothing(setup):
 
 def test_recheck_runs_the_check_now_and_the_event_stream_follows(setup):
     path, state = setup
-    kernel, checks = FakeIPVS(), ScriptedChecks()
+    kernel, checks = FakeIPVS(), busy_checks()
 
     async def go():
         d, task = await start(path, state, kernel, checks)
@@ -277,7 +257,7 @@ def test_director_status_and_realserver_commands_go_through_the_api(setup):
     from lvsmail.ipvs.model import DestKey
 
     path, state = setup
-    kernel, checks = FakeIPVS(), ScriptedChecks()
+    kernel, checks = FakeIPVS(), busy_checks()
 
     def cli(cmd, *args):
         return CliRunner().invoke(cmd, [*args, "--state-dir", str(state)])
@@ -316,7 +296,7 @@ def test_director_status_and_realserver_commands_go_through_the_api(setup):
 
 def test_reload_forgets_overrides_of_removed_servers_and_streams_end_with_their_client(setup):
     path, state = setup
-    kernel, checks = FakeIPVS(), ScriptedChecks()
+    kernel, checks = FakeIPVS(), busy_checks()
 
     async def go():
         d, task = await start(path, state, kernel, checks)
@@ -328,7 +308,7 @@ def test_reload_forgets_overrides_of_removed_servers_and_streams_end_with_their_
         assert d.api.hub.subscribers == 1
         writer.close()
         await until(lambda: d.api.hub.subscribers == 0)  # noticed at EOF, not at the next event
-        path.write_text(CLUSTER.replace("{address: 198.51.100.20, weight: 3, name: mx1}, ", ""))
+        path.write_text(api_cluster(["198.51.100.32"]))
         await call(sock, "reload")
         await until(lambda: not (state / "cluster.overrides.json").read_text().strip("[]"))
         texts = [e["text"] for e in d.api.hub.last(20)]
@@ -346,7 +326,7 @@ def test_a_state_directory_that_cannot_hold_the_socket_gets_it_on_tmpfs_with_a_p
     state = tmp_path / ("s" * 110)  # longer than an AF_UNIX path may be
     path = tmp_path / "cluster.yaml"
     path.write_text(CLUSTER)
-    kernel, checks = FakeIPVS(), ScriptedChecks()
+    kernel, checks = FakeIPVS(), busy_checks()
 
     async def go():
         d, task = await start(path, state, kernel, checks)
@@ -387,7 +367,7 @@ def test_garbage_and_hostile_lines_each_get_an_error_reply(setup, caplog):
     from lvsmail.director import api
 
     path, state = setup
-    kernel, checks = FakeIPVS(), ScriptedChecks()
+    kernel, checks = FakeIPVS(), busy_checks()
 
     async def go():
         d, task = await start(path, state, kernel, checks)
@@ -423,7 +403,7 @@ def test_a_slow_client_is_cut_at_the_line_deadline_and_others_are_served(setup, 
 
     monkeypatch.setattr(api, "LINE_DEADLINE", 0.5)
     path, state = setup
-    kernel, checks = FakeIPVS(), ScriptedChecks()
+    kernel, checks = FakeIPVS(), busy_checks()
 
     async def go():
         d, task = await start(path, state, kernel, checks)
@@ -468,7 +448,7 @@ def test_connections_over_the_cap_make_the_longest_idle_one_give_way(setup, capl
 
     monkeypatch.setattr(api, "MAX_CLIENTS", 4)
     path, state = setup
-    kernel, checks = FakeIPVS(), ScriptedChecks()
+    kernel, checks = FakeIPVS(), busy_checks()
 
     async def go():
         d, task = await start(path, state, kernel, checks)
@@ -509,7 +489,7 @@ def test_an_event_stream_that_sends_data_is_not_buffered(setup):
     """After "events" the client should send nothing; what it sends anyway is read and dropped in chunks,
     so 32 MiB written by the client do not stay in the director's memory (a plain read() keeps them all)."""
     path, state = setup
-    kernel, checks = FakeIPVS(), ScriptedChecks()
+    kernel, checks = FakeIPVS(), busy_checks()
 
     async def go():
         d, task = await start(path, state, kernel, checks)

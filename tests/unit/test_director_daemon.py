@@ -11,34 +11,21 @@ from lvsmail.director.daemon import Director
 from lvsmail.director.outages import outages_path, read_outages
 from lvsmail.ipvs.fake import FakeIPVS
 from lvsmail.ipvs.model import DestEntry, DestKey, DestSettings, ServiceEntry, ServiceKey, ServiceSettings
+from support import ScriptedChecks, until
+from support.cluster import cluster_yaml, service
 
 SMTP = ServiceKey(socket.AF_INET, socket.IPPROTO_TCP, "192.0.2.33", 25)
 HTTP = ServiceKey(socket.AF_INET, socket.IPPROTO_TCP, "192.0.2.33", 80)
 FOREIGN = ServiceKey(socket.AF_INET, socket.IPPROTO_TCP, "203.0.113.9", 53)
 
-CLUSTER = """\
-cluster: test
-vips: [192.0.2.33]
-services:
-  - name: smtp
-    vip: 192.0.2.33
-    port: 25
-    persistent: 120
-    forwarding: tun
-    realservers: [198.51.100.20, 198.51.100.32]
-{extra}"""
-HTTP_SERVICE = """\
-  - name: http
-    vip: 192.0.2.33
-    port: 80
-    realservers: [198.51.100.20]
-"""
+SMTP_SERVICE = service(persistent=120, forwarding="tun")
+HTTP_SERVICE = service("http", 80, realservers=["198.51.100.20"])
 
 
 @pytest.fixture
 def cluster(tmp_path):
     path = tmp_path / "cluster.yaml"
-    path.write_text(CLUSTER.format(extra=HTTP_SERVICE))
+    path.write_text(cluster_yaml(SMTP_SERVICE, HTTP_SERVICE))
     return path
 
 
@@ -59,15 +46,6 @@ def _transitions(path) -> set:
     except FileNotFoundError:
         return set()
     return {(r["address"], r["up"], r["transitions"]) for r in data["realservers"]}
-
-
-async def until(cond, timeout=5.0):
-    """Poll a condition (the loop acts asynchronously) instead of sleeping a fixed time."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        assert loop.time() < end, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 def test_start_programs_the_file_and_exit_leaves_the_table(cluster, tmp_path):
@@ -102,7 +80,7 @@ def test_flush_on_exit_removes_only_owned_services(cluster, tmp_path):
 
 def test_bad_initial_file_never_touches_the_kernel(tmp_path):
     path = tmp_path / "cluster.yaml"
-    path.write_text(CLUSTER.format(extra="").replace("persistent: 120", "scheduler: wlcc"))
+    path.write_text(cluster_yaml(service(scheduler="wlcc", forwarding="tun")))
     kernel = FakeIPVS()
     with pytest.raises(ConfigError, match="wlcc"):
         asyncio.run(director(path, kernel, tmp_path).run())
@@ -132,7 +110,7 @@ def test_reload_applies_a_changed_file(cluster, tmp_path):
     async def go():
         d = director(cluster, kernel, tmp_path)
         task = await started(d)
-        cluster.write_text(CLUSTER.format(extra=""))  # http service removed
+        cluster.write_text(cluster_yaml(SMTP_SERVICE))  # http service removed
         d.request_reload()
         await until(lambda: set(kernel.table) == {SMTP})
         d.request_stop()
@@ -165,38 +143,16 @@ def test_service_dropped_while_director_was_down_is_removed_on_start(cluster, tm
         await task
 
     asyncio.run(run_once())
-    cluster.write_text(CLUSTER.format(extra=""))
+    cluster.write_text(cluster_yaml(SMTP_SERVICE))
     asyncio.run(run_once())
     assert set(kernel.table) == {SMTP}
 
 
-HEALTH_CLUSTER = """\
-cluster: test
-vips: [192.0.2.33]
-services:
-  - name: smtp
-    vip: 192.0.2.33
-    port: 25
-    forwarding: tun
-    quiescent: {quiescent}
-    fallback: 203.0.113.99:25
-    realservers: [{{address: 198.51.100.20, weight: 3}}, 198.51.100.32]
-    check: {{type: smtp, interval: 0.05, timeout: 0.5}}
-"""
-
-
-class ScriptedChecks:
-    """A checker whose verdict per real server the test flips."""
-
-    def __init__(self):
-        self.down: set[str] = set()
-
-    async def __call__(self, spec, address, port, creds, virtual=None):
-        from lvsmail.health.result import Result
-
-        if address in self.down:
-            return Result(False, f"smtp {address}:{port}: connect: connection refused", 0.001, "connect")
-        return Result(True, f"smtp {address}:{port}: ok", 0.001, "done")
+def health_cluster(quiescent: bool) -> str:
+    """One checked SMTP service with a fallback server; the first real server weighs 3."""
+    return cluster_yaml(service(forwarding="tun", quiescent=quiescent, fallback="203.0.113.99:25",
+                                realservers=[{"address": "198.51.100.20", "weight": 3}, "198.51.100.32"],
+                                check={"type": "smtp", "interval": 0.05, "timeout": 0.5}))
 
 
 def weights(kernel):
@@ -206,7 +162,7 @@ def weights(kernel):
 @pytest.mark.parametrize("quiescent", [False, True])
 def test_failed_real_server_leaves_the_kernel_and_returns_on_recovery(tmp_path, quiescent):
     path = tmp_path / "cluster.yaml"
-    path.write_text(HEALTH_CLUSTER.format(quiescent=str(quiescent).lower()))
+    path.write_text(health_cluster(quiescent))
     kernel, checks = FakeIPVS(), ScriptedChecks()
 
     async def go():
@@ -243,7 +199,7 @@ def test_maintenance_file_takes_an_unchecked_server_out_and_status_file_says_why
     maint = tmp_path / "maint"
     maint.mkdir()
     path = tmp_path / "cluster.yaml"
-    path.write_text(CLUSTER.format(extra="").replace("cluster: test\n", f"cluster: test\nmaintenance_dir: {maint}\n"))
+    path.write_text(cluster_yaml(SMTP_SERVICE, extra=f"maintenance_dir: {maint}\n"))
     kernel = FakeIPVS()
 
     async def go():

@@ -18,33 +18,21 @@ from lvsmail.ipvs.fake import FakeIPVS
 from lvsmail.ipvs.model import DestKey, ServiceKey
 from lvsmail.registration import client
 from lvsmail.registration.protocol import Member, parse_token
+from support.cluster import cluster_yaml, service
 
 SMTP = ServiceKey(socket.AF_INET, socket.IPPROTO_TCP, "192.0.2.33", 25)
 IMAP = ServiceKey(socket.AF_INET, socket.IPPROTO_TCP, "192.0.2.33", 143)
 SECRET = "registration-test-secret-0123456789abcdef"
 MEMBER = "127.0.0.21"
 
-CLUSTER = """\
-cluster: test
-vips: [192.0.2.33]
-services:
-  - name: smtp
-    vip: 192.0.2.33
-    port: 25
-    forwarding: tun
-    realservers: [198.51.100.20]
-  - name: imap
-    vip: 192.0.2.33
-    port: 143
-    forwarding: nat
-    realservers: [198.51.100.20]
-registration:
-  listen: 127.0.0.1:{port}
-  directors: ["127.0.0.1:{port}"]
-  token_file: {token}
-  allowed_networks: [127.0.0.16/28]
-  drain_timeout: 5
-"""
+
+def registration_cluster(port: int, token) -> str:
+    """SMTP (tun) and IMAP (nat) on one real server, and a registration API on 127.0.0.1:``port``."""
+    return cluster_yaml(
+        service(forwarding="tun", realservers=["198.51.100.20"]),
+        service("imap", 143, forwarding="nat", realservers=["198.51.100.20"]),
+        extra=f"registration:\n  listen: 127.0.0.1:{port}\n  directors: [\"127.0.0.1:{port}\"]\n"
+              f"  token_file: {token}\n  allowed_networks: [127.0.0.16/28]\n  drain_timeout: 5\n")
 
 
 def free_port() -> int:
@@ -59,7 +47,7 @@ def cluster(tmp_path):
     token.write_text(f"secret={SECRET}\n")
     os.chmod(token, 0o600)
     path = tmp_path / "cluster.yaml"
-    path.write_text(CLUSTER.format(port=free_port(), token=token))
+    path.write_text(registration_cluster(free_port(), token))
     return path
 
 

@@ -11,7 +11,9 @@ from pathlib import Path
 
 from lvsmail.director.daemon import Director
 from lvsmail.ipvs.fake import FakeIPVS
-from test_director_daemon import CLUSTER, HTTP, HTTP_SERVICE, SMTP, until
+from support import until
+from support.cluster import cluster_yaml, service
+from test_director_daemon import HTTP, HTTP_SERVICE, SMTP, SMTP_SERVICE
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -26,7 +28,7 @@ async def _reload(*args: str) -> tuple[int, str, str]:
 
 def test_reload_through_the_api_returns_once_the_new_table_is_in_the_kernel(tmp_path):
     path = tmp_path / "cluster.yaml"
-    path.write_text(CLUSTER.format(extra=HTTP_SERVICE))
+    path.write_text(cluster_yaml(SMTP_SERVICE, HTTP_SERVICE))
     kernel, state = FakeIPVS(), tmp_path / "state"
 
     async def go():
@@ -35,10 +37,10 @@ def test_reload_through_the_api_returns_once_the_new_table_is_in_the_kernel(tmp_
         await asyncio.wait_for(d.ready.wait(), 10)
         await until(lambda: d.api is not None)
         assert set(kernel.table) == {SMTP, HTTP}
-        path.write_text(CLUSTER.format(extra=""))
+        path.write_text(cluster_yaml(SMTP_SERVICE))
         ok = await _reload("-c", str(path), "--state-dir", str(state))
         after_ok = set(kernel.table)  # read at once: the command returned only when the reload was done
-        path.write_text(CLUSTER.format(extra="  - name: broken\n    port: 99999\n"))
+        path.write_text(cluster_yaml(SMTP_SERVICE, service("broken", 99999)))
         bad = await _reload("-c", str(path), "--state-dir", str(state))
         d.request_stop()
         await task
@@ -71,13 +73,13 @@ asyncio.run(main())
 
 def test_reload_by_pid_signals_the_director_as_systemd_would(tmp_path):
     path = tmp_path / "cluster.yaml"
-    path.write_text(CLUSTER.format(extra=HTTP_SERVICE))
+    path.write_text(cluster_yaml(SMTP_SERVICE, HTTP_SERVICE))
     state = tmp_path / "state"
     daemon = subprocess.Popen([sys.executable, "-c", SERVE, str(path), str(state)], stdout=subprocess.PIPE,
                               text=True, env=ENV)
     try:
         assert daemon.stdout.readline().strip() == "ready"
-        path.write_text(CLUSTER.format(extra=""))
+        path.write_text(cluster_yaml(SMTP_SERVICE))
         done = subprocess.run([sys.executable, "-m", "lvsmail", "director", "reload", "-c", str(path),
                                "--state-dir", str(state), "--pid", str(daemon.pid)],
                               capture_output=True, text=True, env=ENV, timeout=60)
@@ -94,7 +96,7 @@ def test_reload_by_pid_signals_the_director_as_systemd_would(tmp_path):
 
 def test_a_director_that_never_reports_makes_reload_exit_1(tmp_path):
     path = tmp_path / "cluster.yaml"
-    path.write_text(CLUSTER.format(extra=""))
+    path.write_text(cluster_yaml(SMTP_SERVICE))
     deaf = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""\
         import signal, sys, time
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -114,7 +116,7 @@ def test_a_director_that_never_reports_makes_reload_exit_1(tmp_path):
 
 def test_reload_of_a_missing_process_exits_2(tmp_path):
     path = tmp_path / "cluster.yaml"
-    path.write_text(CLUSTER.format(extra=""))
+    path.write_text(cluster_yaml(SMTP_SERVICE))
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     done = subprocess.run([sys.executable, "-m", "lvsmail", "director", "reload", "-c", str(path),

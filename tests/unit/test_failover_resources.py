@@ -10,6 +10,7 @@ from lvsmail.config import parse_cluster
 from lvsmail.director.failover import CommandResource, Failover, ResourceGroup, ThreadedNet, VipResource
 from lvsmail.net.backend import FakeLink, FakeNetBackend
 from lvsmail.vrrp.state import Role
+from support import until
 
 
 class Step:
@@ -132,13 +133,6 @@ def make(wire, name, address, priority, tmp_path, advert=0.05, **options):
                  net=ThreadedNet(lambda: net), transport_factory=wire.transport(name), announcer=announcer,
                  track_interval=0.02, **options)
     return f, net, announced
-
-
-async def until(cond, timeout=5.0):
-    end = asyncio.get_running_loop().time() + timeout
-    while not cond():
-        assert asyncio.get_running_loop().time() < end, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 def role(f):

@@ -21,6 +21,7 @@ from lvsmail.health.state import HealthState, step
 from lvsmail.ipvs.fake import FakeIPVS
 from lvsmail.ipvs.model import ServiceKey
 from lvsmail.spec import CheckSpec
+from support.cluster import cluster_yaml, service
 
 TIMED_OUT = Result(False, "smtp 198.51.100.20:25: timeout after 3.0 s waiting for greeting", 3.0, "greeting",
                    expired=True)
@@ -57,16 +58,8 @@ def test_a_timeout_with_nothing_waiting_is_a_failure():
     assert not state.up and event is not None and state.inconclusive_checks == 0
 
 
-ENGINE_CLUSTER = """\
-cluster: t
-vips: [192.0.2.33]
-services:
-  - name: smtp
-    vip: 192.0.2.33
-    port: 25
-    realservers: [198.51.100.20]
-    check: {type: smtp, interval: 0.01, timeout: 3}
-"""
+ENGINE_CLUSTER = cluster_yaml(service(realservers=["198.51.100.20"],
+                                      check={"type": "smtp", "interval": 0.01, "timeout": 3}), name="t")
 
 
 def _engine_after(result: Result) -> tuple[HealthEngine, list]:
@@ -186,21 +179,8 @@ def test_run_check_reports_a_late_timeout_as_inconclusive(monkeypatch):
 
 # -- the director: batched kernel updates, health file at most once a second ------------------
 
-DIRECTOR_CLUSTER = """\
-cluster: batch
-vips: [192.0.2.33]
-services:
-  - name: smtp
-    vip: 192.0.2.33
-    port: 25
-    realservers: [198.51.100.20, 198.51.100.32]
-    check: {type: connect, interval: 3600, start: up}
-  - name: submission
-    vip: 192.0.2.33
-    port: 587
-    realservers: [198.51.100.20]
-    check: {type: connect, interval: 3600, start: up}
-"""
+DIRECTOR_CLUSTER = cluster_yaml(service(), service("submission", 587, realservers=["198.51.100.20"]),
+                                check={"type": "connect", "interval": 3600, "start": "up"}, name="batch")
 SMTP = ServiceKey(socket.AF_INET, socket.IPPROTO_TCP, "192.0.2.33", 25)
 SUBMISSION = ServiceKey(socket.AF_INET, socket.IPPROTO_TCP, "192.0.2.33", 587)
 

@@ -15,24 +15,21 @@ from lvsmail.ipvs.fake import FakeIPVS
 from lvsmail.ipvs.model import SyncDaemon
 from lvsmail.net.sysctl import FakeSysctl
 from lvsmail.spec import KernelProfileSpec
+from support.cluster import cluster_yaml, service
 
-BASE = """\
-cluster: pair
-vips: [192.0.2.33]
-services:
-  - name: smtp
-    vip: 192.0.2.33
-    port: 25
-    forwarding: {fwd}
-    realservers: [198.51.100.20]
-"""
+
+def base(fwd: str = "dr") -> str:
+    """One service forwarding by ``fwd``, in eight lines (a kernel: section added to it starts on line 9)."""
+    return cluster_yaml(service(forwarding=fwd, realservers=["198.51.100.20"]), name="pair")
+
+
 #: The kernel's own defaults (Documentation/networking/ipvs-sysctl.rst).
 KERNEL = {"net.ipv4.vs.expire_nodest_conn": "0", "net.ipv4.vs.expire_quiescent_template": "0",
           "net.ipv4.vs.conn_reuse_mode": "1", "net.ipv4.vs.backup_only": "0", "net.ipv4.ip_forward": "0"}
 
 
 def spec(extra="kernel:\n", fwd="dr"):
-    return parse_cluster(BASE.format(fwd=fwd) + extra)
+    return parse_cluster(base(fwd) + extra)
 
 
 def test_defaults_reset_dead_connections_and_expire_quiescent_templates_only():
@@ -63,7 +60,7 @@ def test_explicit_values_and_unmanaged_keys():
 
 
 def test_bad_values_are_reported_with_line_and_key():
-    text = BASE.format(fwd="dr") + "kernel:\n  conn_reuse_mode: 4\n  expire_nodest_conn: auto\n  ip_fwd: 1\n"
+    text = base("dr") + "kernel:\n  conn_reuse_mode: 4\n  expire_nodest_conn: auto\n  ip_fwd: 1\n"
     with pytest.raises(ConfigError) as exc:
         parse_cluster(text, "c.yaml")
     msg = str(exc.value)
@@ -110,7 +107,7 @@ def test_status_flags_a_wrong_value_in_text_and_json():
 
 def test_director_applies_the_profile_at_start_and_on_reload(tmp_path):
     path = tmp_path / "cluster.yaml"
-    path.write_text(BASE.format(fwd="dr") + "kernel:\n")
+    path.write_text(base("dr") + "kernel:\n")
     sysctl = FakeSysctl(KERNEL)
     d = Director(str(path), FakeIPVS(), repair_interval=0.05, state_dir=str(tmp_path / "state"), sysctl=sysctl)
 
@@ -119,7 +116,7 @@ def test_director_applies_the_profile_at_start_and_on_reload(tmp_path):
         await asyncio.wait_for(d.ready.wait(), 5)
         assert sysctl.values["net.ipv4.vs.expire_nodest_conn"] == "1"
         sysctl.values["net.ipv4.vs.expire_nodest_conn"] = "0"  # someone changed it by hand
-        path.write_text(BASE.format(fwd="nat") + "kernel: {conn_reuse_mode: 2}\n")
+        path.write_text(base("nat") + "kernel: {conn_reuse_mode: 2}\n")
         d.request_reload()
         loop = asyncio.get_running_loop()
         end = loop.time() + 5

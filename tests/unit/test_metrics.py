@@ -19,34 +19,18 @@ from lvsmail.director.daemon import Director  # noqa: E402
 from lvsmail.director.metrics import Exporter, families  # noqa: E402
 from lvsmail.director.outages import Outage  # noqa: E402
 from lvsmail.ipvs.fake import FakeIPVS  # noqa: E402
+from support import ScriptedChecks  # noqa: E402
+from support.cluster import cluster_yaml, service  # noqa: E402
 
 DIRECTORS = Path(__file__).resolve().parents[2] / "directors"
 
-CLUSTER = """\
-cluster: metrics
-vips: [192.0.2.33]
-services:
-  - name: smtp
-    vip: 192.0.2.33
-    port: 25
-    forwarding: dr
-    realservers: [198.51.100.20, 198.51.100.32]
-    check: {{type: smtp, interval: 0.05, timeout: 0.5}}
-metrics:
-  listen: "127.0.0.1:{port}"
-"""
+#: The cluster without its metrics section (nine lines: the section starts on line 10).
+BASE = cluster_yaml(service(forwarding="dr", check={"type": "smtp", "interval": 0.05, "timeout": 0.5}), name="metrics")
 
 
-class ScriptedChecks:
-    def __init__(self):
-        self.down = set()
-
-    async def __call__(self, spec, address, port, creds, virtual=None):
-        from lvsmail.health.result import Result
-
-        if address in self.down:
-            return Result(False, f"smtp {address}:{port}: connect: connection refused", 0.003, "connect")
-        return Result(True, f"smtp {address}:{port}: ok", 0.02, "done")
+def metrics_cluster(port: int) -> str:
+    """The cluster with its exporter on 127.0.0.1:``port``."""
+    return BASE + f'metrics:\n  listen: "127.0.0.1:{port}"\n'
 
 
 def free_port() -> int:
@@ -84,8 +68,8 @@ def sample_names(fams: dict) -> set[str]:
 def test_scrape_of_a_running_director_has_the_names_and_labels_rules_use(tmp_path):
     port = free_port()
     path = tmp_path / "metrics.yaml"
-    path.write_text(CLUSTER.format(port=port))
-    checks = ScriptedChecks()
+    path.write_text(metrics_cluster(port))
+    checks = ScriptedChecks(down_latency=0.003, up_latency=0.02)
 
     async def go():
         d = Director(str(path), FakeIPVS(), repair_interval=30, state_dir=str(tmp_path / "state"),
@@ -210,7 +194,7 @@ def test_vrrp_and_failover_families_from_a_snapshot():
     ('metrics: {port: 9712}', "unknown key"),
 ])
 def test_bad_metrics_sections_are_refused_with_file_line_and_key(section, message):
-    text = CLUSTER.split("metrics:")[0].replace("{{", "{").replace("}}", "}") + section + "\n"
+    text = BASE + section + "\n"
     with pytest.raises(ConfigError, match=re.escape(message)) as err:
         parse_cluster(text, "c.yaml")
     assert "c.yaml:10: metrics" in str(err.value)
@@ -219,7 +203,7 @@ def test_bad_metrics_sections_are_refused_with_file_line_and_key(section, messag
 def test_metrics_section_defaults_and_round_trips():
     from lvsmail.config import dump_cluster
 
-    base = CLUSTER.split("metrics:")[0].replace("{{", "{").replace("}}", "}")
+    base = BASE
     assert parse_cluster(base + "metrics: {}\n").metrics.listen == "127.0.0.1:9712"
     assert parse_cluster(base + "metrics:\n").metrics.listen == "127.0.0.1:9712"
     assert parse_cluster(base).metrics is None

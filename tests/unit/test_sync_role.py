@@ -17,17 +17,10 @@ from lvsmail.ipvs.model import (
 )
 from lvsmail.net.sysctl import FakeSysctl
 from lvsmail.spec import SyncSpec
+from support.cluster import cluster_yaml, service
 
-BASE = """\
-cluster: pair
-vips: [192.0.2.33]
-services:
-  - name: smtp
-    vip: 192.0.2.33
-    port: 25
-    forwarding: dr
-    realservers: [198.51.100.20]
-"""
+#: One DR service in eight lines (a sync: section added to it starts on line 9).
+BASE = cluster_yaml(service(forwarding="dr", realservers=["198.51.100.20"]), name="pair")
 
 
 def run(coro):

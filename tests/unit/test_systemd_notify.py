@@ -10,23 +10,11 @@ import pytest
 from lvsmail.director.daemon import Director
 from lvsmail.ipvs.fake import FakeIPVS
 from lvsmail.systemd import Notifier, Pacer, status_line
-from test_director_daemon import ScriptedChecks, until  # the checker the test flips; polling, not sleeping
+from support import ScriptedChecks, until  # the checker the test flips; polling, not sleeping
+from support.cluster import cluster_yaml, service
 
-CLUSTER = """\
-cluster: test
-vips: [192.0.2.33]
-services:
-  - name: smtp
-    vip: 192.0.2.33
-    port: 25
-    forwarding: tun
-    realservers: [198.51.100.20, 198.51.100.32]
-    check: {type: smtp, interval: 0.05, timeout: 0.5}
-  - name: http
-    vip: 192.0.2.33
-    port: 80
-    realservers: [198.51.100.20]
-"""
+CLUSTER = cluster_yaml(service(forwarding="tun", check={"type": "smtp", "interval": 0.05, "timeout": 0.5}),
+                       service("http", 80, realservers=["198.51.100.20"]))
 
 
 class Systemd:
