@@ -7,6 +7,7 @@ Where those differ in a way a test sees, the difference is bridged here, once.
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import pytest
@@ -28,3 +29,11 @@ def separate_streams_runner() -> CliRunner:
 def cli_runner() -> CliRunner:
     """A CliRunner that keeps a command's stdout and stderr apart (see ``separate_streams_runner``)."""
     return separate_streams_runner()
+
+
+@pytest.fixture
+def running_director(tmp_path):
+    """``support.director.running`` with its state in ``tmp_path/state``: ``async with running_director(path) as d``."""
+    from support.director import running
+
+    return functools.partial(running, state_dir=tmp_path / "state")

@@ -55,3 +55,43 @@ def test_scripted_checks_answer_down_for_the_addresses_the_test_names():
     down, up = asyncio.run(go())
     assert (down.ok, down.reason, down.step) == (False, "smtp 198.51.100.20:25: greeting 421 busy", "greeting")
     assert up.ok and checks.calls == 2
+
+
+def test_running_director_is_ready_in_the_block_and_stopped_after_it(tmp_path, running_director):
+    from lvsmail.ipvs.fake import FakeIPVS
+
+    path, kernel = cluster_file(tmp_path), FakeIPVS()
+
+    async def go():
+        async with running_director(path, kernel) as d:
+            assert d.ready.is_set() and len(kernel.table) == 1
+            assert d.files.root == tmp_path / "state"
+        return d
+
+    d = asyncio.run(go())
+    assert d.api is not None and not d.files.socket.exists()  # stopped: its API closed and its socket removed
+    assert len(kernel.table) == 1  # and the table left in place, as a director leaves it
+
+
+def test_running_director_stops_it_when_the_block_fails(tmp_path, running_director):
+    stopped = []
+
+    async def go():
+        async with running_director(cluster_file(tmp_path)) as d:
+            d.request_stop = lambda real=d.request_stop: (stopped.append(True), real())[1]
+            raise RuntimeError("an assertion in the test")
+
+    with pytest.raises(RuntimeError, match="an assertion in the test"):
+        asyncio.run(go())
+    assert stopped == [True]
+
+
+def test_running_director_raises_the_error_of_a_bad_file(tmp_path, running_director):
+    from lvsmail.config import ConfigError
+
+    async def go():
+        async with running_director(cluster_file(tmp_path, service(scheduler="wlcc"))):
+            pass
+
+    with pytest.raises(ConfigError, match="wlcc"):
+        asyncio.run(go())
