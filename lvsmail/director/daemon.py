@@ -124,8 +124,8 @@ class Director:
         self.reconciler = Reconciler(self.backend, owned=self._load_owned())
         self.membership.load(self.spec)
         self.overrides.load()
-        self.engine = HealthEngine(self.effective(), self._on_transition, **self.engine_options)
-        self.engine.hold = lambda: self.failover.link_fault() if self.failover is not None else None
+        self.engine = HealthEngine(self.effective(), self._on_transition, **self.engine_options,
+                                   hold=lambda: self.failover.link_fault() if self.failover is not None else None)
         self._set_alerter()
         prepare_kernel(self.spec)
         await self._apply_kernel_profile()

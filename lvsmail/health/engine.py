@@ -23,8 +23,9 @@ thousand servers):
   be reset when this director takes the VIPs back. A maintenance file is the
   operator's word, not a check, and is never held.
 
-Transitions are handed, in the order decided, to a callback run by one task
-(the director turns them into one scoped IPVS change). With ``workers`` > 0 the targets are shared between this process
+Transitions are handed, in the order decided, to ``on_transition`` as they are decided
+(the director turns them into one scoped IPVS change); a callback that returns an awaitable
+has it awaited by one task, in the same order. With ``workers`` > 0 the targets are shared between this process
 and that many worker processes (``lvsmail.health.worker``), each checking its
 share on its own event loop and sending every result back; the rise/fall
 decisions, and so the transitions and the status, stay in this process.
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import logging
 import os
 import random
@@ -53,6 +55,7 @@ from lvsmail.health.driver import Driver, Job, Timer, driver_for
 from lvsmail.health.result import Result
 from lvsmail.health.state import HealthState, TransitionEvent, next_interval, step
 from lvsmail.health.via_vip import probe_marks, source_towards
+from lvsmail.health.workerlink import WorkerLink
 from lvsmail.spec import CheckSpec, ClusterSpec
 
 log = logging.getLogger("lvsmail.health")
@@ -71,7 +74,12 @@ AUTO_WORKER_TARGETS = 100
 Key = tuple[str, str, int]  # (service name, real server address, port)
 #: A checker coroutine function (``probe``'s signature), run on the check driver.
 Checker = Callable[..., Awaitable[Result]]
-OnTransition = Callable[["Target", TransitionEvent], Awaitable[None]]
+#: Called with each transition as it is decided; an awaitable it returns is awaited in order by one task.
+OnTransition = Callable[["Target", TransitionEvent], Awaitable[None] | None]
+#: Called with every result, counted or not (a worker's outbox, the metrics histogram).
+OnResult = Callable[[Key, Result], None]
+#: Why the director's own faults make failed checks meaningless now (failover's ``link_fault``), or None.
+Hold = Callable[[], str | None]
 
 
 @dataclass(frozen=True)
@@ -129,6 +137,8 @@ class HealthEngine:
         cluster: ClusterSpec | None,
         on_transition: OnTransition,
         *,
+        on_result: OnResult | None = None,
+        hold: Hold | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
         checker: Checker = probe,
         clock: Callable[[], float] = time.monotonic,
@@ -148,14 +158,14 @@ class HealthEngine:
         self._jobs: dict[Key, Job] = {}  # checks in flight
         self._queue: deque[Target] = deque()  # checks due while ``concurrency`` were in flight
         self._starting = False  # _start_queued is running
-        self._transitions: asyncio.Queue = asyncio.Queue()  # decided, for on_transition (in order)
+        self._transitions: asyncio.Queue = asyncio.Queue()  # on_transition's awaitables, awaited in order
         self._acting: asyncio.Task | None = None
         self._credentials: dict[str, Credentials | CredentialsError] = {}
         self._running = False
         self.workers = workers  # extra processes that run checks (0: all here; None: default_workers at start)
-        self._links: list = []  # one WorkerLink per worker process, once started
-        self.on_result: Callable[[Key, Result], None] | None = None  # every result (a worker's outbox)
-        self.hold: Callable[[], str | None] | None = None  # a fault of the director's own: failures not counted
+        self._links: list[WorkerLink] = []  # one per worker process, once started
+        self.on_result = on_result  # every result (a worker's outbox)
+        self.hold = hold  # a fault of the director's own: failures not counted
         self._holding: str | None = None  # the hold in force, logged when it begins and ends
         self._held = 0  # failures not counted under it
         self.maintenance_dir = cluster.maintenance_dir if cluster is not None else None
@@ -167,6 +177,19 @@ class HealthEngine:
         """Up or down per checked real server (unchecked ones are in their ``start`` state)."""
         return {k: s.up for k, s in self.states.items()}
 
+    def service_up(self, name: str) -> bool | None:
+        """Whether any real server of service ``name`` is up; None when none of them is checked here."""
+        ups = [s.up for (service, _address, _port), s in self.states.items() if service == name]
+        return any(ups) if ups else None
+
+    def queued(self) -> int:
+        """How many due checks wait for a free slot (``concurrency`` are in flight)."""
+        return len(self._queue)
+
+    def worker_pids(self) -> list[int]:
+        """The process ids of the running worker processes."""
+        return [pid for pid in (link.pid for link in self._links) if pid is not None]
+
     def start(self) -> None:
         """Schedule the checks of this process's share, start the workers (call from the running loop)."""
         self._running = True
@@ -175,8 +198,6 @@ class HealthEngine:
         if self.workers is None:  # worker processes cannot run a checker passed in (tests script theirs)
             self.workers = default_workers(len(self._pending), self.checker is probe, os.cpu_count())
         if self.workers > 0 and not self._links:
-            from lvsmail.health.worker import WorkerLink
-
             self._links = [WorkerLink(i + 1, self) for i in range(self.workers)]
         self._apply_targets(self._pending)
 
@@ -207,6 +228,10 @@ class HealthEngine:
             self._acting.cancel()
             await asyncio.gather(self._acting, return_exceptions=True)
             self._acting = None
+        while not self._transitions.empty():  # decided but not acted on: the director is stopping too
+            pending = self._transitions.get_nowait()
+            if inspect.iscoroutine(pending):
+                pending.close()
         links, self._links = self._links, []
         await asyncio.gather(*(link.stop() for link in links), return_exceptions=True)
 
@@ -328,17 +353,27 @@ class HealthEngine:
         return result, self.record(t, result)
 
     async def _act(self) -> None:
-        """Hand each transition to ``on_transition``, in the order decided."""
+        """Await what ``on_transition`` returned for each transition, in the order decided."""
         while True:
-            t, event = await self._transitions.get()
+            t, event, pending = await self._transitions.get()
             try:
-                await self.on_transition(t, event)
+                await pending
             except Exception:  # the director's problem must not stop this server's checks
                 log.exception("health: acting on %s transition of %s failed", event.word, t.key)
 
+    def _transition(self, t: Target, event: TransitionEvent) -> None:
+        """Hand one transition to ``on_transition`` now; queue what it returns to be awaited in order."""
+        try:
+            pending = self.on_transition(t, event)
+        except Exception:  # the director's problem must not stop this server's checks
+            log.exception("health: acting on %s transition of %s failed", event.word, t.key)
+            return
+        if inspect.isawaitable(pending):
+            self._transitions.put_nowait((t, event, pending))
+
     def record(self, t: Target, result: Result) -> HealthState:
-        """Count one result of ``t`` (checked here or by a worker): the new state; a transition is queued
-        for ``on_transition``."""
+        """Count one result of ``t`` (checked here or by a worker): the new state; a transition goes to
+        ``on_transition`` at once."""
         self.checks_done += 1
         result = self._held_result(result)
         state, event = step(self.states[t.key], result, self.clock())
@@ -349,7 +384,7 @@ class HealthEngine:
             log.info("health: %s %s:%s not counted: %s", t.service, t.address, t.port, result.reason)
         if event is not None:
             log.warning("health: %s %s:%s %s: %s", t.service, t.address, t.port, event.word, event.reason)
-            self._transitions.put_nowait((t, event))
+            self._transition(t, event)
         return state
 
     def _held_result(self, result: Result) -> Result:

@@ -1,6 +1,7 @@
 """The health engine with a scripted checker: scheduling, transitions, reload."""
 
 import asyncio
+import dataclasses
 import os
 
 from lvsmail.config import parse_cluster
@@ -261,8 +262,7 @@ def test_failures_are_not_counted_while_the_director_s_own_links_are_down(tmp_pa
     key = ("smtp", "198.51.100.20", 25)
 
     async def go():
-        engine = HealthEngine(parse_cluster(text), on_transition, checker=script)
-        engine.hold = lambda: own["fault"]
+        engine = HealthEngine(parse_cluster(text), on_transition, checker=script, hold=lambda: own["fault"])
         engine.start()
         own["fault"] = "interface eth0 down"
         script.ok["198.51.100.20"] = False
@@ -347,10 +347,75 @@ def test_many_queued_checks_that_end_at_once_do_not_recurse():
         engine.rng.uniform = lambda a, b: 0.0  # everything due at once
         engine.start()
         await asyncio.sleep(0.05)
-        queued = len(engine._queue)
+        queued = engine.queued()
         gate[0].set_result(None)
         await settle(lambda: len(set(done)) == 2000)
         await engine.stop()
         return queued
 
     assert asyncio.run(go()) >= 1500
+
+
+def test_a_synchronous_on_transition_is_called_as_the_verdict_is_decided():
+    """A plain function gets each transition at once, after the state it reports is recorded."""
+    script, seen = Script(), []
+    key = ("smtp", "198.51.100.20", 25)
+
+    async def go():
+        engine = HealthEngine(cluster(), lambda t, e: seen.append((t.key, e.word, engine.health()[t.key])),
+                              checker=script)
+        engine.start()
+        script.ok["198.51.100.20"] = False
+        await settle(lambda: seen)
+        await engine.stop()
+
+    asyncio.run(go())
+    assert seen == [(key, "down", False)]
+
+
+def test_a_transition_callback_that_raises_is_logged_and_the_checks_go_on(caplog):
+    script, calls = Script(), []
+
+    def on_transition(target, event):
+        calls.append(event.word)
+        raise RuntimeError("director bug")
+
+    async def go():
+        engine = HealthEngine(cluster(), on_transition, checker=script)
+        engine.start()
+        script.ok["198.51.100.20"] = False
+        await settle(lambda: calls == ["down"])
+        script.ok["198.51.100.20"] = True
+        await settle(lambda: calls == ["down", "up"])
+        await engine.stop()
+
+    asyncio.run(go())
+    assert "acting on down transition of ('smtp', '198.51.100.20', 25) failed" in caplog.text
+
+
+def test_on_result_given_to_the_constructor_sees_every_result():
+    script, results = Script(), []
+
+    async def go():
+        engine = HealthEngine(cluster(), lambda t, e: None, checker=script,
+                              on_result=lambda key, result: results.append((key, result.ok)))
+        engine.start()
+        await settle(lambda: len(results) >= 4)
+        await engine.stop()
+        return engine.checks_done
+
+    done = asyncio.run(go())
+    assert len(results) == done
+    assert {key for key, _ok in results} == {("smtp", "198.51.100.20", 25), ("smtp", "198.51.100.32", 25)}
+
+
+def test_service_up_is_any_server_up_and_none_when_nothing_is_checked():
+    engine = HealthEngine(cluster(), lambda t, e: None, checker=Script())
+    assert engine.service_up("smtp") is True  # start: up
+    engine.states[("smtp", "198.51.100.20", 25)] = dataclasses.replace(
+        engine.states[("smtp", "198.51.100.20", 25)], up=False)
+    assert engine.service_up("smtp") is True  # one of two still up
+    engine.states[("smtp", "198.51.100.32", 25)] = dataclasses.replace(
+        engine.states[("smtp", "198.51.100.32", 25)], up=False)
+    assert engine.service_up("smtp") is False
+    assert engine.service_up("imap") is None  # no checked server: nothing says it is down

@@ -4,7 +4,10 @@ Real TCP on 127.0.0.1 (no root needed): one listening port, several closed ones.
 """
 
 import asyncio
+import os
 import socket
+import subprocess
+import sys
 
 from lvsmail.config import parse_cluster
 from lvsmail.health.engine import AUTO_WORKER_TARGETS, HealthEngine, default_workers
@@ -51,14 +54,15 @@ def test_worker_results_are_counted_and_transitions_decided_by_the_director():
         while not all(s.checks >= 2 for s in engine.states.values()):
             assert loop.time() < end, "the worker's results did not arrive"
             await asyncio.sleep(0.05)
-        worker = engine._links[0].proc
+        pids = engine.worker_pids()
         await engine.stop()
         server.close()
         await server.wait_closed()
-        return engine, open_port, closed, by_worker, worker
+        return engine, open_port, closed, by_worker, pids
 
-    engine, open_port, closed, by_worker, worker = asyncio.run(go())
-    assert worker.returncode is not None  # stop() ended the worker process
+    engine, open_port, closed, by_worker, pids = asyncio.run(go())
+    assert len(pids) == 1
+    assert engine.worker_pids() == [] and not _exists(pids[0])  # stop() ended the worker process
     assert engine.states[("tcp", "127.0.0.1", open_port)].up
     for port in closed:
         st = engine.states[("tcp", "127.0.0.1", port)]
@@ -82,7 +86,6 @@ def test_a_sigterm_meant_for_the_whole_process_group_does_not_end_a_worker():
     """systemd's KillMode=control-group signals every process of the director: the worker must not die of it
     (the director, itself shutting down, restarted it and waited for its start-up); it ends when the director
     closes its pipe."""
-    import os
     import signal
 
     async def go():
@@ -94,14 +97,53 @@ def test_a_sigterm_meant_for_the_whole_process_group_does_not_end_a_worker():
         while not all(s.checks >= 1 for s in engine.states.values()):  # the worker is up and reporting
             assert loop.time() < end, "the worker's results did not arrive"
             await asyncio.sleep(0.05)
-        link = engine._links[0]
-        worker = link.proc
-        os.kill(worker.pid, signal.SIGTERM)
+        pids = engine.worker_pids()
+        os.kill(pids[0], signal.SIGTERM)
         await asyncio.sleep(1.0)
-        alive_after_sigterm = worker.returncode is None and link.proc is worker
+        alive_after_sigterm = engine.worker_pids() == pids  # the same process, not a restarted one
         await engine.stop()
-        return alive_after_sigterm, worker.returncode
+        return alive_after_sigterm, pids[0]
 
-    alive, returncode = asyncio.run(go())
+    alive, pid = asyncio.run(go())
     assert alive
-    assert returncode is not None  # closing its stdin ended it
+    assert not _exists(pid)  # closing its stdin ended it
+
+
+def _exists(pid):
+    """Whether process ``pid`` still exists (stop() waits for the worker, so an ended one is reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_the_director_s_side_of_the_workers_imports_neither_the_engine_nor_the_worker():
+    """The engine imports the link; the link must not import the engine or the child's side back (no cycle)."""
+    code = ("import sys, lvsmail.health.workerlink; "
+            "print(sorted(m for m in sys.modules if m in ('lvsmail.health.engine', 'lvsmail.health.worker')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    code = "import sys, lvsmail.health.engine; print('lvsmail.health.worker' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_a_message_survives_the_frame_codec():
+    from lvsmail.health.result import Result
+    from lvsmail.health.workerlink import frame, read_frame
+
+    message = [(("smtp", "198.51.100.20", 25), Result(False, "smtp 198.51.100.20:25: refused", 0.001))]
+
+    async def go():
+        reader = asyncio.StreamReader()
+        reader.feed_data(frame(message) + frame(("targets", {}, None)))
+        reader.feed_eof()
+        first, second = await read_frame(reader), await read_frame(reader)
+        try:
+            await read_frame(reader)
+        except asyncio.IncompleteReadError:
+            return first, second, "gone"
+        return first, second, "more"
+
+    assert asyncio.run(go()) == (message, ("targets", {}, None), "gone")
