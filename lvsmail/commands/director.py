@@ -136,7 +136,7 @@ def apply(config_path: str, dry_run: bool) -> None:
     import asyncio
 
     from lvsmail.config import ConfigError, load_cluster
-    from lvsmail.director.desired import desired_table, desired_timeouts
+    from lvsmail.ipvs.desired import desired_table, desired_timeouts
     from lvsmail.director.reconcile import Reconciler, ReconcileError
     from lvsmail.ipvs.model import describe
     from lvsmail.ipvs.netlink import IPVSUnavailable, NetlinkIPVS
@@ -198,7 +198,7 @@ def status(as_json: bool, config_path: str | None, state_dir: str) -> None:
         backend.close_sync()
     if config_path:
         from lvsmail.config import ConfigError, load_cluster
-        from lvsmail.director.desired import service_key
+        from lvsmail.ipvs.desired import service_key
 
         try:
             spec = load_cluster(config_path)

@@ -51,7 +51,7 @@ async def kernel_plan(spec: ClusterSpec, backend: IPVSBackend, owned: set[Servic
     ``owned`` are services a running director of this file created earlier; one
     that the file no longer lists shows up as a deletion, as it would on reload.
     """
-    from lvsmail.director.desired import desired_table, desired_timeouts
+    from lvsmail.ipvs.desired import desired_table, desired_timeouts
 
     desired = desired_table(spec)
     scope = set(owned) | set(desired)

@@ -18,10 +18,10 @@ import ipaddress
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lvsmail.ipvs.model import DestKey, Table
+from lvsmail.ipvs.model import Table
 from lvsmail.spec import ClusterSpec
 from lvsmail.statefiles import write_json
 
@@ -121,23 +121,18 @@ def store_of(director) -> OverrideStore:
 
 
 def apply_overrides(director, table: Table) -> Table:
-    """The director's desired table with the operators' weights on servers that are up."""
+    """The director's desired table with the operators' weights on servers that are up (rule: ``with_overrides``)."""
     store = store_of(director)
     if not store.items:
         return table
-    from lvsmail.director.desired import service_key
+    from lvsmail.ipvs.desired import service_key, with_overrides
 
     health = director.engine.health() if director.engine is not None else {}
+    weights = {key: o.weight for key, o in store.items.items()}
     for svc in director.effective().services:
         entry = table.get(service_key(svc))
-        if entry is None:
-            continue
-        for rs in svc.realservers:
-            o = store.items.get((svc.name, rs.address, rs.port))
-            dest = entry.dests.get(DestKey(rs.address, rs.port))
-            if o is None or dest is None or not health.get(o.key, True):
-                continue
-            dest.settings = replace(dest.settings, weight=o.weight)
+        if entry is not None:
+            with_overrides(svc, entry, health, weights)
     return table
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import time
 
-from lvsmail.director.desired import service_key
+from lvsmail.ipvs.desired import service_key
 from lvsmail.director.overrides import store_of
 from lvsmail.ipvs.model import DestKey, Table, hostport
 

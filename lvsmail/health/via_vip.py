@@ -22,43 +22,16 @@ import logging
 import socket
 from pathlib import Path
 
-from lvsmail.ipvs.model import DestEntry, DestKey, DestSettings, ServiceEntry, ServiceKey, ServiceSettings, Table
+from lvsmail.ipvs.desired import MARK_BASE, Key, probe_marks, probe_services
 from lvsmail.spec import ClusterSpec
+
+# The probe services' marks and table are part of the desired table (lvsmail.ipvs.desired);
+# their names stay importable here, where the checks through the VIP use them.
+__all__ = ["MARK_BASE", "Key", "prepare_kernel", "probe_marks", "probe_services", "source_towards"]
 
 log = logging.getLogger("lvsmail.health")
 
-#: Marks used for probe services: "lv" in the high bytes, the probe's index below.
-MARK_BASE = 0x6C760000
 _SYSCTL = Path("/proc/sys/net/ipv4/conf")
-
-Key = tuple[str, str, int]
-
-
-def probe_marks(cluster: ClusterSpec) -> dict[Key, int]:
-    """A firewall mark per real server of each ``via: vip`` service, stable for a given file."""
-    marks: dict[Key, int] = {}
-    for svc in cluster.services:
-        if svc.check is None or svc.check.via != "vip":
-            continue
-        for rs in svc.realservers:
-            marks[(svc.name, rs.address, rs.port)] = MARK_BASE + len(marks) + 1
-    return marks
-
-
-def probe_services(cluster: ClusterSpec) -> Table:
-    """The IPVS fwmark services that steer each probe to its one real server."""
-    marks = probe_marks(cluster)
-    table: Table = {}
-    for svc in cluster.services:
-        for rs in svc.realservers:
-            mark = marks.get((svc.name, rs.address, rs.port))
-            if mark is None:
-                continue
-            dest = DestEntry(DestSettings(forwarding=rs.forwarding, weight=1))
-            # Weight 1 whatever the server's health: the probe must reach a down server to see it recover.
-            table[ServiceKey(socket.AF_INET, fwmark=mark)] = ServiceEntry(ServiceSettings("rr"),
-                                                                         {DestKey(rs.address, rs.port): dest})
-    return table
 
 
 def source_towards(address: str) -> str:

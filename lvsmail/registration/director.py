@@ -57,7 +57,7 @@ class Membership:
 
     def published(self, spec: ClusterSpec) -> list[dict]:
         """The joined real servers as ``director status`` shows them: service key, address, port, drained."""
-        from lvsmail.director.desired import service_key
+        from lvsmail.ipvs.desired import service_key
 
         static = {(s.name, rs.address, rs.port) for s in spec.services for rs in s.realservers}
         merged = {(s.name, rs.address, rs.port) for s in self.merged(spec).services for rs in s.realservers} - static

@@ -11,7 +11,7 @@ import lvsmail.ipvs.netlink as netlink
 from lvsmail.commands.config import config
 from lvsmail.config import load_cluster
 from lvsmail.config.diff import kernel_plan
-from lvsmail.director.desired import desired_table
+from lvsmail.ipvs.desired import desired_table
 from lvsmail.ipvs.fake import FakeIPVS
 from lvsmail.ipvs.model import DestKey, ServiceKey
 

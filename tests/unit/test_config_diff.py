@@ -8,7 +8,7 @@ import lvsmail.ipvs.netlink as netlink
 from lvsmail.commands.config import config
 from lvsmail.config import load_cluster
 from lvsmail.config.diff import Change, diff_specs
-from lvsmail.director.desired import desired_table
+from lvsmail.ipvs.desired import desired_table
 from lvsmail.ipvs.fake import FakeIPVS
 
 SEED = Path(__file__).resolve().parents[2] / "directors" / "examples" / "clustermail.yaml"

@@ -6,7 +6,7 @@ import pytest
 
 from lvsmail.config import ConfigError, parse_cluster
 from lvsmail.config.loader import dump_cluster
-from lvsmail.director.desired import desired_table, service_key
+from lvsmail.ipvs.desired import desired_table, service_key
 from lvsmail.ipvs.model import DestKey
 from lvsmail.registration.members import JoinedMember, MemberStore, with_members
 from lvsmail.registration.protocol import Member, ProtocolError, TokenError, member_key_file, parse_token

@@ -6,10 +6,9 @@ import socket
 import pytest
 
 from lvsmail.config import ConfigError, parse_cluster
-from lvsmail.director.desired import desired_table
 from lvsmail.health.engine import HealthEngine
 from lvsmail.health.result import Result
-from lvsmail.health.via_vip import MARK_BASE, probe_marks, probe_services
+from lvsmail.ipvs.desired import MARK_BASE, desired_table, probe_marks, probe_services
 from lvsmail.ipvs.model import DestKey, ServiceKey
 
 CLUSTER = """\
