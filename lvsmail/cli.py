@@ -1,7 +1,7 @@
 """The ``lvsmail`` command: one console script, grouped by role."""
 
-import importlib.util
 import logging
+from pathlib import Path
 
 import click
 
@@ -38,14 +38,16 @@ for _command in _REALSERVER_OPS:
 
 def lab_installed() -> bool:
     """True when the lab's code is installed (a source checkout, pip's ``[lab]``), not on a production host."""
-    return all(importlib.util.find_spec(name) is not None for name in ("lvsmail.lab", "lvsmail.commands.lab"))
+    # Looked for beside this module rather than with importlib's find_spec: an editable install's finder
+    # would resolve ``lvsmail.lab`` from its own checkout even when this copy of lvsmail has no lab.
+    return (Path(__file__).parent / "lab" / "cli.py").is_file()
 
 
 # The Debian package leaves out lvsmail/lab and its command group: a director or a real server
 # gets no VM runner, chaos tool or demo cluster. Without this test, `lvsmail --help` would fail there
 # with an ImportError; with it, the lab group simply does not exist on production hosts.
 if lab_installed():
-    from lvsmail.commands.lab import lab  # noqa: E402
+    from lvsmail.lab.cli import lab  # noqa: E402
 
     cli.add_command(lab)
 

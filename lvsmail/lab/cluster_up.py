@@ -43,8 +43,8 @@ from typing import Callable
 from lvsmail.lab import mailstack
 from lvsmail.lab.cluster import lvsmail_argv, parse_proc_ip_vs
 from lvsmail.lab.topology import (
-    CLIENT, CLIENT_EXTRA, DIRECTOR2_INSIDE, DIRECTOR_INSIDE, GW_INSIDE, MODES, NAT_GATEWAY, RealServer, Topology,
-    wait_until,
+    CLIENT, CLIENT_EXTRA, DIRECTOR2_INSIDE, DIRECTOR_INSIDE, GW_INSIDE, MODES, NAT_GATEWAY, SYNC_ID, RealServer,
+    Topology, wait_until,
 )
 from lvsmail.net import netns
 from lvsmail.statefiles import write_json
@@ -61,7 +61,7 @@ SERVICES = (
                  "rise: 1}"),
 )
 SMTP_PERSISTENCE = 120  # the seed's persistent=120
-VRID, SYNC_ID = 51, 7
+VRID = 51
 PRIORITIES = (150, 100)
 #: VRRP advertisement interval: master-down after about 3.6 of them (RFC 5798 §6.1); 1 s survives emulation.
 ADVERT = 1

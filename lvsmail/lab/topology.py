@@ -68,6 +68,8 @@ DIRECTOR2_INSIDE, DIRECTOR2_INSIDE6 = "198.51.100.2", "2001:db8:5::2"
 #: NAT with a director pair: the real servers' default gateway, an address on the inside link that
 #: moves with the VIP (VRRP holds both), as keepalived's LVS-NAT examples do.
 NAT_GATEWAY = "198.51.100.253"
+#: The lab's IPVS sync id (the cluster file's ``sync: syncid``), shared by every director stack.
+SYNC_ID = 7
 #: Host numbers of the first real servers, as in the deployment the project comes from.
 REAL_HOSTS = (20, 32, 35, 36)
 

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from lvsmail.lab.stacks.base import DirectorStack, apply_kernel_profile
-from lvsmail.lab.topology import DIRECTOR2_FRONT, DIRECTOR_FRONT, GW_FRONT
+from lvsmail.lab.topology import DIRECTOR2_FRONT, DIRECTOR_FRONT, GW_FRONT, SYNC_ID
 
 #: The seed's heartbeat node names (``uname -n`` of director 1 and director 2).
 NODES = ("loadb1", "loadb2")
@@ -222,7 +222,7 @@ class SeedStack(DirectorStack):
             keys.write_text(authkeys(secret))
             os.chmod(keys, 0o600)  # heartbeat refuses an authkeys file others can read
             script = etc / "resource.d" / "LVSSyncDaemonSwap"
-            script.write_text(sync_swap_script("eth1", cluster_sync_id()))
+            script.write_text(sync_swap_script("eth1", SYNC_ID))
             os.chmod(script, 0o755)
             self._write_ldirectord(cluster, d)
             _copy_dirs(STOCK_VAR_LIB, d.workdir / "var-lib-heartbeat")
@@ -250,7 +250,7 @@ class SeedStack(DirectorStack):
         front = DIRECTOR_FRONT if d.number == 1 else DIRECTOR2_FRONT
         argv = ["unshare", "--mount", "--uts", "--propagation", "private",
                 "sh", str(FILES / "director.sh"), str(cluster.work), str(d.workdir), NODES[d.number - 1],
-                front, GW_FRONT, cluster.topo.vip, "eth1", str(cluster_sync_id()), str(WIRE_WAIT)]
+                front, GW_FRONT, cluster.topo.vip, "eth1", str(SYNC_ID), str(WIRE_WAIT)]
         d.pid = cluster.popen(f"director{d.number}", d.ns, argv, d.log).pid
 
     def kill(self, cluster, d) -> None:
@@ -305,13 +305,6 @@ class SeedStack(DirectorStack):
 
 
 # -- helpers -------------------------------------------------------------------------------------------
-
-
-def cluster_sync_id() -> int:
-    """The lab's IPVS sync id (the cluster file's ``sync: syncid``)."""
-    from lvsmail.lab.cluster_up import SYNC_ID
-
-    return SYNC_ID
 
 
 def _broadcast(address: str, prefix: int) -> str:

@@ -1,4 +1,8 @@
-"""``lvsmail lab …``: run commands against a real IPVS kernel, and the demo cluster."""
+"""``lvsmail lab …``: run commands against a real IPVS kernel, and the demo cluster.
+
+The command group lives in the lab package (not with the production commands) so the package that
+leaves the lab out leaves its commands out with it, and no production command imports the lab.
+"""
 
 from __future__ import annotations
 
