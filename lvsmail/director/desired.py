@@ -2,9 +2,9 @@
 
 from lvsmail.ipvs.desired import (  # noqa: F401  (re-exported names)
     Health,
-    dest_entry,
     desired_table,
     desired_timeouts,
+    dest_entry,
     service_entry,
     service_key,
     service_settings,
