@@ -12,6 +12,12 @@ thousand servers):
   the previous one ended, so a slow server does not drift its own schedule;
 * at most ``concurrency`` checks are in flight (the others wait their turn
   in order), and a hung server only holds its own check until its timeout;
+* a check still waiting when the next one is due gets a fresh check beside it
+  (one at most, and only while there is room under ``concurrency``): the first
+  conclusive answer of the two is the verdict and the other is cancelled, so
+  rise/fall count one answer per round. A server that resumes after hanging
+  is then seen within an interval, not after the hung check's timeout (a SYN
+  to a stopped server is retransmitted after 1 s and 3 s);
 * while a transition is pending the next check comes sooner (``next_interval``);
 * a check that timed out while the server's answer sat unread in our socket
   is inconclusive, not a failure (see ``run_check``): an overloaded director
@@ -155,7 +161,9 @@ class HealthEngine:
         self._targets: dict[Key, Target] = {}
         self._driver: Driver | None = None  # the running loop's, from start()
         self._timers: dict[Key, Timer] = {}  # the next check of each target of this process's share
-        self._jobs: dict[Key, Job] = {}  # checks in flight
+        self._jobs: dict[Key, list[_Flight]] = {}  # checks in flight: one, or two when one is overdue
+        self._flying = 0  # how many checks are in flight, all targets together (at most ``concurrency``)
+        self._overdue: dict[Key, Timer] = {}  # when a check still in flight gets a fresh one beside it
         self._queue: deque[Target] = deque()  # checks due while ``concurrency`` were in flight
         self._starting = False  # _start_queued is running
         self._transitions: asyncio.Queue = asyncio.Queue()  # on_transition's awaitables, awaited in order
@@ -272,49 +280,101 @@ class HealthEngine:
         self._timers[t.key] = self._driver.call_at(when, lambda: self._due(t))
 
     def _unschedule(self, key: Key) -> None:
-        """Forget ``key``'s next check and cancel the one in flight (a removed or changed target)."""
+        """Forget ``key``'s next check and cancel the ones in flight (a removed or changed target)."""
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()
-        job = self._jobs.pop(key, None)
-        if job is not None:
-            job.cancel()
+        self._drop(key)
+
+    def _drop(self, key: Key) -> None:
+        """Cancel ``key``'s checks in flight and its overdue timer; their outcomes are not counted."""
+        timer = self._overdue.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        for flight in self._jobs.pop(key, ()):
+            self._flying -= 1
+            flight.cancelled = True
+            if flight.job is not None:
+                flight.job.cancel()
 
     def _due(self, t: Target) -> None:
         """``t``'s check is due: start it, or queue it while ``concurrency`` checks are in flight."""
         del self._timers[t.key]
-        if len(self._jobs) >= self.concurrency:
+        if self._flying >= self.concurrency:
             self._queue.append(t)
         else:
             self._begin(t)
 
-    def _begin(self, t: Target) -> None:
-        """Start one check of ``t``; its result is counted and its next check scheduled when it ends."""
+    def _begin(self, t: Target, extra: bool = False) -> None:
+        """Start one check of ``t``; its result is counted and its next check scheduled when it ends.
+
+        A check that is not an ``extra`` arms ``_overdue`` for when the next one is due: a check
+        still waiting then (a hung server, a SYN being retransmitted) gets a fresh one beside it.
+        """
         started = self._driver.time()
+        flight = _Flight(started, extra)
         result = self._precheck(t)
         if result is not None:
-            self._finished(t, started, result, None)
+            self._finished(t, flight, result, None)
             return
+        self._jobs.setdefault(t.key, []).append(flight)
+        self._flying += 1
+        flight.in_air = True
         job = self._driver.spawn(self._probe(t, self._creds(t.check)),
-                                 lambda value, exc: self._finished(t, started, value, exc))
-        if not job.finished:
-            self._jobs[t.key] = job
+                                 lambda value, exc: self._finished(t, flight, value, exc))
+        flight.job = job
+        if not flight.in_air:
+            return  # it ended at once
+        if flight.cancelled:  # dropped while it started (nothing does this today; its outcome must not count)
+            job.cancel()
+            return
+        if not extra:
+            when = started + next_interval(self.states[t.key], t.check)
+            self._overdue[t.key] = self._driver.call_at(when, lambda: self._overdue_due(t))
 
-    def _finished(self, t: Target, started: float, result: Result | None, exc: BaseException | None) -> None:
-        """One check of ``t`` ended: count it, schedule the next, start a queued check."""
-        job = self._jobs.get(t.key)
-        if job is not None and job.finished:
-            del self._jobs[t.key]
-        if not isinstance(exc, asyncio.CancelledError) and self._targets.get(t.key) is t:
-            # (else cancelled: removed, changed or stopped; a changed target has its own schedule)
+    def _overdue_due(self, t: Target) -> None:
+        """``t``'s next check is due and its check still waits: start a fresh one beside it, if there is
+        room. Never queued and never arming a timer of its own, so a target has at most one extra."""
+        self._overdue.pop(t.key, None)
+        flights = self._jobs.get(t.key)
+        if (self._running and self._targets.get(t.key) is t and flights is not None and len(flights) == 1
+                and self._flying < self.concurrency):
+            self._begin(t, extra=True)
+
+    def _land(self, key: Key, flight: _Flight) -> None:
+        """``flight`` is no longer in the air (ended, or cancelled by ``_drop``, which lands it itself)."""
+        if flight.in_air:
+            flight.in_air = False
+            if not flight.cancelled:
+                self._flying -= 1
+                flights = self._jobs[key]
+                flights.remove(flight)
+                if not flights:
+                    del self._jobs[key]
+
+    def _finished(self, t: Target, flight: _Flight, result: Result | None, exc: BaseException | None) -> None:
+        """One check of ``t`` ended: count it, schedule the next, start a queued check.
+
+        With two checks in the air, the first conclusive answer is the verdict: the other check is
+        cancelled, so rise and fall count one answer, not one per check. An inconclusive answer
+        leaves the other check to answer for this round.
+        """
+        self._land(t.key, flight)
+        if not (flight.cancelled or isinstance(exc, asyncio.CancelledError)) and self._targets.get(t.key) is t:
+            # (else cancelled: removed, changed, stopped or answered by the other check;
+            # a changed target has its own schedule)
             if exc is not None:  # a checker bug must not stop this server's checks
                 log.error("health: %s check of %s:%s raised %s: %s", t.check.type, t.address, t.port,
                           type(exc).__name__, exc, exc_info=exc)
                 result = Result(False, f"{t.check.type} {t.address}:{t.port}: checker error: "
                                        f"{type(exc).__name__}: {exc}", 0.0, "checker error")
-            state = self.record(t, result)
-            if self._running:
-                self._schedule(t, max(self._driver.time(), started + next_interval(state, t.check)))
+            if result.inconclusive and t.key in self._jobs:
+                self.record(t, result)  # not counted; the other check's answer will be
+            else:
+                self._drop(t.key)  # the other check, if any, and the overdue timer: this is the answer
+                state = self.record(t, result)
+                if self._running and self._targets.get(t.key) is t and t.key not in self._timers:
+                    self._schedule(t, max(self._driver.time(), flight.started + next_interval(state, t.check)))
         self._start_queued()
 
     def _start_queued(self) -> None:
@@ -323,7 +383,7 @@ class HealthEngine:
             return
         self._starting = True
         try:
-            while self._queue and len(self._jobs) < self.concurrency and self._running:
+            while self._queue and self._flying < self.concurrency and self._running:
                 queued = self._queue.popleft()
                 if self._targets.get(queued.key) is queued:
                     self._begin(queued)
@@ -455,6 +515,17 @@ class HealthEngine:
 async def _result(result: Result) -> Result:
     """A verdict reached without probing, as a check coroutine."""
     return result
+
+
+@dataclass(eq=False, slots=True)
+class _Flight:
+    """One check of a target in the air."""
+
+    started: float  # on the driver's clock: the next check is due interval after the answering one started
+    extra: bool  # started beside an overdue check
+    job: Job | None = None
+    in_air: bool = False  # counted in the engine's ``_flying`` and listed in its ``_jobs``
+    cancelled: bool = False  # its outcome is not counted: another check answered, or the target changed
 
 
 def _same_probe(a: CheckSpec, b: CheckSpec) -> bool:

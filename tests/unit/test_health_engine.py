@@ -4,6 +4,8 @@ import asyncio
 import dataclasses
 import os
 
+import pytest
+
 from lvsmail.config import parse_cluster
 from lvsmail.health.engine import HealthEngine
 from lvsmail.health.result import Result
@@ -81,7 +83,9 @@ def test_a_hung_server_does_not_delay_the_others():
         await engine.stop()
 
     asyncio.run(go())
-    assert script.calls["198.51.100.20"] <= 2
+    # A check still hung at its next due time gets one fresh check beside it (never more), and the
+    # next round starts when the first of them answers: four calls at most in 0.6 s, not one per 50 ms.
+    assert script.calls["198.51.100.20"] <= 4
     assert script.calls["198.51.100.32"] >= 6  # kept its 50 ms schedule meanwhile
 
 
@@ -419,3 +423,160 @@ def test_service_up_is_any_server_up_and_none_when_nothing_is_checked():
         engine.states[("smtp", "198.51.100.32", 25)], up=False)
     assert engine.service_up("smtp") is False
     assert engine.service_up("imap") is None  # no checked server: nothing says it is down
+
+
+# -- a fresh check beside one still in flight at its due time --------------------------------------------
+
+ONE = """\
+cluster: t
+services:
+  - name: smtp
+    fwmark: 1
+    realservers: [{servers}]
+    check: {{type: connect, interval: 0.1, timeout: 5, rise: {rise}, fall: 1, start: {start}}}
+"""
+
+
+class Flights:
+    """A checker whose every call waits for the test's answer: one future per call, in call order."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, asyncio.Future]] = []
+        self.in_flight = 0
+        self.most = 0
+
+    async def __call__(self, spec, address, port, creds, virtual=None):
+        fut = asyncio.get_running_loop().create_future()
+        self.calls.append((address, fut))
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        try:
+            return await fut
+        finally:
+            self.in_flight -= 1
+
+    def answer(self, n, ok=True, inconclusive=False):
+        address, fut = self.calls[n]
+        word = "inconclusive" if inconclusive else "ok" if ok else "connect: connection refused"
+        fut.set_result(Result(ok, f"connect {address}:0: {word} (call {n})", 0.001, inconclusive=inconclusive))
+
+
+def flights_engine(checker, seen, *, servers="198.51.100.20", rise=1, start="up", concurrency=64):
+    text = ONE.format(servers=servers, rise=rise, start=start)
+    engine = HealthEngine(parse_cluster(text), lambda t, e: seen.append((t.address, e.word, e.reason)),
+                          checker=checker, concurrency=concurrency)
+    engine.rng.uniform = lambda a, b: 0.0  # the first check at once
+    return engine
+
+
+async def two_in_flight(checker, seen, **cluster):
+    """A started engine once two checks are in flight (one server's stale and fresh, or two servers')."""
+    engine = flights_engine(checker, seen, **cluster)
+    engine.start()
+    await settle(lambda: len(checker.calls) == 2)
+    return engine
+
+
+KEY = ("smtp", "198.51.100.20", 0)
+
+
+def test_a_check_still_waiting_at_its_due_time_gets_a_fresh_one_beside_it():
+    checker, seen = Flights(), []
+
+    async def go():
+        engine = await two_in_flight(checker, seen)
+        both_waiting = not checker.calls[0][1].done() and not checker.calls[1][1].done()
+        await engine.stop()
+        return both_waiting, engine.states[KEY].checks
+
+    both_waiting, checks = asyncio.run(go())
+    assert both_waiting and checks == 0  # nothing counted yet: neither has answered
+
+
+@pytest.mark.parametrize("answering, other", [(1, 0), (0, 1)], ids=["the fresh one answers first",
+                                                                     "the stale one answers first"])
+def test_the_first_answer_cancels_the_other_check_and_counts_once(answering, other):
+    checker, seen = Flights(), []
+
+    async def go():
+        engine = await two_in_flight(checker, seen)
+        checker.answer(answering, ok=False)
+        await settle(lambda: checker.calls[other][1].cancelled())
+        state = engine.states[KEY]
+        await engine.stop()
+        return state
+
+    state = asyncio.run(go())
+    assert (state.checks, state.failed_checks, state.up) == (1, 1, False)
+    assert seen == [("198.51.100.20", "down",
+                     f"connect 198.51.100.20:0: connect: connection refused (call {answering})")]
+
+
+def test_never_more_than_two_checks_of_one_server_in_flight():
+    checker, seen = Flights(), []
+
+    async def go():
+        engine = await two_in_flight(checker, seen)
+        await asyncio.sleep(0.5)  # five more intervals with both hung
+        calls = len(checker.calls)
+        await engine.stop()
+        return calls
+
+    assert asyncio.run(go()) == 2
+    assert checker.most == 2
+
+
+def test_no_fresh_check_when_the_concurrency_bound_is_reached():
+    checker, seen = Flights(), []
+
+    async def go():
+        engine = await two_in_flight(checker, seen, servers="198.51.100.20, 198.51.100.32", concurrency=2)
+        await asyncio.sleep(0.3)  # three intervals overdue, no room for a fresh check
+        calls = sorted(address for address, _fut in checker.calls)
+        await engine.stop()
+        return calls
+
+    assert asyncio.run(go()) == ["198.51.100.20", "198.51.100.32"]
+    assert checker.most == 2
+
+
+def test_an_inconclusive_answer_of_the_stale_check_leaves_the_fresh_one_running():
+    checker, seen = Flights(), []
+
+    async def go():
+        engine = await two_in_flight(checker, seen)
+        checker.answer(0, ok=False, inconclusive=True)
+        await settle(lambda: engine.states[KEY].inconclusive_checks == 1)
+        await asyncio.sleep(0.15)  # past the next due time: the fresh check answers for this round
+        fresh_waiting, calls = not checker.calls[1][1].done(), len(checker.calls)
+        checker.answer(1, ok=False)
+        await settle(lambda: seen)
+        state = engine.states[KEY]
+        await engine.stop()
+        return fresh_waiting, calls, state
+
+    fresh_waiting, calls, state = asyncio.run(go())
+    assert fresh_waiting and calls == 2
+    assert (state.inconclusive_checks, state.failed_checks, state.up) == (1, 1, False)
+    assert [word for _a, word, _r in seen] == ["down"]
+
+
+def test_rise_2_needs_two_answers_not_two_checks_in_flight():
+    checker, seen = Flights(), []
+
+    async def go():
+        engine = await two_in_flight(checker, seen, rise=2, start="down")
+        checker.answer(1)  # the fresh one: one success
+        await settle(lambda: checker.calls[0][1].cancelled())
+        after_one = engine.states[KEY]
+        await settle(lambda: len(checker.calls) == 3)  # the next round
+        checker.answer(2)
+        await settle(lambda: seen)
+        after_two = engine.states[KEY]
+        await engine.stop()
+        return after_one, after_two
+
+    after_one, after_two = asyncio.run(go())
+    assert (after_one.up, after_one.successes, after_one.checks) == (False, 1, 1)
+    assert (after_two.up, after_two.checks) == (True, 2)
+    assert [word for _a, word, _r in seen] == ["up"]
