@@ -422,7 +422,13 @@ class HealthEngine:
                 log.exception("health: acting on %s transition of %s failed", event.word, t.key)
 
     def _transition(self, t: Target, event: TransitionEvent) -> None:
-        """Hand one transition to ``on_transition`` now; queue what it returns to be awaited in order."""
+        """Hand one transition to ``on_transition`` now; queue what it returns to be awaited in order.
+
+        Not once the engine has stopped: a late result (a worker's last batch, read while its link
+        stops) still changes the state, but the director has stopped acting on transitions.
+        """
+        if not self._running:
+            return
         try:
             pending = self.on_transition(t, event)
         except Exception:  # the director's problem must not stop this server's checks

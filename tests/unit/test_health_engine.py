@@ -397,6 +397,22 @@ def test_a_transition_callback_that_raises_is_logged_and_the_checks_go_on(caplog
     assert "acting on down transition of ('smtp', '198.51.100.20', 25) failed" in caplog.text
 
 
+def test_a_result_counted_after_stop_changes_the_state_but_calls_no_transition():
+    """A worker's last batch can arrive while the engine stops: the director no longer acts on it."""
+    script, seen = Script(), []
+    key = ("smtp", "198.51.100.20", 25)
+
+    async def go():
+        engine = HealthEngine(cluster(), lambda t, e: seen.append(e.word), checker=script)
+        engine.start()
+        await settle(lambda: engine.states[key].checks >= 1)
+        await engine.stop()
+        engine.remote_result(key, Result(False, "smtp 198.51.100.20:25: connect: connection refused"))
+        return engine.health()[key]
+
+    assert asyncio.run(go()) is False
+    assert seen == []
+
 def test_on_result_given_to_the_constructor_sees_every_result():
     script, results = Script(), []
 
