@@ -38,7 +38,8 @@ class Script:
         self.calls[address] += 1
         if address in self.hang:
             await asyncio.sleep(spec.timeout)
-            return Result(False, f"smtp {address}:{port}: timeout after {spec.timeout} s waiting for greeting", spec.timeout)
+            return Result(False, f"smtp {address}:{port}: timeout after {spec.timeout} s waiting for greeting",
+                          spec.timeout)
         ok = self.ok[address]
         return Result(ok, f"smtp {address}:{port}: {'ok' if ok else 'connect: connection refused'}", 0.001)
 
@@ -210,7 +211,8 @@ def test_maintenance_file_forces_a_server_down_without_probing(tmp_path):
     async def on_transition(target, event):
         seen.append((target.address, event.word, event.reason))
 
-    text = CLUSTER.format(interval=0.05, fall=1, extra="").replace("cluster: t\n", f"cluster: t\nmaintenance_dir: {maint}\n")
+    text = CLUSTER.format(interval=0.05, fall=1, extra="").replace(
+        "cluster: t\n", f"cluster: t\nmaintenance_dir: {maint}\n")
 
     async def go():
         engine = HealthEngine(parse_cluster(text), on_transition, checker=script)
@@ -262,7 +264,8 @@ def test_failures_are_not_counted_while_the_director_s_own_links_are_down(tmp_pa
     async def on_transition(target, event):
         seen.append((target.address, event.word))
 
-    text = CLUSTER.format(interval=0.05, fall=1, extra="").replace("cluster: t\n", f"cluster: t\nmaintenance_dir: {maint}\n")
+    text = CLUSTER.format(interval=0.05, fall=1, extra="").replace(
+        "cluster: t\n", f"cluster: t\nmaintenance_dir: {maint}\n")
     key = ("smtp", "198.51.100.20", 25)
 
     async def go():
