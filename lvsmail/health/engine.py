@@ -160,10 +160,11 @@ class HealthEngine:
         self.concurrency = concurrency
         self._targets: dict[Key, Target] = {}
         self._driver: Driver | None = None  # the running loop's, from start()
-        self._timers: dict[Key, Timer] = {}  # the next check of each target of this process's share
+        # The next check of each target of this process's share, armed when a check starts: if that
+        # check is still in flight when the timer fires, the timer starts a fresh one beside it.
+        self._timers: dict[Key, Timer] = {}
         self._jobs: dict[Key, list[_Flight]] = {}  # checks in flight: one, or two when one is overdue
         self._flying = 0  # how many checks are in flight, all targets together (at most ``concurrency``)
-        self._overdue: dict[Key, Timer] = {}  # when a check still in flight gets a fresh one beside it
         self._queue: deque[Target] = deque()  # checks due while ``concurrency`` were in flight
         self._starting = False  # _start_queued is running
         self._transitions: asyncio.Queue = asyncio.Queue()  # on_transition's awaitables, awaited in order
@@ -287,10 +288,7 @@ class HealthEngine:
         self._drop(key)
 
     def _drop(self, key: Key) -> None:
-        """Cancel ``key``'s checks in flight and its overdue timer; their outcomes are not counted."""
-        timer = self._overdue.pop(key, None)
-        if timer is not None:
-            timer.cancel()
+        """Cancel ``key``'s checks in flight; their outcomes are not counted."""
         for flight in self._jobs.pop(key, ()):
             self._flying -= 1
             flight.cancelled = True
@@ -298,8 +296,18 @@ class HealthEngine:
                 flight.job.cancel()
 
     def _due(self, t: Target) -> None:
-        """``t``'s check is due: start it, or queue it while ``concurrency`` checks are in flight."""
+        """``t``'s check is due: start it, or queue it while ``concurrency`` checks are in flight.
+
+        If the last check is still waiting (a hung server, a SYN being retransmitted), a fresh one
+        starts beside it when there is room. An extra is never queued and arms no timer, so a
+        target has at most one.
+        """
         del self._timers[t.key]
+        flights = self._jobs.get(t.key)
+        if flights is not None:
+            if len(flights) == 1 and self._flying < self.concurrency and self._running:
+                self._begin(t, extra=True)
+            return
         if self._flying >= self.concurrency:
             self._queue.append(t)
         else:
@@ -308,8 +316,8 @@ class HealthEngine:
     def _begin(self, t: Target, extra: bool = False) -> None:
         """Start one check of ``t``; its result is counted and its next check scheduled when it ends.
 
-        A check that is not an ``extra`` arms ``_overdue`` for when the next one is due: a check
-        still waiting then (a hung server, a SYN being retransmitted) gets a fresh one beside it.
+        A check that is not an ``extra`` arms the target's timer for when the next one is due, so
+        each check costs one timer whether it answers in time or hangs (see ``_due``).
         """
         started = self._driver.time()
         flight = _Flight(started, extra)
@@ -329,17 +337,7 @@ class HealthEngine:
             job.cancel()
             return
         if not extra:
-            when = started + next_interval(self.states[t.key], t.check)
-            self._overdue[t.key] = self._driver.call_at(when, lambda: self._overdue_due(t))
-
-    def _overdue_due(self, t: Target) -> None:
-        """``t``'s next check is due and its check still waits: start a fresh one beside it, if there is
-        room. Never queued and never arming a timer of its own, so a target has at most one extra."""
-        self._overdue.pop(t.key, None)
-        flights = self._jobs.get(t.key)
-        if (self._running and self._targets.get(t.key) is t and flights is not None and len(flights) == 1
-                and self._flying < self.concurrency):
-            self._begin(t, extra=True)
+            self._schedule(t, started + next_interval(self.states[t.key], t.check))
 
     def _land(self, key: Key, flight: _Flight) -> None:
         """``flight`` is no longer in the air (ended, or cancelled by ``_drop``, which lands it itself)."""
@@ -371,11 +369,21 @@ class HealthEngine:
             if result.inconclusive and t.key in self._jobs:
                 self.record(t, result)  # not counted; the other check's answer will be
             else:
-                self._drop(t.key)  # the other check, if any, and the overdue timer: this is the answer
+                self._drop(t.key)  # the other check, if any: this is the answer
                 state = self.record(t, result)
-                if self._running and self._targets.get(t.key) is t and t.key not in self._timers:
-                    self._schedule(t, max(self._driver.time(), flight.started + next_interval(state, t.check)))
+                if self._running and self._targets.get(t.key) is t:
+                    self._reschedule(t, flight.started + next_interval(state, t.check))
         self._start_queued()
+
+    def _reschedule(self, t: Target, when: float) -> None:
+        """Make ``t``'s next check due at ``when`` (or now, if that has passed), keeping the timer its
+        check armed when the verdict left the interval as it was: the common case costs no timer."""
+        timer = self._timers.get(t.key)
+        if timer is not None:
+            if timer.when == when:
+                return
+            timer.cancel()
+        self._schedule(t, max(self._driver.time(), when))
 
     def _start_queued(self) -> None:
         """Start queued checks while there is room (a loop, not a recursion: a check may end at once)."""
