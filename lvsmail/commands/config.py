@@ -44,7 +44,7 @@ def import_ldirectord_cmd(file: str, output: str | None, name: str | None) -> No
     line; the conversion still succeeds (exit 0).  Exit 2 if FILE is broken.
     """
     from lvsmail.config import ConfigError, dump_cluster
-    from lvsmail.config.ldirectord import import_ldirectord
+    from lvsmail.interop.ldirectord import import_ldirectord
 
     try:
         result = import_ldirectord(Path(file), name=name)
@@ -73,7 +73,7 @@ def import_keepalived_cmd(file: str, output: str | None, name: str | None) -> No
     Exit 2 if FILE is broken.
     """
     from lvsmail.config import ConfigError, dump_cluster
-    from lvsmail.config.keepalived import import_keepalived
+    from lvsmail.interop.keepalived import import_keepalived
 
     try:
         result = import_keepalived(Path(file), name=name)
@@ -103,7 +103,7 @@ def export_keepalived_cmd(file: str, output: str | None, router_id: str | None) 
     lvsmail config import-keepalived reads the output back to the same
     services.  Exit 2 if FILE is invalid.
     """
-    from lvsmail.config.export_keepalived import export_keepalived
+    from lvsmail.interop.export_keepalived import export_keepalived
 
     spec = _load(file)
     _emit(lambda: export_keepalived(spec, router_id=router_id), output)
@@ -124,7 +124,7 @@ def export_ldirectord_cmd(file: str, output: str | None, logfile: str) -> None:
     import-ldirectord reads the output back to the same services.  Exit 2
     if FILE is invalid.
     """
-    from lvsmail.config.export_ldirectord import export_ldirectord
+    from lvsmail.interop.export_ldirectord import export_ldirectord
 
     spec = _load(file)
     _emit(lambda: export_ldirectord(spec, logfile=logfile), output)

@@ -17,9 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 with atheris.instrument_imports(include=["lvsmail"]):
-    import lvsmail.config.keepalived  # noqa: F401  (instrumented before parser_targets imports them)
-    import lvsmail.config.ldirectord  # noqa: F401
-    import lvsmail.config.loader  # noqa: F401
+    import lvsmail.config.loader  # noqa: F401  (instrumented before parser_targets imports them)
     import lvsmail.director.api  # noqa: F401
     import lvsmail.health.checkers.dialogue  # noqa: F401
     import lvsmail.health.checkers.http  # noqa: F401
@@ -27,6 +25,8 @@ with atheris.instrument_imports(include=["lvsmail"]):
     import lvsmail.health.checkers.pop3  # noqa: F401
     import lvsmail.health.checkers.replies  # noqa: F401
     import lvsmail.health.checkers.smtp  # noqa: F401
+    import lvsmail.interop.keepalived  # noqa: F401
+    import lvsmail.interop.ldirectord  # noqa: F401
     import lvsmail.ipvs.wire  # noqa: F401
     import lvsmail.net.iproute  # noqa: F401
     import lvsmail.realserver.persist  # noqa: F401

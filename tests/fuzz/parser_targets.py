@@ -25,8 +25,8 @@ from typing import Callable
 
 from lvsmail.config.errors import ConfigError
 from lvsmail.director import api
-from lvsmail.config.keepalived import import_keepalived
-from lvsmail.config.ldirectord import import_ldirectord
+from lvsmail.interop.keepalived import import_keepalived
+from lvsmail.interop.ldirectord import import_ldirectord
 from lvsmail.config.loader import dump_cluster, parse_cluster
 from lvsmail.ipvs import wire
 from lvsmail.health.checkers import http as http_check

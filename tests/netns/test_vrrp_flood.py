@@ -17,7 +17,6 @@ import socket
 import time
 
 import pytest
-
 from test_vrrp_pair import ADDR, NS, Node, ip, nodes, pair, segment, until  # noqa: F401  (the pair test's fixtures)
 
 from lvsmail.net import netns
@@ -33,29 +32,32 @@ BATCH, PACE = 20, 0.01
 INSTANCE = {"IPv4": ("mail", 51), "IPv6": ("mail6", 52)}
 
 
+def raw_sender(family: str) -> tuple[dict[int, socket.socket], tuple, str]:
+    """c's raw sockets to one family's VRRP group by TTL / hop limit, the group's address, c's source address."""
+    if family == "IPv4":
+        sock = netns.socket_in_netns(NS["c"], socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"eth0")  # c's only link, no route needed
+        return {255: sock, 254: sock}, (packet.MCAST_V4, 0), HOSTILE  # IP_HDRINCL: the TTL is in the header
+    # The kernel writes the IPv6 header: one socket per hop limit, bound to c's link-local address.
+    src = ip("-6", "-o", "addr", "show", "dev", "eth0", "scope", "link", ns=NS["c"]).split()[3].split("/")[0]
+    index = netns.run_in_netns(NS["c"], socket.if_nametoindex, "eth0")
+    socks = {}
+    for hops in (255, 254):
+        sock = netns.socket_in_netns(NS["c"], socket.AF_INET6, socket.SOCK_RAW, packet.IPPROTO_VRRP)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, hops)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
+        sock.bind((src, 0, 0, index))
+        socks[hops] = sock
+    return socks, (packet.MCAST_V6, 0, 0, index), src
+
+
 class Hostile:
     """c's raw sockets and the four kinds of datagram it floods one family's group with."""
 
     def __init__(self, family: str):
         vrid = INSTANCE[family][1]
-        if family == "IPv4":
-            sock = netns.socket_in_netns(NS["c"], socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"eth0")  # c's only link, no route needed
-            self.socks = {255: sock, 254: sock}  # IP_HDRINCL: the TTL is in the header
-            self.dst = (packet.MCAST_V4, 0)
-            src, vip = HOSTILE, "192.0.2.33"
-        else:  # the kernel writes the IPv6 header: one socket per hop limit, bound to c's link-local address
-            src = ip("-6", "-o", "addr", "show", "dev", "eth0", "scope", "link", ns=NS["c"]).split()[3].split("/")[0]
-            index = netns.run_in_netns(NS["c"], socket.if_nametoindex, "eth0")
-            self.socks = {}
-            for hops in (255, 254):
-                sock = netns.socket_in_netns(NS["c"], socket.AF_INET6, socket.SOCK_RAW, packet.IPPROTO_VRRP)
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, hops)
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
-                sock.bind((src, 0, 0, index))
-                self.socks[hops] = sock
-            self.dst = (packet.MCAST_V6, 0, 0, index)
-            vip = "2001:db8::33"
+        self.socks, self.dst, src = raw_sender(family)
+        vip = "192.0.2.33" if family == "IPv4" else "2001:db8::33"
         fam = socket.AF_INET if family == "IPv4" else socket.AF_INET6
         group = self.dst[0]
 

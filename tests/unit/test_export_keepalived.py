@@ -13,8 +13,8 @@ import pytest
 
 from lvsmail.commands.config import config
 from lvsmail.config import ConfigError, load_cluster, parse_cluster
-from lvsmail.config.export_keepalived import export_keepalived, regex_literal
-from lvsmail.config.keepalived import import_keepalived
+from lvsmail.interop.export_keepalived import export_keepalived, regex_literal
+from lvsmail.interop.keepalived import import_keepalived
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "directors" / "examples").glob("*.yaml"))
 PAIR = next(p for p in EXAMPLES if p.name == "clustermail-pair-a.yaml")
@@ -369,8 +369,8 @@ def test_cli_exits_2_on_a_bad_cluster_file_and_writes_nothing(cli_runner, tmp_pa
 
 
 def test_a_line_break_in_the_source_name_cannot_add_lines_to_either_output():
-    from lvsmail.config.export_ldirectord import export_ldirectord
-    from lvsmail.config.ldirectord import import_ldirectord
+    from lvsmail.interop.export_ldirectord import export_ldirectord
+    from lvsmail.interop.ldirectord import import_ldirectord
 
     spec = parse_cluster(EXAMPLES[0].read_text(), "x\nvirtual_server 192.0.2.99 80 {")
     keepalived, ldirectord = export_keepalived(spec).text, export_ldirectord(spec).text

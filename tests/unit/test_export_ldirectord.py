@@ -12,8 +12,8 @@ import pytest
 
 from lvsmail.commands.config import config
 from lvsmail.config import ConfigError, load_cluster, parse_cluster
-from lvsmail.config.export_ldirectord import export_ldirectord
-from lvsmail.config.ldirectord import import_ldirectord
+from lvsmail.interop.export_ldirectord import export_ldirectord
+from lvsmail.interop.ldirectord import import_ldirectord
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "directors" / "examples").glob("*.yaml"))
 #: What each check type comes back as (ldirectord negotiates all of lvsmail's mail checks but SMTP over TLS).

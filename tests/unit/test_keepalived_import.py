@@ -7,7 +7,7 @@ import pytest
 
 from lvsmail.commands.config import config
 from lvsmail.config import ConfigError, load_cluster, parse_cluster
-from lvsmail.config.keepalived import import_keepalived, split_words
+from lvsmail.interop.keepalived import import_keepalived, split_words
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "directors" / "examples"
 SEED_CONF = EXAMPLES / "keepalived-seed.conf"

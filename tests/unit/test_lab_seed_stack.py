@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lvsmail.config.ldirectord import import_ldirectord
+from lvsmail.interop.ldirectord import import_ldirectord
 from lvsmail.lab import stacks
 from lvsmail.lab.cluster_up import MailCluster
 from lvsmail.lab.stacks import seed

@@ -193,7 +193,7 @@ def test_keepalived_conf_carries_the_lab_pairs_vrrp_services_checks_and_sync(tmp
 
 def test_keepalived_conf_reads_back_to_the_directors_services(tmp_path):
     from lvsmail.config import parse_cluster
-    from lvsmail.config.keepalived import import_keepalived
+    from lvsmail.interop.keepalived import import_keepalived
 
     cluster = _keepalived_cluster(tmp_path)
     d = cluster.directors[0]

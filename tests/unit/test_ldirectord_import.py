@@ -8,7 +8,7 @@ import pytest
 
 from lvsmail.commands.config import config
 from lvsmail.config import ConfigError, load_cluster, parse_cluster
-from lvsmail.config.ldirectord import import_ldirectord
+from lvsmail.interop.ldirectord import import_ldirectord
 from lvsmail.spec import ClusterSpec, ServiceSpec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "directors" / "examples"

@@ -421,7 +421,7 @@ def test_cluster_file_nested_deeper_than_the_stack_is_a_config_error(text):
 
 
 def test_keepalived_conf_with_blocks_nested_deeper_than_the_stack_is_a_config_error():
-    from lvsmail.config.keepalived import import_keepalived
+    from lvsmail.interop.keepalived import import_keepalived
 
     with pytest.raises(ConfigError, match="nested too deeply"):
         import_keepalived("virtual_server 192.0.2.33 25 {\n" + "x {\n" * 5000 + "}\n" * 5001)
@@ -433,8 +433,8 @@ def test_fuzz_crash_import_argument_with_nul_byte(importer, what):
     byte and no newline is taken for a file name, and Path raised a bare ValueError('embedded null byte')."""
     data = b"virtual\x00192.0.2.33:25"
     parser_targets.run_guarded(importer, data)  # the target passes such text as a path too: a crash before
-    from lvsmail.config.keepalived import import_keepalived
-    from lvsmail.config.ldirectord import import_ldirectord
+    from lvsmail.interop.keepalived import import_keepalived
+    from lvsmail.interop.ldirectord import import_ldirectord
 
     run = import_ldirectord if importer == "ldirectord" else import_keepalived
     with pytest.raises(ConfigError, match=f"cannot read {what}: the file name contains a NUL byte"):
@@ -442,7 +442,7 @@ def test_fuzz_crash_import_argument_with_nul_byte(importer, what):
 
 
 def test_keepalived_include_of_a_name_with_nul_byte_is_a_config_error():
-    from lvsmail.config.keepalived import import_keepalived
+    from lvsmail.interop.keepalived import import_keepalived
 
     with pytest.raises(ConfigError, match=r"<string>:1: include: .*a file name cannot contain a NUL byte"):
         import_keepalived("include /etc/keepalived/a\0b.conf\n")

@@ -41,7 +41,7 @@ def export_conf(cluster_text: str, source: str, router_id: str) -> tuple[str, li
     (``lvsmail config import-keepalived`` reads it back to the same services).
     """
     from lvsmail.config import parse_cluster
-    from lvsmail.config.export_keepalived import export_keepalived
+    from lvsmail.interop.export_keepalived import export_keepalived
 
     result = export_keepalived(parse_cluster(cluster_text, source=source), router_id=router_id)
     return result.text, list(result.warnings)

@@ -110,8 +110,8 @@ def ldirectord_cf(cluster, number: int, log: Path) -> str:
     The exporter's notes on what ldirectord.cf cannot carry (failover, sync, registration ...) are
     comments in the file: here heartbeat and the lab's own resource script carry them.
     """
-    from lvsmail.config.export_ldirectord import export_ldirectord
     from lvsmail.config.loader import parse_cluster
+    from lvsmail.interop.export_ldirectord import export_ldirectord
 
     spec = parse_cluster(cluster.cluster_text(number), f"director{number} cluster file")
     return export_ldirectord(spec, logfile=str(log)).text

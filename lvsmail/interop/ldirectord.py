@@ -15,11 +15,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lvsmail.config.errors import ConfigError, Problem
-from lvsmail.config.ldirectord_virtual import (
-    GLOBAL_ONLY, INHERITED, UNSUPPORTED, VIRTUAL_ONLY, Directive, Notes, Virtual, VirtualReader, yes_no,
-)
 from lvsmail.config.loader import spec_from_tree
 from lvsmail.config.tree import Node, node
+from lvsmail.interop.ldirectord_virtual import (
+    GLOBAL_ONLY,
+    INHERITED,
+    UNSUPPORTED,
+    VIRTUAL_ONLY,
+    Directive,
+    Notes,
+    Virtual,
+    VirtualReader,
+    yes_no,
+)
 from lvsmail.spec import ClusterSpec
 
 

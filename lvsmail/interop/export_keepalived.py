@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from lvsmail.config.errors import ConfigError, Problem
-from lvsmail.config.keepalived_virtual import NAMES_BY_PORT
+from lvsmail.interop.keepalived_virtual import NAMES_BY_PORT
 from lvsmail.spec import CheckSpec, ClusterSpec, RealServerSpec, ServiceSpec, VrrpInstanceSpec
 
 __all__ = ["ExportResult", "ExportWriter", "export_keepalived", "regex_literal", "service_base_name"]

@@ -17,11 +17,11 @@ import re
 from pathlib import Path
 
 from lvsmail.config.errors import ConfigError, Problem
-from lvsmail.config.keepalived_checks import Item, Lines, Notes
-from lvsmail.config.keepalived_virtual import VirtualServerReader
-from lvsmail.config.ldirectord import ImportResult, _cluster_name
 from lvsmail.config.loader import spec_from_tree
 from lvsmail.config.tree import node
+from lvsmail.interop.keepalived_checks import Item, Lines, Notes
+from lvsmail.interop.keepalived_virtual import VirtualServerReader
+from lvsmail.interop.ldirectord import ImportResult, _cluster_name
 
 __all__ = ["ImportResult", "import_keepalived"]
 

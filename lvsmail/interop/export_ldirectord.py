@@ -15,8 +15,8 @@ import math
 from collections import Counter
 
 from lvsmail.config.errors import Problem
-from lvsmail.config.export_keepalived import REGEX_CHARS, ExportResult, ExportWriter, regex_literal
-from lvsmail.config.ldirectord_virtual import SERVICE_BY_PORT
+from lvsmail.interop.export_keepalived import REGEX_CHARS, ExportResult, ExportWriter, regex_literal
+from lvsmail.interop.ldirectord_virtual import SERVICE_BY_PORT
 from lvsmail.spec import ClusterSpec, RealServerSpec, ServiceSpec
 
 __all__ = ["ExportResult", "export_ldirectord"]

@@ -14,10 +14,19 @@ import ipaddress
 import re
 from collections import Counter
 
-from lvsmail.config.keepalived_checks import (
-    CHECKERS, DEFAULT_PERSISTENCE, INHERITED, UNSUPPORTED, CheckReader, Item, Notes, Real, bool_arg, one_arg,
-)
 from lvsmail.config.tree import Node, node
+from lvsmail.interop.keepalived_checks import (
+    CHECKERS,
+    DEFAULT_PERSISTENCE,
+    INHERITED,
+    UNSUPPORTED,
+    CheckReader,
+    Item,
+    Notes,
+    Real,
+    bool_arg,
+    one_arg,
+)
 
 METHODS = {"NAT": "nat", "DR": "dr", "TUN": "tun"}
 #: Service names for well-known virtual ports.

@@ -80,7 +80,7 @@ class Item:
     key: str
     args: list[str]
     line: int  # a position in Lines, not a line of one file
-    children: list["Item"] | None = None
+    children: list[Item] | None = None
 
 
 class Lines:
