@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from lvsmail.director.reconcile import ReconcileError, Reconciler, SyncReport, timeouts_differ
 from lvsmail.ipvs.desired import Health, Key, Weights, desired_table, desired_timeouts, service_key
@@ -26,6 +27,10 @@ from lvsmail.ipvs.model import IPVSBackend, Op, ServiceKey, Table, Timeouts, des
 from lvsmail.ipvs.plan import plan
 from lvsmail.spec import ClusterSpec
 from lvsmail.statefiles import StateDir
+
+if TYPE_CHECKING:  # the health engine is not needed to plan (``config check`` imports this module)
+    from lvsmail.health.engine import Target
+    from lvsmail.health.state import TransitionEvent
 
 log = logging.getLogger("lvsmail.director")
 
@@ -106,7 +111,7 @@ class KernelTable:
         self.hooks.save_owned(set(self.reconciler.owned))
         return report
 
-    def transition(self, target, event) -> None:
+    def transition(self, target: Target, event: TransitionEvent) -> None:
         """A real server went up or down: its service joins the next kernel update, which starts at once.
 
         Synchronous (it runs inside the health engine's callback): it neither

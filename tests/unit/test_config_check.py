@@ -136,3 +136,15 @@ def test_apply_dry_run_and_config_check_show_the_same_plan(cli_runner, kernel, t
     assert "would set timeouts tcp 600 tcpfin - udp -" in planned
     assert any(line.startswith("would add service TCP 192.0.2.33:25") for line in planned)
     assert kernel.executed == []
+
+
+def test_after_apply_the_dry_run_is_in_sync_timeouts_included(cli_runner, kernel, tmp_path):
+    from lvsmail.commands.director import director
+
+    cluster = tmp_path / "c.yaml"
+    cluster.write_text(SEED.read_text().replace("# timeouts: {tcp: 900, tcpfin: 120, udp: 300}",
+                                                "timeouts: {tcp: 600}"))
+    done = cli_runner.invoke(director, ["apply", "-c", str(cluster)])
+    assert done.exit_code == 0 and kernel.timeouts.tcp == 600
+    again = cli_runner.invoke(director, ["apply", "--dry-run", "-c", str(cluster)])
+    assert (again.exit_code, again.stdout) == (0, "in sync: nothing to do\n")
