@@ -94,7 +94,10 @@ class KernelTable:
                    refresh: bool = True) -> SyncReport | None:
         """Make the kernel match the desired table (``only``: those services); None when the kernel refused.
 
-        A refusal is logged, not raised: the next repair period retries, and an operator sees why.
+        ``only`` builds and diffs just those services against the cache, so
+        it needs ``refresh=False``: a refresh reads the kernel and syncs the
+        whole table. A refusal is logged, not raised: the next repair period
+        retries, and an operator sees why.
         """
         scope = set(only) if only is not None else None
         try:
