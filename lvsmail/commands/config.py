@@ -250,17 +250,18 @@ def _kernel_plan(spec, file: str, state_dir: str, require: bool = False):
     """
     import asyncio
 
-    from lvsmail.config.diff import kernel_plan, read_owned
+    from lvsmail.director.table import kernel_plan, load_owned
     from lvsmail.ipvs.netlink import IPVSUnavailable, NetlinkIPVS
+    from lvsmail.statefiles import StateDir
 
-    owned, warning = read_owned(state_dir, file)
+    owned, warning = load_owned(StateDir.of(state_dir, file))
     if warning:
         click.echo(warning, err=True)
 
     async def go():
         backend = NetlinkIPVS()
         try:
-            return await kernel_plan(spec, backend, owned)
+            return await kernel_plan(backend, spec, owned)
         finally:
             await backend.close()
 

@@ -79,14 +79,14 @@ def reload(config_path: str, state_dir: str, pid: int | None, timeout: float) ->
     import time
 
     from lvsmail.config import ConfigError, load_cluster
-    from lvsmail.director.daemon import reload_file
+    from lvsmail.statefiles import StateDir
 
     try:
         spec = load_cluster(config_path)
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         sys.exit(EXIT_CONFIG)
-    record = reload_file(state_dir, config_path)
+    record = StateDir.of(state_dir, config_path).reload
     asked = time.monotonic()  # the director stamps the reload it starts with the same clock
     if pid is not None:
         try:
@@ -136,8 +136,9 @@ def apply(config_path: str, dry_run: bool) -> None:
     import asyncio
 
     from lvsmail.config import ConfigError, load_cluster
+    from lvsmail.director.reconcile import ReconcileError, Reconciler
+    from lvsmail.director.table import kernel_plan
     from lvsmail.ipvs.desired import desired_table, desired_timeouts
-    from lvsmail.director.reconcile import Reconciler, ReconcileError
     from lvsmail.ipvs.model import describe
     from lvsmail.ipvs.netlink import IPVSUnavailable, NetlinkIPVS
 
@@ -147,27 +148,26 @@ def apply(config_path: str, dry_run: bool) -> None:
         click.echo(str(exc), err=True)
         sys.exit(EXIT_CONFIG)
 
-    async def go() -> list:
+    async def go() -> list[str]:
         backend = NetlinkIPVS()
         try:
-            r = Reconciler(backend)
-            if dry_run:
-                return await r.pending(desired_table(spec))
-            report = await r.sync(desired_table(spec), desired_timeouts(spec), refresh=True)
-            return report.applied
+            if dry_run:  # the one plan (config check's too), timeouts included: what apply does
+                return (await kernel_plan(backend, spec)).lines()
+            report = await Reconciler(backend).sync(desired_table(spec), desired_timeouts(spec), refresh=True)
+            return [describe(op) for op in report.applied]
         finally:
             await backend.close()
 
     try:
-        ops = asyncio.run(go())
+        lines = asyncio.run(go())
     except (IPVSUnavailable, ReconcileError) as exc:
         click.echo(f"lvsmail: {exc}", err=True)
         sys.exit(EXIT_CONFIG)
-    for op in ops:
-        click.echo(("would " if dry_run else "") + describe(op))
-    if not ops:
+    for line in lines:
+        click.echo(("would " if dry_run else "") + line)
+    if not lines:
         click.echo("in sync: nothing to do")
-    if dry_run and ops:
+    if dry_run and lines:
         sys.exit(EXIT_PENDING)
 
 

@@ -1,84 +1,18 @@
-"""What would change: a cluster file against the running kernel, or against another file.
+"""What would change between two cluster files.
 
-Against the kernel the answer is the director's own plan (the same pure
-``plan`` function the reconciler applies), so ``config check`` shows exactly
-what ``director apply`` would do.  Between two files the answer is semantic:
-services, real servers and check settings added, removed or changed, matched
-by service name (or, for a renamed service, by its kernel identity) and by real
-server address and port, so reordering or reformatting a file is no change.
+The answer is semantic: services, real servers and check settings added,
+removed or changed, matched by service name (or, for a renamed service, by its
+kernel identity) and by real server address and port, so reordering or
+reformatting a file is no change. (A file against the running kernel is the
+director's own plan: ``lvsmail.director.table.kernel_plan``.)
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, fields
-from pathlib import Path
 
-from lvsmail.ipvs.model import IPVSBackend, Op, ServiceKey, Timeouts, describe
-from lvsmail.ipvs.plan import plan
 from lvsmail.spec import CheckSpec, ClusterSpec, RealServerSpec, ServiceSpec
-from lvsmail.statefiles import StateDir
-
-# -- file against kernel ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class KernelPlan:
-    """The operations that would make the kernel match a file, and the timeouts it would set."""
-
-    ops: tuple[Op, ...]
-    timeouts: Timeouts | None = None  # None: the kernel's timeouts already match (or the file leaves them)
-    owned: frozenset[ServiceKey] = frozenset()
-
-    @property
-    def in_sync(self) -> bool:
-        """True when applying the file would change nothing."""
-        return not self.ops and self.timeouts is None
-
-    def lines(self) -> list[str]:
-        """One line per operation, as ``director apply --dry-run`` prints them."""
-        out = [describe(op) for op in self.ops]
-        if self.timeouts is not None:
-            t = self.timeouts
-            out.append(f"set timeouts tcp {t.tcp or '-'} tcpfin {t.tcpfin or '-'} udp {t.udp or '-'}")
-        return out
-
-
-async def kernel_plan(spec: ClusterSpec, backend: IPVSBackend, owned: set[ServiceKey] = frozenset()) -> KernelPlan:
-    """Read the kernel and plan, without applying anything.
-
-    ``owned`` are services a running director of this file created earlier; one
-    that the file no longer lists shows up as a deletion, as it would on reload.
-    """
-    from lvsmail.ipvs.desired import desired_table, desired_timeouts
-
-    desired = desired_table(spec)
-    scope = set(owned) | set(desired)
-    table = await backend.dump()
-    actual = {k: v for k, v in table.items() if k in scope}
-    ops = plan(desired, actual, scope)
-    wanted = desired_timeouts(spec)
-    timeouts = None
-    if wanted is not None:
-        current = await backend.get_timeouts()
-        if any(w and w != c for w, c in zip((wanted.tcp, wanted.tcpfin, wanted.udp),
-                                            (current.tcp, current.tcpfin, current.udp))):
-            timeouts = wanted
-    return KernelPlan(tuple(ops), timeouts, frozenset(owned))
-
-
-def read_owned(state_dir: str | Path, config_path: str | Path) -> tuple[set[ServiceKey], str | None]:
-    """Services a director of ``config_path`` recorded as its own, and a warning if the record is unreadable."""
-    path = StateDir.of(state_dir, config_path).owned
-    try:
-        data = json.loads(path.read_text())
-        return {ServiceKey(**item) for item in data}, None
-    except FileNotFoundError:
-        return set(), None
-    except (OSError, ValueError, TypeError) as exc:
-        return set(), f"{path}: ignoring unreadable ownership record ({exc})"
-
 
 # -- file against file -------------------------------------------------------------------
 

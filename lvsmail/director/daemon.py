@@ -20,7 +20,6 @@ restarts the director.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
 import time
@@ -28,20 +27,21 @@ from pathlib import Path
 
 from lvsmail.config import ConfigError, load_cluster
 from lvsmail.director import kernel_profile
-from lvsmail.director.desired import desired_table, desired_timeouts, service_key
-from lvsmail.director.overrides import OverrideStore
 from lvsmail.director.outages import REALSERVER_REMOVAL, OutageRecorder
-from lvsmail.director.reconcile import Reconciler, ReconcileError
+from lvsmail.director.overrides import OverrideStore
+from lvsmail.director.published import HealthFile, health_document, profile_document, reload_document, save, save_owned
+from lvsmail.director.reconcile import Reconciler
 from lvsmail.director.sync import SyncRole, initial_role
+from lvsmail.director.table import DesiredSource, KernelTable, TableHooks, load_owned
 from lvsmail.health.alerts import Alerter
-from lvsmail.health.engine import HealthEngine, Target
-from lvsmail.health.state import TransitionEvent
+from lvsmail.health.engine import HealthEngine
 from lvsmail.health.via_vip import prepare_kernel
-from lvsmail.ipvs.model import IPVSBackend, IPVSError, ServiceKey, Table
+from lvsmail.ipvs.desired import service_key
+from lvsmail.ipvs.model import IPVSBackend, IPVSError
 from lvsmail.net.sysctl import ProcSysctl, SysctlBackend
 from lvsmail.registration.director import Membership
 from lvsmail.spec import ClusterSpec
-from lvsmail.statefiles import DEFAULT_STATE_DIR, StateDir, write_json
+from lvsmail.statefiles import DEFAULT_STATE_DIR, StateDir
 from lvsmail.systemd import STATUS_PERIOD, Notifier, Pacer, status_line
 
 log = logging.getLogger("lvsmail.director")
@@ -70,7 +70,8 @@ class Director:
         self.state_dir = Path(state_dir)
         self.files = StateDir.of(state_dir, config_path)  # every state file's name
         self.spec: ClusterSpec | None = None
-        self.reconciler: Reconciler | None = None
+        self.table: KernelTable | None = None  # the reconciler, the kernel lock, health transition batches
+        self.reconciler: Reconciler | None = None  # self.table's, for events.attach until it is rewired
         self.engine: HealthEngine | None = None
         self.engine_options = engine_options or {}
         self.alerter: Alerter | None = None
@@ -88,18 +89,12 @@ class Director:
         self._reload_note: str | None = None  # a rejected reload, shown in STATUS= until the next good one
         # Operators' drain/weight (director.api), kept across restarts and applied to every desired table.
         self.overrides = OverrideStore(self.files.overrides)
-        self._health_written: float | None = None  # engine clock of the last health-file write
-        self._health_later: asyncio.TimerHandle | None = None  # the deferred write, if one is due
-        self._kernel = asyncio.Lock()  # one reconcile at a time: the loop's and health transitions'
+        # Real servers' health for `director status`, rewritten at most once a second (see HealthFile).
+        self.health_file = HealthFile(self.files.health, self._health_document, lambda: self.engine.clock())
+        self._kernel: asyncio.Lock | None = None  # self.table's lock, for director.snapshot until it is rewired
         self._reload = asyncio.Event()
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()
-        # Health transitions waiting for the next kernel update: service -> words for the log, and
-        # the real servers taken out with the time their failing streak began (for the outage record).
-        self._transition_batch: dict[ServiceKey, list[str]] = {}
-        self._transition_removed: list[tuple[str, float]] = []
-        self._transition_task: asyncio.Task | None = None
-        self._transition_last: float | None = None
         # Failovers this director measured, for `lvsmail availability`.
         self.outages = OutageRecorder(self.files.outages)
         # Real servers that joined through the registration API, merged over the file's spec.
@@ -121,10 +116,24 @@ class Director:
         """
         phases = _Phases()
         self.spec = load_cluster(self.config_path)
-        self.reconciler = Reconciler(self.backend, owned=self._load_owned())
+        owned, warning = load_owned(self.files)
+        if warning:
+            log.warning("director: %s", warning)
+        self.table = KernelTable(self.backend, DesiredSource(
+            spec=self.effective, health=lambda: self.engine.health() if self.engine is not None else None,
+            overrides=lambda: {key: o.weight for key, o in self.overrides.items.items()},
+        ), TableHooks(
+            publish=lambda *a, **kw: None,  # events.attach still wraps the engine's and reconciler's hooks
+            save_owned=lambda keys: save_owned(self.files.owned, keys),
+            on_removed=lambda what, seconds: self.record_outage(REALSERVER_REMOVAL, seconds, what),
+            on_batch=self._batch_applied,
+            alert=lambda key, up, reason: self.alerter.transition(key, up, reason) if self.alerter else None,
+            clock=lambda: self.engine.clock(),
+        ), owned=owned)
+        self.reconciler, self._kernel = self.table.reconciler, self.table.lock
         self.membership.load(self.spec)
         self.overrides.load()
-        self.engine = HealthEngine(self.effective(), self._on_transition, **self.engine_options,
+        self.engine = HealthEngine(self.effective(), self.table.transition, **self.engine_options,
                                    hold=lambda: self.failover.link_fault() if self.failover is not None else None)
         self._set_alerter()
         prepare_kernel(self.spec)
@@ -179,8 +188,7 @@ class Director:
         if self.flush_on_exit:
             if self.sync is not None:  # only here: a restarting director must not interrupt sync
                 await self._stop_sync_role()
-            ops = await self.reconciler.release()
-            self._save_owned(set())
+            ops = await self.table.release()
             log.info("director: flushed %d owned services on exit", len(ops))
         else:
             log.info("director: exiting, IPVS table left in place")
@@ -210,9 +218,7 @@ class Director:
                 self.notifier.reloading()
                 started = time.monotonic()  # CLOCK_MONOTONIC: `director reload` compares it with its own
                 error = await self._do_reload()
-                _write_json(self.reload_file(), {"cluster": self.spec.name, "started": started,
-                                                 "finished": time.monotonic(), "ok": error is None,
-                                                 "error": error})
+                save(self.files.reload, reload_document(self.spec.name, started, time.monotonic(), error))
                 self._status_sent = self.status_line()
                 self._status_pacer.sent(loop.time())
                 self.notifier.ready(self._status_sent)  # READY=1 ends the reload, accepted or not
@@ -257,16 +263,6 @@ class Director:
         log.info("director: reloaded %s: %s", new.name, _summary(new))
         return None
 
-    def reload_file(self) -> Path:
-        """Where the director records its last reload, for ``lvsmail director reload`` to wait on."""
-        return self.files.reload
-
-    def desired(self) -> Table:
-        """The table the file asks for, with real servers as their health allows."""
-        from lvsmail.director.overrides import apply_overrides  # operators' drain/weight (director.api)
-
-        return apply_overrides(self, desired_table(self.effective(), self.engine.health() if self.engine else None))
-
     # -- registration API: joined members ----------------------------------------------
 
     def effective(self) -> ClusterSpec:
@@ -285,8 +281,7 @@ class Director:
         """(active, inactive) connections of one member per service, from the kernel's counters."""
         from lvsmail.ipvs.model import DestKey
 
-        async with self._kernel:
-            table = await self.backend.dump(counters=True)
+        table = await self.table.dump(counters=True)
         out = {}
         for svc in self.effective().services:
             for rs in svc.realservers:
@@ -296,52 +291,9 @@ class Director:
                     out[svc.name] = (entry.active, entry.inactive) if entry else (0, 0)
         return out
 
-    async def _on_transition(self, target: Target, event: TransitionEvent) -> None:
-        """A real server went up or down: its service joins the next kernel update, which starts at once."""
-        svc = next((s for s in self.spec.services if s.name == target.service), None)
-        if svc is None:  # removed by a reload while the check was running
-            return
-        if self.alerter:
-            self.alerter.transition(target.key, event.up, event.reason)
-        if not event.up:
-            self._transition_removed.append((f"{target.address}:{target.port} {event.reason}", event.streak_began))
-        self._transition_batch.setdefault(service_key(svc), []).append(f"{event.word} {target.address}:{target.port}")
-        task = self._transition_task
-        if task is None or task.done():
-            self._transition_task = asyncio.get_running_loop().create_task(
-                self._apply_transitions(), name="health transitions")
-
-    #: Transitions decided within this many seconds of the last kernel update wait and share the next one.
-    TRANSITION_BATCH = 0.05
-
-    async def _apply_transitions(self) -> None:
-        """Apply pending health transitions: one scoped kernel update per batch, at most one per TRANSITION_BATCH.
-
-        The first transition after a quiet spell is applied at once (after one
-        pass of the loop, so transitions decided together share it); those
-        decided while an update runs or within TRANSITION_BATCH seconds of its
-        start wait for the next. A flapping or mass failure then costs a few
-        updates a second instead of one desired-table build and netlink
-        exchange per server.
-        """
-        loop = asyncio.get_running_loop()
-        while self._transition_batch:
-            last = self._transition_last
-            await asyncio.sleep(0.0 if last is None else max(0.0, last + self.TRANSITION_BATCH - loop.time()))
-            batch, self._transition_batch = self._transition_batch, {}
-            removed, self._transition_removed = self._transition_removed, []
-            self._transition_last = loop.time()
-            async with self._kernel:
-                try:
-                    await self.reconciler.sync(self.desired(), only=set(batch))
-                except ReconcileError as exc:
-                    changes = "; ".join(w for words in batch.values() for w in words)
-                    log.error("director: health changes (%s): kernel refused: %s", changes, exc)
-                else:
-                    done = self.engine.clock()
-                    for what, began in removed:
-                        self.record_outage(REALSERVER_REMOVAL, done - began, what)
-            self._save_health()
+    def _batch_applied(self, names: set[str]) -> None:
+        """A batch of health transitions reached the kernel (or was refused): publish the new health."""
+        self._save_health()
 
     def record_outage(self, kind: str, seconds: float, detail: str) -> None:
         """Keep one measured failover for the availability report; a write failure is logged, not fatal."""
@@ -359,20 +311,11 @@ class Director:
             self.alerter = Alerter(alerts, self.spec.name, **self.alerter_options)
 
     async def _sync(self, *, refresh: bool, why: str) -> None:
-        assert self.spec is not None and self.reconciler is not None
+        """One full sync of the kernel table (start, repair, reload, members, operators), then the profile file."""
         if why == "repair" and self.sync is not None and self.sync.wanted != self.sync.role:
             await self.sync.retry()  # a refused sync role (interface not there yet) is tried again
-        try:
-            async with self._kernel:
-                report = await self.reconciler.sync(self.desired(), desired_timeouts(self.spec), refresh=refresh)
-        except ReconcileError as exc:
-            # Keep running: the next repair period retries, and an operator sees why.
-            log.error("director: %s: kernel refused: %s", why, exc)
-            return
-        if report.applied and why == "repair":
-            log.warning("director: repaired drift with %d operations", len(report.applied))
-        self._save_owned(self.reconciler.owned)
-        self._save_profile()
+        if await self.table.sync(why, refresh=refresh) is not None:
+            self._save_profile()
 
     # -- kernel profile and connection sync ----------------------------------------------
 
@@ -421,18 +364,12 @@ class Director:
         except IPVSError:
             pass  # logged by SyncRole with the kernel's reason; nothing else to do on the way out
 
-    def profile_file(self) -> Path:
-        """Where the running director publishes its kernel profile and sync role for ``status``."""
-        return self.files.kernel
-
     def _save_profile(self) -> None:
+        """Publish the kernel profile and the sync role for ``status``."""
         if self.spec is None:
             return
-        _write_json(self.profile_file(), {
-            "cluster": self.spec.name, "written": time.time(),
-            "wanted": kernel_profile.wanted(self.spec),
-            "sync": self.sync.status() if self.sync is not None else None,
-        })
+        save(self.files.kernel, profile_document(self.spec, kernel_profile.wanted(self.spec),
+                                                 self.sync.status() if self.sync is not None else None))
 
     # -- systemd's status line ---------------------------------------------------------
 
@@ -493,83 +430,16 @@ class Director:
 
     # -- health for `lvsmail director status` -------------------------------------------
 
-    def health_file(self) -> Path:
-        """Where the running director publishes its real servers' health."""
-        return self.files.health
-
     def _save_health(self, *, now: bool = False) -> None:
-        """Publish health for ``status``: at once if the last write is HEALTH_FILE_PERIOD old (or ``now``), else then."""
+        """Publish health for ``status`` (at most once a second, unless ``now``) and systemd's status line."""
         if self.engine is None or self.spec is None:
             return
         self.publish_status()  # the same moments change systemd's status line
-        at, last, pending = self.engine.clock(), self._health_written, self._health_later
-        if now and pending is not None:  # a final write (exit) replaces the deferred one
-            pending.cancel()
-            self._health_later = pending = None
-        if not now and last is not None and at - last < self.HEALTH_FILE_PERIOD:
-            # Rewriting a thousand servers' entries on every transition cost more than the checks
-            # during a mass failure; one write a second keeps status at most a second behind.
-            if pending is None:
-                self._health_later = asyncio.get_running_loop().call_later(
-                    self.HEALTH_FILE_PERIOD - (at - last), self._save_health_later)
-            return
-        self._health_written = at
-        now_wall, now_mono = time.time(), at
-        entries = []
-        for svc in self.effective().services:
-            for rs in svc.realservers:
-                st = self.engine.states.get((svc.name, rs.address, rs.port))
-                if st is None:
-                    continue
-                check = svc.check  # None: watched only for maintenance files (an "on" check)
-                entries.append({
-                    "service": str(service_key(svc)), "name": svc.name, "address": rs.address, "port": rs.port,
-                    "check": check.type if check else "on", "up": st.up, "since": now_wall - (now_mono - st.since),
-                    "latency": st.last_latency, "last_failure": st.last_failure, "checks": st.checks,
-                    "transitions": st.transitions, "weight": rs.weight, "quiescent": svc.quiescent,
-                    "verify": check.verify if check else True,
-                })
-        _write_json(self.health_file(), {"cluster": self.spec.name, "written": now_wall, "realservers": entries,
-                                         "joined": self.membership.published(self.spec)})
+        self.health_file.save(now=now)
 
-    #: Shortest time between two writes of the health file.
-    HEALTH_FILE_PERIOD = 1.0
-
-    def _save_health_later(self) -> None:
-        """The deferred write of a rate-limited ``_save_health``."""
-        self._health_later = None
-        self._save_health(now=True)  # scheduled HEALTH_FILE_PERIOD after the last write (timer rounding aside)
-
-    # -- ownership across restarts ---------------------------------------------------
-
-    def _state_file(self) -> Path:
-        return self.files.owned
-
-    def _load_owned(self) -> set[ServiceKey]:
-        try:
-            data = json.loads(self._state_file().read_text())
-        except FileNotFoundError:
-            return set()
-        except (OSError, ValueError) as exc:
-            log.warning("director: ignoring unreadable state %s: %s", self._state_file(), exc)
-            return set()
-        return {ServiceKey(**item) for item in data}
-
-    def _save_owned(self, owned: set[ServiceKey]) -> None:
-        _write_json(self._state_file(), [_key_json(k) for k in sorted(owned)])
-
-
-def reload_file(state_dir: str | Path, config_path: str) -> Path:
-    """The record of the last reload of the director of ``config_path``: when it started, and its outcome."""
-    return StateDir.of(state_dir, config_path).reload
-
-
-def _write_json(path: Path, data) -> None:
-    """Replace a state file atomically; a failure is logged, the director keeps running."""
-    try:
-        write_json(path, data)
-    except OSError as exc:
-        log.warning("director: cannot write %s: %s", path, exc)
+    def _health_document(self) -> dict:
+        return health_document(self.effective(), self.engine.states, self.engine.clock(),
+                               self.membership.published(self.spec))
 
 
 async def serve(director: Director) -> None:
@@ -614,6 +484,3 @@ def _summary(spec: ClusterSpec) -> str:
     reals = sum(len(s.realservers) for s in spec.services)
     return f"{len(spec.services)} services, {reals} real servers"
 
-
-def _key_json(k: ServiceKey) -> dict:
-    return {"af": int(k.af), "protocol": k.protocol, "addr": k.addr, "port": k.port, "fwmark": k.fwmark}

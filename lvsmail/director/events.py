@@ -87,11 +87,11 @@ def attach(director, hub: EventHub, on_result: Callable | None = None) -> Callab
     engine, reconciler = director.engine, director.reconciler
     old_transition, old_result, old_sync = engine.on_transition, engine.on_result, reconciler.sync
 
-    async def on_transition(target, event):
+    def on_transition(target, event):
         hub.publish("health", f"{target.service} {target.address}:{target.port} {event.word}: {event.reason}",
                     service=target.service, address=target.address, port=target.port, up=event.up,
                     reason=event.reason)
-        await old_transition(target, event)
+        return old_transition(target, event)  # the kernel table's is synchronous; the engine awaits an awaitable
 
     def result(key, res):
         if old_result is not None:

@@ -730,9 +730,9 @@ class Failover:
         """Publish the status in the state file (on every transition and resource change)."""
         if self.state_file is None:
             return
-        from lvsmail.director.daemon import _write_json
+        from lvsmail.director.published import save
 
-        _write_json(self.state_file, self.status())
+        save(self.state_file, self.status())
 
 
 def _link_faults(spec: VrrpInstanceSpec, links: dict[str, bool]) -> frozenset[str]:

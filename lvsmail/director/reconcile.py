@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lvsmail.ipvs.model import (
@@ -90,16 +91,27 @@ class Reconciler:
         *,
         refresh: bool = False,
         only: set[ServiceKey] | None = None,
+        full: Callable[[], Table] | None = None,
     ) -> SyncReport:
         """Apply the fewest operations to reach ``desired``; read the kernel first if ``refresh``.
 
         ``only`` limits the diff to the services a decision touched (a health
         transition changes one service), so its cost does not grow with the
         size of the table; the other services are neither read nor compared.
+        ``desired`` may then hold just those services, and ``full`` builds the
+        whole table for the cases that need it (a race, or nothing cached):
+        a full sync of a scoped table would delete every other owned service.
         """
-        report = SyncReport()
-        if only is not None and self.known is not None and not refresh:
-            return await self._sync_only(desired, only, report)
+        if only is not None:
+            if self.known is not None and not refresh:
+                return await self._sync_only(desired, only, full)
+            desired = full() if full is not None else desired
+        return await self._sync_all(desired, timeouts, refresh)
+
+    async def _sync_all(self, desired: Table, timeouts: Timeouts | None, refresh: bool,
+                        report: SyncReport | None = None) -> SyncReport:
+        """Make every owned service and every service of ``desired`` match ``desired``."""
+        report = report if report is not None else SyncReport()
         scope = self.owned | set(desired)
         must_read = refresh or self.known is None
         while True:
@@ -116,22 +128,28 @@ class Reconciler:
         self.owned = set(desired)
         if timeouts is not None:
             current = await self.backend.get_timeouts()
-            if _differs(current, timeouts):
+            if timeouts_differ(current, timeouts):
                 await self.backend.set_timeouts(timeouts)
                 report.timeouts_set = timeouts
                 log.info("ipvs: timeouts tcp %s tcpfin %s udp %s", timeouts.tcp, timeouts.tcpfin, timeouts.udp)
         return report
 
-    async def _sync_only(self, desired: Table, only: set[ServiceKey], report: SyncReport) -> SyncReport:
-        """Diff and apply just the services in ``only`` against the cache; fall back to a full sync on a race."""
+    async def _sync_only(self, desired: Table, only: set[ServiceKey], full: Callable[[], Table] | None) -> SyncReport:
+        """Diff and apply just the services in ``only`` against the cache; fall back to a full sync on a race.
+
+        The fallback is a full sync of ``full()`` (the whole table), called
+        directly rather than through ``self.sync``, so it is one sync to
+        whoever wraps that attribute.
+        """
+        report = SyncReport()
         want = {k: desired[k] for k in only if k in desired}
         have = {k: self.known[k] for k in only if k in self.known}
         report.attempts = 1
         if not await self._attempt(plan(want, have, only), report, raise_on_race=False):
             log.info("ipvs: table changed under us; re-reading")
-            full = await self.sync(desired, refresh=True)
-            full.applied[:0] = report.applied
-            return full
+            whole = await self._sync_all(full() if full is not None else desired, None, True)
+            whole.applied[:0] = report.applied
+            return whole
         for k in only:
             if k in want:
                 self.known[k] = _copy({k: want[k]})[k]
@@ -160,11 +178,6 @@ class Reconciler:
         log.info("ipvs: table changed under us (%s)", describe(failed[0][0]))
         return False
 
-    async def pending(self, desired: Table) -> list[Op]:
-        """The plan against the kernel as it is now, without applying it (``--dry-run``)."""
-        actual = await self._read(self.owned | set(desired))
-        return plan(desired, actual, self.owned | set(desired))
-
     async def release(self) -> list[Op]:
         """Delete every owned service (``--flush-on-exit``); other services stay."""
         actual = await self._read(self.owned)
@@ -181,8 +194,10 @@ class Reconciler:
         return {k: v for k, v in table.items() if k in scope}
 
 
-def _differs(current: Timeouts, wanted: Timeouts) -> bool:
-    return any(w and w != c for w, c in zip((wanted.tcp, wanted.tcpfin, wanted.udp), (current.tcp, current.tcpfin, current.udp)))
+def timeouts_differ(current: Timeouts, wanted: Timeouts) -> bool:
+    """True when a timeout the file sets (non-zero) is not the kernel's: the one test of both sync and plan."""
+    return any(w and w != c for w, c in zip((wanted.tcp, wanted.tcpfin, wanted.udp),
+                                            (current.tcp, current.tcpfin, current.udp)))
 
 
 def _copy(table: Table) -> Table:

@@ -10,7 +10,7 @@ import pytest
 import lvsmail.ipvs.netlink as netlink
 from lvsmail.commands.config import config
 from lvsmail.config import load_cluster
-from lvsmail.config.diff import kernel_plan
+from lvsmail.director.table import kernel_plan
 from lvsmail.ipvs.desired import desired_table
 from lvsmail.ipvs.fake import FakeIPVS
 from lvsmail.ipvs.model import DestKey, ServiceKey
@@ -112,6 +112,39 @@ def test_no_ipvs_still_validates_and_says_so(run, monkeypatch, tmp_path):
 def test_kernel_plan_is_the_reconcilers_plan():
     spec = load_cluster(SEED)
     fake = FakeIPVS()
-    kplan = asyncio.run(kernel_plan(spec, fake))
+    kplan = asyncio.run(kernel_plan(fake, spec))
     assert asyncio.run(fake.execute(list(kplan.ops))) == [0] * len(kplan.ops)
-    assert asyncio.run(kernel_plan(spec, fake)).in_sync
+    assert asyncio.run(kernel_plan(fake, spec)).in_sync
+
+
+def test_apply_dry_run_and_config_check_show_the_same_plan(cli_runner, kernel, tmp_path):
+    """One plan: with nothing owned, ``director apply --dry-run`` prints what ``config check`` prints,
+    timeouts included (what ``apply`` itself sets)."""
+    from lvsmail.commands.director import director
+
+    cluster = tmp_path / "c.yaml"
+    cluster.write_text(SEED.read_text().replace("# timeouts: {tcp: 900, tcpfin: 120, udp: 300}",
+                                                "timeouts: {tcp: 600}"))
+    kernel.table = desired_table(load_cluster(cluster))
+    kernel.table.pop(SMTP)
+    kernel.table[next(iter(kernel.table))].dests.clear()
+    check = cli_runner.invoke(config, ["check", str(cluster), "--state-dir", str(tmp_path / "state")])
+    dry = cli_runner.invoke(director, ["apply", "--dry-run", "-c", str(cluster)])
+    assert (check.exit_code, dry.exit_code) == (1, 1)
+    planned = [line.strip() for line in check.stdout.splitlines()[2:]]
+    assert planned == dry.stdout.splitlines()
+    assert "would set timeouts tcp 600 tcpfin - udp -" in planned
+    assert any(line.startswith("would add service TCP 192.0.2.33:25") for line in planned)
+    assert kernel.executed == []
+
+
+def test_after_apply_the_dry_run_is_in_sync_timeouts_included(cli_runner, kernel, tmp_path):
+    from lvsmail.commands.director import director
+
+    cluster = tmp_path / "c.yaml"
+    cluster.write_text(SEED.read_text().replace("# timeouts: {tcp: 900, tcpfin: 120, udp: 300}",
+                                                "timeouts: {tcp: 600}"))
+    done = cli_runner.invoke(director, ["apply", "-c", str(cluster)])
+    assert done.exit_code == 0 and kernel.timeouts.tcp == 600
+    again = cli_runner.invoke(director, ["apply", "--dry-run", "-c", str(cluster)])
+    assert (again.exit_code, again.stdout) == (0, "in sync: nothing to do\n")

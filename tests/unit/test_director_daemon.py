@@ -181,9 +181,9 @@ def test_failed_real_server_leaves_the_kernel_and_returns_on_recovery(tmp_path, 
         checks.down.clear()
         await until(lambda: weights(kernel) == {"198.51.100.20": 3, "198.51.100.32": 1})
         # The health file is rate-limited to one write a second: poll it like `director status` would.
-        await until(lambda: _transitions(d.health_file()) == {
+        await until(lambda: _transitions(d.health_file.path) == {
             ("198.51.100.20", True, 2), ("198.51.100.32", True, 2)}, timeout=3)
-        health = json.loads(d.health_file().read_text())
+        health = json.loads(d.health_file.path.read_text())
         assert all("connection refused" in r["last_failure"] for r in health["realservers"])
         # Each removal was measured from the first failed check to the kernel update, for `lvsmail availability`.
         removals = read_outages(outages_path(tmp_path / "state", path)).of("realserver_removal")
@@ -209,7 +209,7 @@ def test_maintenance_file_takes_an_unchecked_server_out_and_status_file_says_why
         await until(lambda: {k.addr for k in kernel.table[SMTP].dests} == {"198.51.100.32"})
         d.request_stop()
         await task
-        return json.loads(d.health_file().read_text())
+        return json.loads(d.health_file.path.read_text())
 
     health = asyncio.run(go())
     rs = next(r for r in health["realservers"] if r["address"] == "198.51.100.20")

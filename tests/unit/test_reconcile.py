@@ -145,3 +145,43 @@ def test_scoped_sync_race_falls_back_to_a_full_reread():
     del kernel.table[SMTP].dests[RS2]
     report = run(r.sync(table(weight2=4), only={SMTP}))
     assert report.dumped and kernel.table[SMTP].dests[RS2].settings.weight == 4
+
+
+HTTP = ServiceKey(socket.AF_INET, 6, "192.0.2.33", 80)
+
+
+def two_services(weight1=1):
+    both = table(weight1=weight1)
+    both[HTTP] = ServiceEntry(ServiceSettings("wlc"), {RS1: DestEntry(DestSettings("tun", 1))})
+    return both
+
+
+RS3 = DestKey("198.51.100.44", 25)
+
+
+def with_rs3(full: dict) -> dict:
+    full[SMTP].dests[RS3] = DestEntry(DestSettings("tun", 1))
+    return full
+
+
+def test_a_race_in_a_scoped_sync_falls_back_to_the_full_table_and_keeps_the_other_owned_services():
+    kernel = FakeIPVS()
+    r = Reconciler(kernel)
+    run(r.sync(two_services(), refresh=True))
+    scoped = {SMTP: with_rs3(table())[SMTP]}  # a health transition builds only its own service
+    kernel.fail_next = {0: errno.EEXIST}  # the add of RS3 races with another tool's
+    report = run(r.sync(scoped, only={SMTP}, full=lambda: with_rs3(two_services())))
+    assert report.dumped  # the race made it re-read the kernel and sync the whole table
+    assert set(kernel.table) == {SMTP, HTTP} and r.owned == {SMTP, HTTP}  # HTTP was not deleted
+    assert set(kernel.table[SMTP].dests) == {RS1, RS2, RS3} and kernel.table[HTTP].dests
+    assert set(r.known) == {SMTP, HTTP}
+
+
+def test_a_scoped_sync_with_nothing_cached_syncs_the_full_table():
+    kernel = FakeIPVS()
+    r = Reconciler(kernel)
+    run(r.sync(two_services(), refresh=True))
+    r.known = None  # as after a refused operation: the next sync must read the kernel
+    report = run(r.sync({SMTP: table(weight1=3)[SMTP]}, only={SMTP}, full=lambda: two_services(weight1=3)))
+    assert report.dumped and set(kernel.table) == {SMTP, HTTP} and r.owned == {SMTP, HTTP}
+    assert kernel.table[SMTP].dests[RS1].settings.weight == 3
