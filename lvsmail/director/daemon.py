@@ -140,7 +140,7 @@ class Director:
         await self.membership.configure(self.spec)
         phases.done("checks")
         # Director failover (VRRP): after the first sync, so a director that wins has its table ready.
-        from lvsmail.director.failover import for_director
+        from lvsmail.failover.instances import for_director
 
         self.failover = for_director(self) if self.spec.failover is not None else None
         if self.failover is not None:
@@ -244,7 +244,7 @@ class Director:
         await self.membership.configure(new)
         await self._reload_sync_role()
         # Failover: unchanged instances keep running; changed ones are retuned or restarted; see Failover.update.
-        from lvsmail.director.failover import for_director
+        from lvsmail.failover.instances import for_director
 
         if new.failover is None and self.failover is not None:
             await self.failover.stop()

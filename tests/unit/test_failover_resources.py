@@ -7,7 +7,7 @@ import json
 import pytest
 
 from lvsmail.config import parse_cluster
-from lvsmail.director.failover import CommandResource, Failover, ResourceGroup, ThreadedNet, VipResource
+from lvsmail.failover.instances import CommandResource, Failover, ResourceGroup, ThreadedNet, VipResource
 from lvsmail.net.backend import FakeLink, FakeNetBackend
 from lvsmail.vrrp.state import Role
 from support import until
@@ -440,7 +440,7 @@ def test_link_fault_only_when_every_instance_lost_a_link_it_cannot_do_without(tm
 def test_a_lower_priority_master_that_stays_gets_one_announcement_per_holdoff(tmp_path):
     """Split-brain heal asks for one re-announcement; a misconfigured peer asking every advert gets one per
     ANNOUNCE_HOLDOFF, not a gratuitous ARP and a log line each time."""
-    from lvsmail.director import failover as fo
+    from lvsmail.failover import instances as fo
 
     now = [100.0]
     f, net, announced = make(FakeWire(), "a", "192.0.2.1", 200, tmp_path, clock=lambda: now[0])
