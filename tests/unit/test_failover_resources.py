@@ -599,3 +599,36 @@ def test_roles_and_peers_of_instances_running_or_not(tmp_path):
         await b.stop()
 
     asyncio.run(go())
+
+
+def test_director_faults_the_instance_whose_tracked_service_lost_every_server_and_recovers(tmp_path):
+    """The director tells its failover which services a batch of health transitions changed."""
+    from lvsmail.net.sysctl import FakeSysctl
+    from support import ScriptedChecks
+    from support.cluster import REALSERVERS
+    from support.director import running
+
+    failover = PAIR.split("services: []\n")[1].format(advert=0.05, priority=200)
+    path = tmp_path / "tracked.yaml"
+    path.write_text(cluster_yaml(
+        service("smtp", 25, check={"type": "smtp", "interval": 0.05, "timeout": 0.5, "rise": 1, "fall": 1}),
+        extra=failover.replace("garp: {count: 1}", "track_services: [smtp]")))
+    net = FakeNetBackend({"eth0": FakeLink(True, ["192.0.2.1/24"])})
+    checks = ScriptedChecks()
+
+    async def quiet(*args):
+        return None
+
+    async def go():
+        options = FailoverOptions(net=net, transport_factory=FakeWire().transport("a"), announcer=quiet,
+                                  track_interval=0.02)
+        async with running(path, state_dir=tmp_path / "state", checker=checks, sysctl=FakeSysctl(),
+                           failover_options=options) as d:
+            await until(lambda: role(d.failover) is Role.MASTER)  # alone on the link
+            checks.down.update(REALSERVERS)
+            await until(lambda: role(d.failover) is Role.FAULT)
+            assert d.failover.runners["mail"].instance.state.faults == ("no real server of service smtp is up",)
+            checks.down.clear()
+            await until(lambda: role(d.failover) is Role.MASTER)
+
+    asyncio.run(go())
