@@ -27,12 +27,14 @@ from pathlib import Path
 
 from lvsmail.config import ConfigError, load_cluster
 from lvsmail.director import kernel_profile
-from lvsmail.director.outages import REALSERVER_REMOVAL, OutageRecorder
+from lvsmail.director.outages import DIRECTOR_TAKEOVER, REALSERVER_REMOVAL, OutageRecorder
 from lvsmail.director.overrides import OverrideStore
 from lvsmail.director.published import HealthFile, health_document, profile_document, reload_document, save, save_owned
 from lvsmail.director.reconcile import Reconciler
 from lvsmail.director.sync import SyncRole, initial_role
 from lvsmail.director.table import DesiredSource, KernelTable, TableHooks, load_owned
+from lvsmail.failover.hooks import FailoverHooks, FailoverOptions, RoleChange
+from lvsmail.failover.instances import Failover
 from lvsmail.health.alerts import Alerter
 from lvsmail.health.engine import HealthEngine
 from lvsmail.health.via_vip import prepare_kernel
@@ -62,6 +64,7 @@ class Director:
         alerter_options: dict | None = None,
         sysctl: SysctlBackend | None = None,
         notifier: Notifier | None = None,
+        failover_options: FailoverOptions | None = None,
     ) -> None:
         self.config_path = config_path
         self.backend = backend
@@ -78,8 +81,9 @@ class Director:
         self.alerter_options = alerter_options or {}
         self.sysctl = sysctl if sysctl is not None else ProcSysctl()  # the kernel profile's sysctls
         self.sync: SyncRole | None = None  # the IPVS sync daemon role; None without a sync: section
-        self.failover = None  # director.failover.Failover while the file has a failover: section
-        self.failover_options: dict = {}  # test and benchmark hooks passed to Failover (fake network, clock)
+        self.failover: Failover | None = None  # while the file has a failover: section
+        # The failover's network, clock and timers: the real ones unless a test or benchmark passes others.
+        self.failover_options = failover_options if failover_options is not None else FailoverOptions()
         self.api = None  # director.api's server, once running
         self.notifier = notifier if notifier is not None else Notifier(None)  # systemd's, or a silent one
         self._status_sent: str | None = None  # the last STATUS= line, to send only changes
@@ -149,9 +153,7 @@ class Director:
         await self.membership.configure(self.spec)
         phases.done("checks")
         # Director failover (VRRP): after the first sync, so a director that wins has its table ready.
-        from lvsmail.director.failover import for_director
-
-        self.failover = for_director(self) if self.spec.failover is not None else None
+        self.failover = self._make_failover() if self.spec.failover is not None else None
         if self.failover is not None:
             self.notifier.status("starting: VRRP failover")
             await self.failover.start()
@@ -161,7 +163,6 @@ class Director:
 
         self.api = await start_api(self)
         phases.done("api")
-        roles = self._watch_roles()  # None without the API's event stream: the loop's passes update roles
         self.ready.set()
         self._status_sent = self.status_line()
         self._status_pacer.sent(asyncio.get_running_loop().time())
@@ -172,8 +173,6 @@ class Director:
         finally:
             self.notifier.stopping()
             self._status_closed = True  # "stopping" stays the status line while checks and hooks wind down
-            if roles is not None:
-                roles.cancel()
             if self._status_later is not None:
                 self._status_later.cancel()
             if self.failover is not None:  # graceful: masters advertise priority 0, the backup takes over at once
@@ -250,13 +249,11 @@ class Director:
         await self.membership.configure(new)
         await self._reload_sync_role()
         # Failover: unchanged instances keep running; changed ones are retuned or restarted; see Failover.update.
-        from lvsmail.director.failover import for_director
-
         if new.failover is None and self.failover is not None:
             await self.failover.stop()
             self.failover = None
         elif new.failover is not None and self.failover is None:
-            self.failover = for_director(self)
+            self.failover = self._make_failover()
             await self.failover.start()
         elif new.failover is not None:
             await self.failover.update(new.failover, new)
@@ -272,6 +269,8 @@ class Director:
     async def _members_changed(self, services: set[str]) -> None:
         """A member joined, drained or left: follow it in the health checks and the kernel before replying."""
         self.engine.update(self.effective())
+        if self.failover is not None:  # instances tracking these services look at them again
+            self.failover.services_changed(services)
         # A full sync rather than only the members' services: checks through the VIP add a probe
         # service per real server, which a joined member needs as much as a static one.
         await self._sync(refresh=True, why=f"members of {', '.join(sorted(services))}")
@@ -292,7 +291,10 @@ class Director:
         return out
 
     def _batch_applied(self, names: set[str]) -> None:
-        """A batch of health transitions reached the kernel (or was refused): publish the new health."""
+        """A batch of health transitions reached the kernel (or was refused): retrack the failover
+        instances that follow those services, and publish the new health."""
+        if self.failover is not None:
+            self.failover.services_changed(names)
         self._save_health()
 
     def record_outage(self, kind: str, seconds: float, detail: str) -> None:
@@ -301,6 +303,25 @@ class Director:
             self.outages.record(kind, max(0.0, seconds), detail=detail)
         except (OSError, ValueError) as exc:
             log.warning("director: cannot record %s of %.3f s: %s", kind, seconds, exc)
+
+    def _make_failover(self) -> Failover:
+        """The failover of the file's ``failover:`` section, reaching this director only through its hooks."""
+        hooks = FailoverHooks(
+            publish=self._publish_failover, on_role=self._role_changed,
+            on_takeover=lambda what, seconds: self.record_outage(DIRECTOR_TAKEOVER, seconds, what),
+            sync_role=lambda: self.sync, service_up=self.engine.service_up)
+        return Failover(self.spec.failover, self.spec, hooks, self.failover_options)
+
+    def _publish_failover(self, status: dict) -> None:
+        """Write the failover's status for ``lvsmail director status``; a failure is logged, not fatal."""
+        try:
+            write_json(self.files.failover, status)
+        except OSError as exc:
+            log.warning("director: cannot write %s: %s", self.files.failover, exc)
+
+    def _role_changed(self, change: RoleChange) -> None:
+        """A VRRP instance changed role: systemd's status line follows."""
+        self.publish_status()
 
     def _set_alerter(self) -> None:
         """(Re)create the alerter when the file's alerts block is new or changed."""
@@ -384,13 +405,7 @@ class Director:
 
     def vrrp_roles(self) -> dict[str, str]:
         """Each VRRP instance's role now (empty without a failover: section)."""
-        if self.failover is None:
-            return {}
-        roles = {}
-        for name, runner in list(self.failover.runners.items()):
-            state = runner.instance.state if runner.instance is not None else None
-            roles[name] = state.role.value if state is not None else "init"
-        return roles
+        return self.failover.roles() if self.failover is not None else {}
 
     def publish_status(self) -> None:
         """Send the status line to systemd if it changed: at once, or STATUS_PERIOD after the last one."""
@@ -411,22 +426,6 @@ class Director:
     def _publish_status_later(self) -> None:
         self._status_later = None
         self.publish_status()
-
-    def _watch_roles(self) -> asyncio.Task | None:
-        """Follow VRRP role changes into the status line, from the API's event stream."""
-        async def follow(queue) -> None:
-            while True:
-                event = await queue.get()
-                if event.get("kind") == "vrrp":
-                    self.publish_status()
-
-        hub = getattr(self.api, "hub", None)
-        if hub is None or not self.notifier.enabled:
-            return None
-        queue = hub.subscribe()
-        task = asyncio.get_running_loop().create_task(follow(queue), name="vrrp roles for systemd status")
-        task.add_done_callback(lambda _t: hub.unsubscribe(queue))
-        return task
 
     # -- health for `lvsmail director status` -------------------------------------------
 

@@ -136,15 +136,7 @@ def _failover(director) -> dict | None:
     failover = getattr(director, "failover", None)
     if failover is None:
         return None
-    status = failover.status()
-    for inst in status["instances"]:
-        runner = failover.runners.get(inst["name"])
-        peers = list(runner.spec.unicast_peers) if runner is not None else []
-        if inst["role"] != "master" and inst.get("master"):
-            inst["peer"] = inst["master"]
-        else:
-            inst["peer"] = ", ".join(peers) or None
-    return status
+    return failover.status(peers=True)
 
 
 async def _sync(director) -> dict | None:

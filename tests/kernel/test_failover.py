@@ -61,7 +61,7 @@ def _takeover_method() -> str:
 
     from lvsmail.config.loader import SECTIONS
 
-    if importlib.util.find_spec("lvsmail.director.failover") is None:
+    if importlib.util.find_spec("lvsmail.failover") is None:
         return "manual"
     return "vrrp" if "failover" in SECTIONS else "manual"
 

@@ -7,10 +7,15 @@ import json
 import pytest
 
 from lvsmail.config import parse_cluster
-from lvsmail.director.failover import CommandResource, Failover, ResourceGroup, ThreadedNet, VipResource
+from lvsmail.failover.hooks import FailoverHooks, FailoverOptions, RoleChange
+from lvsmail.failover.instances import Failover
+from lvsmail.failover.resources import CommandResource, ResourceGroup, VipResource
+from lvsmail.failover.runner import ANNOUNCE_HOLDOFF, Runner
 from lvsmail.net.backend import FakeLink, FakeNetBackend
-from lvsmail.vrrp.state import Role
+from lvsmail.statefiles import write_json
+from lvsmail.vrrp.state import Role, VrrpState
 from support import until
+from support.cluster import cluster_yaml, service
 
 
 class Step:
@@ -121,17 +126,24 @@ failover:
 """
 
 
-def make(wire, name, address, priority, tmp_path, advert=0.05, **options):
-    spec = parse_cluster(PAIR.format(advert=advert, priority=priority))
+HOOKS = {field.name for field in dataclasses.fields(FailoverHooks)}
+
+
+def make(wire, name, address, priority, tmp_path, advert=0.05, text=PAIR, **given):
+    """A failover on a fake link; ``given`` holds FailoverHooks fields and FailoverOptions fields."""
+    spec = parse_cluster(text.format(advert=advert, priority=priority))
     net = FakeNetBackend({"eth0": FakeLink(True, [f"{address}/24"])})
     announced = []
 
     async def announcer(iface, addrs, count, interval):
         announced.append(addrs)
 
-    f = Failover(spec.failover, spec, state_file=tmp_path / f"{name}.failover.json",
-                 net=ThreadedNet(lambda: net), transport_factory=wire.transport(name), announcer=announcer,
-                 track_interval=0.02, **options)
+    state_file = tmp_path / f"{name}.failover.json"
+    hooks = {"publish": lambda status: write_json(state_file, status)}
+    hooks.update({k: v for k, v in given.items() if k in HOOKS})
+    options = {"net": net, "transport_factory": wire.transport(name), "announcer": announcer, "track_interval": 0.02}
+    options.update({k: v for k, v in given.items() if k not in HOOKS})
+    f = Failover(spec.failover, spec, FailoverHooks(**hooks), FailoverOptions(**options))
     return f, net, announced
 
 
@@ -216,8 +228,7 @@ def test_failed_acquire_puts_the_instance_in_fault_and_releases(tmp_path):
     wire = FakeWire()
 
     async def go():
-        a, net_a, _ = make(wire, "a", "192.0.2.1", 200, tmp_path)
-        a.resource_retry = 60
+        a, net_a, _ = make(wire, "a", "192.0.2.1", 200, tmp_path, resource_retry=60)
         # the VIP step works, the command step fails: the VIP must be taken back
         spec = a.spec.instances[0]
         from dataclasses import replace
@@ -280,11 +291,9 @@ def test_vip_resource_owner_never_removes_its_own_address():
         return None
 
     async def go():
-        tn = ThreadedNet(lambda: net)
-        v = VipResource(tn, spec, owner=True, announcer=quiet)
+        v = VipResource(net, spec, owner=True, announcer=quiet)
         await v.acquire()
         await v.release()
-        tn.close()
 
     asyncio.run(go())
     assert net.links["eth0"].addresses == ["192.0.2.33/24"]
@@ -302,22 +311,20 @@ def test_vips_are_announced_again_after_garp_refresh_unless_released_first():
         sent.append((asyncio.get_running_loop().time(), iface, addrs))
 
     async def go():
-        tn = ThreadedNet(lambda: net)
-        kept = VipResource(tn, spec, announcer=announcer)
+        kept = VipResource(net, spec, announcer=announcer)
         await kept.acquire()
         start = asyncio.get_running_loop().time()
         await asyncio.sleep(0.5)
         assert [(i, a) for _, i, a in sent] == [("eth0", ("192.0.2.33",))] * 2
         assert sent[1][0] - start >= 0.19  # the second set waited for the refresh
         sent.clear()
-        released = VipResource(tn, spec, announcer=announcer)
+        released = VipResource(net, spec, announcer=announcer)
         await released.acquire()
         await asyncio.sleep(0.05)  # the first set goes out at once
         assert len(sent) == 1
         await released.release()  # gave way before the refresh: no late announcement of an address we dropped
         await asyncio.sleep(0.4)
         assert len(sent) == 1
-        tn.close()
 
     asyncio.run(go())
 
@@ -340,9 +347,9 @@ def test_director_runs_failover_publishes_state_and_hands_over_on_exit(tmp_path)
         peer, net_b, _ = make(wire, "b", "192.0.2.2", 100, tmp_path)
         await peer.start()
         await until(lambda: role(peer) is Role.MASTER)
-        d = Director(str(path), FakeIPVS(), state_dir=str(tmp_path / "state"), sysctl=FakeSysctl())
-        d.failover_options = {"net": ThreadedNet(lambda: net), "transport_factory": wire.transport("a"),
-                              "announcer": quiet, "track_interval": 0.02}
+        d = Director(str(path), FakeIPVS(), state_dir=str(tmp_path / "state"), sysctl=FakeSysctl(),
+                     failover_options=FailoverOptions(net=net, transport_factory=wire.transport("a"),
+                                                      announcer=quiet, track_interval=0.02))
         task = asyncio.create_task(d.run())
         await asyncio.wait_for(d.ready.wait(), 5)
         await until(lambda: role(d.failover) is Role.MASTER and role(peer) is Role.BACKUP)
@@ -411,10 +418,10 @@ def test_link_fault_only_when_every_instance_lost_a_link_it_cannot_do_without(tm
     """What the health engine holds its failures on: read afresh (no waiting for the tracking poll),
     and only when this director serves no VIP because of its own links."""
     spec = parse_cluster(TWO)
-    net = FakeNetBackend({name: FakeLink(True, [f"192.0.2.{i}/24"]) for i, name in enumerate(("eth0", "eth1", "eth2"), 1)})
-    f = Failover(spec.failover, spec, state_file=tmp_path / "f.json", net=ThreadedNet(lambda: net),
-                 transport_factory=FakeWire().transport("a"), announcer=lambda *a: None, track_interval=3600)
-    f.direct = net  # as a real director's own rtnetlink socket: read on the spot
+    net = FakeNetBackend({name: FakeLink(True, [f"192.0.2.{i}/24"])
+                          for i, name in enumerate(("eth0", "eth1", "eth2"), 1)})
+    f = Failover(spec.failover, spec, options=FailoverOptions(
+        net=net, transport_factory=FakeWire().transport("a"), announcer=lambda *a: None, track_interval=3600))
 
     async def go():
         await f.start()
@@ -431,7 +438,6 @@ def test_link_fault_only_when_every_instance_lost_a_link_it_cannot_do_without(tm
         net.links["eth0"].carrier = net.links["eth1"].carrier = True
         await asyncio.sleep(0.06)
         assert f.link_fault() is None
-        f.direct = None  # the fake has no socket to close
         await f.stop()
 
     asyncio.run(go())
@@ -440,40 +446,189 @@ def test_link_fault_only_when_every_instance_lost_a_link_it_cannot_do_without(tm
 def test_a_lower_priority_master_that_stays_gets_one_announcement_per_holdoff(tmp_path):
     """Split-brain heal asks for one re-announcement; a misconfigured peer asking every advert gets one per
     ANNOUNCE_HOLDOFF, not a gratuitous ARP and a log line each time."""
-    from lvsmail.director import failover as fo
-
     now = [100.0]
     f, net, announced = make(FakeWire(), "a", "192.0.2.1", 200, tmp_path, clock=lambda: now[0])
-    runner = fo.Runner(f, f.spec.instances[0])
+    runner = Runner(f.spec.instances[0], f.context())
     runner.group.held.append(runner.vips)
     sent = []
     runner.vips.announce = lambda: sent.append(now[0])
-    for t in (100.0, 101.0, 102.0, 100.0 + fo.ANNOUNCE_HOLDOFF, 106.0):
+    for t in (100.0, 101.0, 102.0, 100.0 + ANNOUNCE_HOLDOFF, 106.0):
         now[0] = t
         runner.announce("another master gives way")
-    assert sent == [100.0, 100.0 + fo.ANNOUNCE_HOLDOFF]
-    assert runner._unannounced == 1
+    assert sent == [100.0, 100.0 + ANNOUNCE_HOLDOFF]
+    assert runner.held_announcements == 1
 
 
 def test_link_states_that_cannot_be_read_are_reported_once_not_per_failed_check(tmp_path, caplog):
     spec = parse_cluster(TWO)
-    net = FakeNetBackend({name: FakeLink(True, [f"192.0.2.{i}/24"]) for i, name in enumerate(("eth0", "eth1", "eth2"), 1)})
+    net = FakeNetBackend({name: FakeLink(True, [f"192.0.2.{i}/24"])
+                          for i, name in enumerate(("eth0", "eth1", "eth2"), 1)})
     now = [100.0]
-    f = Failover(spec.failover, spec, state_file=tmp_path / "f.json", net=ThreadedNet(lambda: net),
-                 transport_factory=FakeWire().transport("a"), announcer=lambda *a: None, track_interval=3600,
-                 clock=lambda: now[0])
 
     class Broken:
         def link_states(self):
             raise OSError(105, "No buffer space available")
 
-    f.direct = Broken()
+    f = Failover(spec.failover, spec, options=FailoverOptions(
+        net=Broken(), transport_factory=FakeWire().transport("a"), announcer=lambda *a: None, track_interval=3600,
+        clock=lambda: now[0]))
     for step in range(10):  # failed checks asking, some within LINK_FRESH of each other
         now[0] += 0.02 if step % 2 else 0.2
         assert f.link_fault() is None  # nothing known: no hold
     errors = [r for r in caplog.records if "cannot read link states" in r.getMessage()]
     assert len(errors) == 1 and "No buffer space available" in errors[0].getMessage()
-    f.direct = net
+    f.net = net
     now[0] += 1.0
     assert f.link_fault() is None
     assert "link states can be read again" in caplog.text
+
+
+# PAIR's instance tracking smtp, and a second one tracking imap with a weight, over two services.
+TRACKED = cluster_yaml(service("smtp", 25), service("imap", 143), vips=("192.0.2.33", "192.0.2.34"),
+                       extra=PAIR.split("services: []\n")[1].replace("garp: {{count: 1}}", "track_services: [smtp]")
+                       + """\
+    - name: web
+      vrid: 52
+      priority: {priority}
+      advert_interval: {advert}
+      vips: [192.0.2.34/24]
+      track_services: [{{name: imap, weight: 30}}]
+""")
+
+
+class HealthView:
+    """A health engine's ``service_up`` that counts who asked about which service."""
+
+    def __init__(self):
+        self.up = {"smtp": True, "imap": True}
+        self.asked = []
+
+    def service_up(self, name):
+        self.asked.append(name)
+        return self.up[name]
+
+
+def test_services_changed_retracks_only_the_instances_tracking_them(tmp_path):
+    health = HealthView()
+
+    async def go():
+        f, _, _ = make(FakeWire(), "a", "192.0.2.1", 100, tmp_path, text=TRACKED, service_up=health.service_up)
+        await f.start()
+        assert sorted(health.asked) == ["imap", "smtp"]  # each instance evaluated once, as it starts
+        mail, web = f.runners["mail"], f.runners["web"]
+        health.asked.clear()
+        health.up["smtp"] = False
+        f.services_changed({"smtp"})
+        assert health.asked == ["smtp"]  # web tracks imap only: not evaluated again
+        assert mail.last_track.faults == frozenset({"no real server of service smtp is up"})
+        assert web.last_track.faults == frozenset() and web.last_track.penalty == 0
+        await until(lambda: mail.instance.state.role is Role.FAULT)
+        health.up["imap"] = False
+        f.services_changed({"imap", "pop3"})
+        assert health.asked == ["smtp", "imap"]
+        assert web.last_track.penalty == 30 and mail.last_track.faults  # a weight lowers the priority only
+        health.up["smtp"] = True
+        f.services_changed({"smtp"})
+        await until(lambda: mail.instance.state.role is not Role.FAULT)
+        await f.stop()
+
+    asyncio.run(go())
+
+
+def test_no_service_is_looked_at_without_a_transition(tmp_path):
+    """The link poll runs every track_interval; the health view is asked only when told something changed."""
+    health = HealthView()
+
+    async def go():
+        f, net, _ = make(FakeWire(), "a", "192.0.2.1", 100, tmp_path, text=TRACKED, service_up=health.service_up,
+                         track_interval=0.005)
+        await f.start()
+        started = len(health.asked)
+        reads = [0]
+        states = net.link_states
+
+        def counted():
+            reads[0] += 1
+            return states()
+
+        net.link_states = counted
+        await until(lambda: reads[0] >= 20)  # twenty polls of the links
+        assert len(health.asked) == started == 2
+        await f.stop()
+
+    asyncio.run(go())
+
+
+def test_a_role_change_is_reported_once_per_edge(tmp_path):
+    """Priority and master changes publish the status but are no role change; each edge is reported once."""
+    changes, published = [], []
+    f, _, _ = make(FakeWire(), "a", "192.0.2.1", 100, tmp_path, on_role=changes.append,
+                   publish=published.append)
+    runner = Runner(f.spec.instances[0], f.context())
+    backup = VrrpState(role=Role.BACKUP, priority=100, master="192.0.2.2")
+    for state in (backup, dataclasses.replace(backup, priority=80), dataclasses.replace(backup, master="192.0.2.3"),
+                  VrrpState(role=Role.MASTER, priority=100, master="192.0.2.1"),
+                  VrrpState(role=Role.MASTER, priority=90, master="192.0.2.1"), backup):
+        runner.changed(state)
+    assert changes == [RoleChange("mail", "backup", "init", "192.0.2.2"),
+                       RoleChange("mail", "master", "backup", "192.0.2.1"),
+                       RoleChange("mail", "backup", "master", "192.0.2.2")]
+    assert len(published) == 6
+
+
+def test_roles_and_peers_of_instances_running_or_not(tmp_path):
+    """An instance that cannot start yet (its interface has no address) is ``init``; the peer shown is the
+    master's address when we are not master."""
+    wire = FakeWire()
+
+    async def go():
+        a, _, _ = make(wire, "a", "192.0.2.1", 200, tmp_path)
+        b, net_b, _ = make(wire, "b", "192.0.2.2", 100, tmp_path)
+        net_b.links["eth0"].addresses.clear()
+        await b.start()
+        assert b.roles() == {"mail": "init"}
+        await a.start()
+        await until(lambda: a.roles() == {"mail": "master"})
+        net_b.links["eth0"].addresses.append("192.0.2.2/24")  # the poll starts it
+        await until(lambda: b.roles() == {"mail": "backup"})
+        await until(lambda: b.status(peers=True)["instances"][0]["peer"] == "192.0.2.1")  # heard a's advert
+        assert "peer" not in b.status()["instances"][0]
+        [inst] = a.status(peers=True)["instances"]
+        assert inst["peer"] is None  # master, and no unicast peers configured
+        await a.stop()
+        await b.stop()
+
+    asyncio.run(go())
+
+
+def test_director_faults_the_instance_whose_tracked_service_lost_every_server_and_recovers(tmp_path):
+    """The director tells its failover which services a batch of health transitions changed."""
+    from lvsmail.net.sysctl import FakeSysctl
+    from support import ScriptedChecks
+    from support.cluster import REALSERVERS
+    from support.director import running
+
+    failover = PAIR.split("services: []\n")[1].format(advert=0.05, priority=200)
+    path = tmp_path / "tracked.yaml"
+    path.write_text(cluster_yaml(
+        service("smtp", 25, check={"type": "smtp", "interval": 0.05, "timeout": 0.5, "rise": 1, "fall": 1}),
+        extra=failover.replace("garp: {count: 1}", "track_services: [smtp]")))
+    net = FakeNetBackend({"eth0": FakeLink(True, ["192.0.2.1/24"])})
+    checks = ScriptedChecks()
+
+    async def quiet(*args):
+        return None
+
+    async def go():
+        options = FailoverOptions(net=net, transport_factory=FakeWire().transport("a"), announcer=quiet,
+                                  track_interval=0.02)
+        async with running(path, state_dir=tmp_path / "state", checker=checks, sysctl=FakeSysctl(),
+                           failover_options=options) as d:
+            await until(lambda: role(d.failover) is Role.MASTER)  # alone on the link
+            checks.down.update(REALSERVERS)
+            await until(lambda: role(d.failover) is Role.FAULT)
+            assert d.failover.runners["mail"].instance.state.faults == ("no real server of service smtp is up",)
+            checks.down.clear()
+            await until(lambda: role(d.failover) is Role.MASTER)
+
+    asyncio.run(go())

@@ -260,13 +260,8 @@ def test_watchdog_pings_come_from_the_main_loop_at_half_the_interval(tmp_path, s
 
 
 def test_vrrp_roles_reach_the_status_line(tmp_path, systemd):
-    """The director reads each instance's role through the failover's runners (a stand-in here)."""
+    """The director reads each instance's role through the failover's ``roles()`` (a stand-in here)."""
     from types import SimpleNamespace
-
-    from lvsmail.vrrp.state import Role
-
-    def runner(role):
-        return SimpleNamespace(instance=SimpleNamespace(state=SimpleNamespace(role=role)))
 
     kernel = FakeIPVS()
 
@@ -274,10 +269,10 @@ def test_vrrp_roles_reach_the_status_line(tmp_path, systemd):
         d = _director(tmp_path, systemd, kernel)
         task = asyncio.create_task(d.run())
         await until(lambda: systemd.with_key("READY"))
-        d.failover = SimpleNamespace(runners={"mail": runner(Role.MASTER), "web": runner(Role.MASTER)},
-                                     stop=_nothing)
+        roles = {"mail": "master", "web": "master"}
+        d.failover = SimpleNamespace(roles=lambda: dict(roles), stop=_nothing)
         line = d.status_line()
-        d.failover.runners["web"] = SimpleNamespace(instance=None)
+        roles["web"] = "init"  # an instance whose state machine is not running yet
         starting = d.status_line()
         d.request_stop()
         await task

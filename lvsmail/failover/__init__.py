@@ -1,0 +1,1 @@
+"""Director failover: VRRP instances and the resources each one moves to the master."""
