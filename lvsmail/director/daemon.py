@@ -307,17 +307,10 @@ class Director:
     def _make_failover(self) -> Failover:
         """The failover of the file's ``failover:`` section, reaching this director only through its hooks."""
         hooks = FailoverHooks(
-            publish=self._publish_failover, on_role=self._role_changed,
+            publish=lambda status: save(self.files.failover, status), on_role=self._role_changed,
             on_takeover=lambda what, seconds: self.record_outage(DIRECTOR_TAKEOVER, seconds, what),
             sync_role=lambda: self.sync, service_up=self.engine.service_up)
         return Failover(self.spec.failover, self.spec, hooks, self.failover_options)
-
-    def _publish_failover(self, status: dict) -> None:
-        """Write the failover's status for ``lvsmail director status``; a failure is logged, not fatal."""
-        try:
-            write_json(self.files.failover, status)
-        except OSError as exc:
-            log.warning("director: cannot write %s: %s", self.files.failover, exc)
 
     def _role_changed(self, change: RoleChange) -> None:
         """A VRRP instance changed role: systemd's status line follows."""
