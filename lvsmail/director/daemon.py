@@ -29,8 +29,8 @@ from pathlib import Path
 from lvsmail.config import ConfigError, load_cluster
 from lvsmail.director import kernel_profile
 from lvsmail.director.desired import desired_table, desired_timeouts, service_key
-from lvsmail.director.overrides import OverrideStore
-from lvsmail.director.outages import REALSERVER_REMOVAL, OutageRecorder
+from lvsmail.console.outages import REALSERVER_REMOVAL, OutageRecorder
+from lvsmail.console.overrides import OverrideStore
 from lvsmail.director.reconcile import Reconciler, ReconcileError
 from lvsmail.director.sync import SyncRole, initial_role
 from lvsmail.health.alerts import Alerter
@@ -147,10 +147,10 @@ class Director:
             self.notifier.status("starting: VRRP failover")
             await self.failover.start()
             phases.done("failover")
-        # The local API (status, dashboard, drain/enable, events) and the metrics endpoint; see director.api.
-        from lvsmail.director.api import start_api
+        # The local API (status, dashboard, drain/enable, events) and the metrics endpoint; see console.api.
+        from lvsmail.console.api import start_api
 
-        self.api = await start_api(self)
+        self.api = await start_api(self._view(), engine=self.engine, reconciler=self.reconciler)
         phases.done("api")
         roles = self._watch_roles()  # None without the API's event stream: the loop's passes update roles
         self.ready.set()
@@ -263,9 +263,37 @@ class Director:
 
     def desired(self) -> Table:
         """The table the file asks for, with real servers as their health allows."""
-        from lvsmail.director.overrides import apply_overrides  # operators' drain/weight (director.api)
+        from lvsmail.console.overrides import apply_overrides  # operators' drain/weight (console.api)
 
-        return apply_overrides(self, desired_table(self.effective(), self.engine.health() if self.engine else None))
+        spec, health = self.effective(), self.engine.health() if self.engine else None
+        return apply_overrides(desired_table(spec, health), self.overrides, spec, health)
+
+    def _view(self):
+        """The operator surface's view (lvsmail.console.view): each part it may read, passed explicitly.
+
+        Every access of the operator surface to the daemon's members is here, so the console never holds
+        the Director.
+        """
+        from lvsmail.director.view import LiveView, failover_status
+
+        async def table(counters: bool):
+            async with self._kernel:
+                return await self.backend.dump(counters)
+
+        async def timeouts():
+            async with self._kernel:
+                return await self.backend.get_timeouts()
+
+        async def daemons():
+            async with self._kernel:
+                return await self.backend.daemons()
+
+        return LiveView(state=self.files, config_path=self.config_path, overrides=self.overrides,
+                        spec=lambda: self.spec, effective=self.effective, membership=self.membership,
+                        engine=self.engine, table=table, timeouts=timeouts, daemons=daemons,
+                        apply=lambda why: self._sync(refresh=False, why=why),
+                        failover=lambda: failover_status(self.failover), sync_role=lambda: self.sync,
+                        sysctl=self.sysctl, request_reload=self.request_reload)
 
     # -- registration API: joined members ----------------------------------------------
 

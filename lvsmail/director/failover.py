@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from lvsmail.director.outages import DIRECTOR_TAKEOVER
+from lvsmail.console.outages import DIRECTOR_TAKEOVER
 from lvsmail.spec import ClusterSpec, FailoverSpec, VrrpInstanceSpec
 from lvsmail.vrrp import announce
 from lvsmail.vrrp.auth import AuthError, load_key

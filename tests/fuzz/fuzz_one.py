@@ -20,7 +20,7 @@ with atheris.instrument_imports(include=["lvsmail"]):
     import lvsmail.config.keepalived  # noqa: F401  (instrumented before parser_targets imports them)
     import lvsmail.config.ldirectord  # noqa: F401
     import lvsmail.config.loader  # noqa: F401
-    import lvsmail.director.api  # noqa: F401
+    import lvsmail.console.api  # noqa: F401
     import lvsmail.health.checkers.dialogue  # noqa: F401
     import lvsmail.health.checkers.http  # noqa: F401
     import lvsmail.health.checkers.imap  # noqa: F401
