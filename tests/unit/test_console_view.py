@@ -145,3 +145,52 @@ def test_a_scrape_reads_the_view_and_its_recorded_outages(tmp_path):
     assert up == {"198.51.100.20": 1.0, "198.51.100.32": 0.0}
     assert weight == {"198.51.100.20": 3.0}
     assert removals == [1.0]
+
+
+def test_the_live_view_answers_from_the_parts_it_was_given_never_a_director(tmp_path):
+    """LiveView (the daemon's view) from stand-ins: each answer comes from the part named for it."""
+    from types import SimpleNamespace
+
+    from lvsmail.director.view import LiveView, failover_status
+    from lvsmail.net.sysctl import FakeSysctl
+
+    fake = fake_view(tmp_path)
+    asked: list[str] = []
+
+    async def apply(why):
+        asked.append(why)
+
+    def runner(*peers):
+        return SimpleNamespace(spec=SimpleNamespace(unicast_peers=peers))
+
+    failover = SimpleNamespace(
+        status=lambda: {"cluster": "test", "instances": [
+            {"name": "VI_1", "role": "master", "master": "192.0.2.1"},
+            {"name": "VI_2", "role": "backup", "master": "192.0.2.9"}]},
+        runners={"VI_1": runner("192.0.2.2", "192.0.2.3"), "VI_2": runner("192.0.2.2")})
+    engine = SimpleNamespace(clock=lambda: 42.0, states=fake.states)
+    member = {"service": str(SMTP), "name": "smtp", "address": "198.51.100.32", "port": 25, "member_name": "mx2"}
+    membership = SimpleNamespace(published=lambda spec: [dict(member, cluster=spec.name)])
+    view = LiveView(state=fake.state, config_path=fake.config_path, overrides=fake.overrides,
+                    spec=fake.spec, effective=fake.effective, membership=membership, engine=engine,
+                    table=fake.kernel.dump, timeouts=fake.kernel.get_timeouts, daemons=fake.kernel.daemons,
+                    apply=apply, failover=lambda: failover_status(failover),
+                    sync_role=lambda: SimpleNamespace(status=lambda: {"role": "backup"}),
+                    sysctl=FakeSysctl({"/proc/sys/net/ipv4/vs/conntrack": "0"}), request_reload=fake.request_reload)
+
+    async def go():
+        await view.apply("operator: drained")
+        view.request_reload()
+        return await snapshot(view, events=0)
+
+    snap = asyncio.run(go())
+    assert asked == ["operator: drained"] and fake.reloads == 1
+    assert view.clock() == 42.0 and view.joined() == [dict(member, cluster="test")]
+    assert rows_of(snap)[MX2]["member"] == "joined" and rows_of(snap)[MX2]["member_name"] == "mx2"
+    assert view.sync_role() == {"role": "backup"}
+    want, rows = view.kernel_profile()
+    assert want == {} and rows and all(r.ok for r in rows)  # no kernel: section: nothing managed
+    # the master names its configured peers, a backup the master it hears (RFC 5798 6.4.2: a backup is silent)
+    assert [i["peer"] for i in snap["failover"]["instances"]] == ["192.0.2.2, 192.0.2.3", "192.0.2.9"]
+    assert failover_status(None) is None
+    assert rows_of(snap)[MX1]["effective_weight"] == 3
