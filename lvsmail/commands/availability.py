@@ -29,7 +29,7 @@ def availability(config_path: str | None, state_dir: str, mtfo_directors: float 
     """
     import json
 
-    from lvsmail import availability as model
+    from lvsmail.console import availability as model
 
     theirs = model.seed()
     ours, note = None, "No cluster file given (-c): the seed's figures only."
@@ -48,9 +48,9 @@ def availability(config_path: str | None, state_dir: str, mtfo_directors: float 
 def _ours(config_path: str, state_dir: str, overrides: dict[str, float | None], required: bool = True):
     """(Result, note) for the cluster file, or exit 2 with the reason; (None, note) when a file that was
     not asked for (``required`` False) has no availability: section."""
-    from lvsmail import availability as model
     from lvsmail.config import ConfigError, load_cluster
-    from lvsmail.director.outages import outages_path, read_outages
+    from lvsmail.console import availability as model
+    from lvsmail.console.outages import outages_path, read_outages
 
     try:
         spec = load_cluster(config_path)

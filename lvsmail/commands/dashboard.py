@@ -28,7 +28,7 @@ def dashboard(config_path, socket_path, state_dir, once, service_filter, interva
     f cycle the filter through the services, q quit. Without a terminal on
     stdout, prints plain text frames (one with --once).
     """
-    from lvsmail.dashboard.app import Dashboard
+    from lvsmail.console.dashboard.app import Dashboard
 
     client = connect(config_path, socket_path, state_dir)
     app = Dashboard(client, service_filter=service_filter, interval=interval)

@@ -96,7 +96,7 @@ def reload(config_path: str, state_dir: str, pid: int | None, timeout: float) ->
             sys.exit(EXIT_CONFIG)
     else:
         from lvsmail.commands.local_api import connect
-        from lvsmail.director.api import APIError
+        from lvsmail.console.client import APIError
 
         try:
             with connect(config_path, None, state_dir) as client:
@@ -179,7 +179,7 @@ def status(as_json: bool, config_path: str | None, state_dir: str) -> None:
     """Show virtual services, real servers, connections and traffic counters from the kernel."""
     import json
 
-    from lvsmail.director import status as fmt
+    from lvsmail.console import status as fmt
     from lvsmail.ipvs.netlink import IPVSUnavailable, NetlinkIPVS
 
     from lvsmail.commands.local_api import status_from_api

@@ -23,7 +23,7 @@ def locate(config_path: str | None, socket_path: str | None, state_dir: str):
     """The socket path to use, or None when no director answers there (APIError: ambiguous)."""
     from pathlib import Path
 
-    from lvsmail.director.api import find_socket
+    from lvsmail.console.client import find_socket
 
     if socket_path:
         return Path(socket_path) if Path(socket_path).exists() else None
@@ -32,7 +32,7 @@ def locate(config_path: str | None, socket_path: str | None, state_dir: str):
 
 def connect(config_path: str | None, socket_path: str | None, state_dir: str):
     """A connected Client, or exit 2 saying why no director could be reached."""
-    from lvsmail.director.api import APIError, Client
+    from lvsmail.console.client import APIError, Client
 
     try:
         path = locate(config_path, socket_path, state_dir)
@@ -49,7 +49,7 @@ def refused(f):
     """Turn the director's refusal (APIError) into a message and exit 2."""
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
-        from lvsmail.director.api import APIError
+        from lvsmail.console.client import APIError
 
         try:
             return f(*args, **kwargs)
@@ -71,8 +71,8 @@ def status_from_api(as_json: bool, config_path: str | None, state_dir: str) -> b
     """
     import json
 
-    from lvsmail.director.api import APIError, Client
-    from lvsmail.director.snapshot import status_text
+    from lvsmail.console.client import APIError, Client
+    from lvsmail.console.snapshot import status_text
 
     try:
         path = locate(config_path, None, state_dir)

@@ -1,7 +1,7 @@
 """``lvsmail realserver drain|enable|weight``: act on a real server from the director, through its local API.
 
 These are the operator's override of the file's weight (see
-lvsmail.director.overrides): they survive a director restart and end with
+lvsmail.console.overrides): they survive a director restart and end with
 ``enable``. ``--wait`` follows the kernel's active connection count of the
 server until it reaches zero, which is when a drained server can be stopped
 without cutting a mail transaction.

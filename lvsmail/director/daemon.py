@@ -27,8 +27,8 @@ from pathlib import Path
 
 from lvsmail.config import ConfigError, load_cluster
 from lvsmail.director import kernel_profile
-from lvsmail.director.outages import DIRECTOR_TAKEOVER, REALSERVER_REMOVAL, OutageRecorder
-from lvsmail.director.overrides import OverrideStore
+from lvsmail.console.outages import DIRECTOR_TAKEOVER, REALSERVER_REMOVAL, OutageRecorder
+from lvsmail.console.overrides import OverrideStore
 from lvsmail.director.published import HealthFile, health_document, profile_document, reload_document, save, save_owned
 from lvsmail.director.reconcile import Reconciler
 from lvsmail.director.sync import SyncRole, initial_role
@@ -158,10 +158,10 @@ class Director:
             self.notifier.status("starting: VRRP failover")
             await self.failover.start()
             phases.done("failover")
-        # The local API (status, dashboard, drain/enable, events) and the metrics endpoint; see director.api.
-        from lvsmail.director.api import start_api
+        # The local API (status, dashboard, drain/enable, events) and the metrics endpoint; see console.api.
+        from lvsmail.console.api import start_api
 
-        self.api = await start_api(self)
+        self.api = await start_api(self._view(), engine=self.engine, reconciler=self.reconciler)
         phases.done("api")
         self.ready.set()
         self._status_sent = self.status_line()
@@ -259,6 +259,21 @@ class Director:
             await self.failover.update(new.failover, new)
         log.info("director: reloaded %s: %s", new.name, _summary(new))
         return None
+
+    def _view(self):
+        """The operator surface's view (lvsmail.console.view): each part it may read, passed explicitly.
+
+        Every access of the operator surface to the daemon's members is here, so the console never holds
+        the Director.
+        """
+        from lvsmail.director.view import LiveView
+
+        return LiveView(state=self.files, config_path=self.config_path, overrides=self.overrides,
+                        spec=lambda: self.spec, effective=self.effective, membership=self.membership,
+                        engine=self.engine, table=self.table.dump, timeouts=self.table.timeouts,
+                        daemons=self.table.daemons, apply=lambda why: self._sync(refresh=False, why=why),
+                        failover=lambda: self.failover.status(peers=True) if self.failover is not None else None,
+                        sync_role=lambda: self.sync, sysctl=self.sysctl, request_reload=self.request_reload)
 
     # -- registration API: joined members ----------------------------------------------
 

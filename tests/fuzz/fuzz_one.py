@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 with atheris.instrument_imports(include=["lvsmail"]):
     import lvsmail.config.loader  # noqa: F401  (instrumented before parser_targets imports them)
-    import lvsmail.director.api  # noqa: F401
+    import lvsmail.console.api  # noqa: F401
     import lvsmail.health.checkers.dialogue  # noqa: F401
     import lvsmail.health.checkers.http  # noqa: F401
     import lvsmail.health.checkers.imap  # noqa: F401

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from lvsmail.config.errors import ConfigError
-from lvsmail.director import api
+from lvsmail.console import api
 from lvsmail.interop.keepalived import import_keepalived
 from lvsmail.interop.ldirectord import import_ldirectord
 from lvsmail.config.loader import dump_cluster, parse_cluster

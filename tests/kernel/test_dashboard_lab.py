@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from lvsmail.director.api import find_socket
+from lvsmail.console.client import find_socket
 from test_health import HEALTH_PORT, _restore, _weights
 from test_health import lab as health_lab  # noqa: F401  (a fixture: pytest finds it by name)
 

@@ -283,7 +283,7 @@ def test_election_vip_garp_and_notify_hooks(nodes):
         st = a.state()
         assert st["priority"] == 200 and st["master"] == ADDR["a"] and st["transitions"] >= 2
         assert b.state()["master"] == ADDR["a"]
-        from lvsmail.director import status as fmt
+        from lvsmail.console import status as fmt
 
         text = fmt.failover_text(fmt.read_failover(str(a.dir / "state")))
         assert "mail VRID 51 on eth0: MASTER for" in text and "priority 200, master 192.0.2.1" in text

@@ -5,10 +5,10 @@ import textwrap
 
 import pytest
 
-from lvsmail import availability as model
 from lvsmail.commands.availability import availability
 from lvsmail.config import ConfigError, parse_cluster
-from lvsmail.director.outages import DIRECTOR_TAKEOVER, REALSERVER_REMOVAL, OutageRecorder, outages_path
+from lvsmail.console import availability as model
+from lvsmail.console.outages import DIRECTOR_TAKEOVER, REALSERVER_REMOVAL, OutageRecorder, outages_path
 from lvsmail.spec import AvailabilityLayerSpec, AvailabilitySpec
 
 SECTION = """\

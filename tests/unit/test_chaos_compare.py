@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lvsmail import availability as av
+from lvsmail.console import availability as av
 from lvsmail.lab.chaos import compare as cmp
 
 NO_REGISTRATION = "no registration API: real servers are listed statically"

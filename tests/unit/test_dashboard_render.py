@@ -3,8 +3,8 @@
 import pytest
 
 pytest.importorskip("rich")
-from lvsmail.dashboard.app import Dashboard, keys  # noqa: E402
-from lvsmail.dashboard.view import UI, Rates, frame, sparkline  # noqa: E402
+from lvsmail.console.dashboard.app import Dashboard, keys  # noqa: E402
+from lvsmail.console.dashboard.view import UI, Rates, frame, sparkline  # noqa: E402
 
 NOW = 1_800_000_000.0
 

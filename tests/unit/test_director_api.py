@@ -7,9 +7,9 @@ import stat
 
 import pytest
 
-from lvsmail.director.api import APIError, Client, find_socket, socket_path
+from lvsmail.console.client import APIError, Client, find_socket, socket_path
 from lvsmail.director.daemon import Director
-from lvsmail.director.overrides import resolve
+from lvsmail.console.overrides import resolve
 from lvsmail.config import parse_cluster
 from lvsmail.ipvs.fake import FakeIPVS
 from lvsmail.ipvs.model import ServiceKey
@@ -215,18 +215,15 @@ def test_resolve_names_addresses_and_ports():
 
 
 def test_vrrp_role_changes_become_events_and_counts():
-    from types import SimpleNamespace
-
-    from lvsmail.director.events import EventHub, VrrpWatch
-    from lvsmail.vrrp.state import Role
+    from lvsmail.console.events import EventHub, VrrpWatch
 
     hub = EventHub(clock=lambda: 1.0)
     watch = VrrpWatch(hub)
-    state = SimpleNamespace(role=Role.BACKUP, master="198.51.100.2")
-    failover = SimpleNamespace(runners={"VI_1": SimpleNamespace(instance=SimpleNamespace(state=state))})
+    inst = {"name": "VI_1", "role": "backup", "master": "198.51.100.2"}
+    failover = {"instances": [inst]}  # the failover's status, as the director's view gives it
     watch.look(failover)
     assert hub.last(10) == []  # the first look only learns the role
-    state.role, state.master = Role.MASTER, "198.51.100.1"
+    inst["role"], inst["master"] = "master", "198.51.100.1"
     watch.look(failover)
     watch.look(failover)
     assert [e["text"] for e in hub.last(10)] == ["VI_1: backup -> master"]
@@ -234,7 +231,7 @@ def test_vrrp_role_changes_become_events_and_counts():
 
 
 def test_a_slow_subscriber_loses_the_oldest_events_and_is_told():
-    from lvsmail.director.events import EventHub
+    from lvsmail.console.events import EventHub
 
     async def go():
         hub = EventHub()
@@ -320,7 +317,7 @@ def test_reload_forgets_overrides_of_removed_servers_and_streams_end_with_their_
 
 
 def test_a_state_directory_that_cannot_hold_the_socket_gets_it_on_tmpfs_with_a_pointer(tmp_path, monkeypatch):
-    import lvsmail.director.api as api
+    import lvsmail.console.api as api
 
     monkeypatch.setattr(api, "FALLBACK_DIR", tmp_path / "run")
     state = tmp_path / ("s" * 110)  # longer than an AF_UNIX path may be
@@ -364,7 +361,7 @@ def test_garbage_and_hostile_lines_each_get_an_error_reply(setup, caplog):
     """Binary garbage, invalid UTF-8, JSON that is not an object, deep nesting (RecursionError in json.loads
     before the limit) and a line over MAX_LINE: each is answered {"ok": false} with a reason, and the
     director still answers a good request afterwards."""
-    from lvsmail.director import api
+    from lvsmail.console import api
 
     path, state = setup
     kernel, checks = FakeIPVS(), busy_checks()
@@ -399,7 +396,7 @@ def test_garbage_and_hostile_lines_each_get_an_error_reply(setup, caplog):
 def test_a_slow_client_is_cut_at_the_line_deadline_and_others_are_served(setup, caplog, monkeypatch):
     """One byte every 0.1 s: the request line does not complete within LINE_DEADLINE, so the client gets an
     error reply and the connection closes; a status request meanwhile is answered at once."""
-    from lvsmail.director import api
+    from lvsmail.console import api
 
     monkeypatch.setattr(api, "LINE_DEADLINE", 0.5)
     path, state = setup
@@ -444,7 +441,7 @@ def test_a_slow_client_is_cut_at_the_line_deadline_and_others_are_served(setup, 
 
 
 def test_connections_over_the_cap_make_the_longest_idle_one_give_way(setup, caplog, monkeypatch):
-    from lvsmail.director import api
+    from lvsmail.console import api
 
     monkeypatch.setattr(api, "MAX_CLIENTS", 4)
     path, state = setup

@@ -7,8 +7,8 @@ import socket
 import pytest
 
 from lvsmail.config import ConfigError
+from lvsmail.console.outages import outages_path, read_outages
 from lvsmail.director.daemon import Director
-from lvsmail.director.outages import outages_path, read_outages
 from lvsmail.ipvs.fake import FakeIPVS
 from lvsmail.ipvs.model import DestEntry, DestKey, DestSettings, ServiceEntry, ServiceKey, ServiceSettings
 from support import ScriptedChecks, until

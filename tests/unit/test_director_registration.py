@@ -12,7 +12,7 @@ import socket
 import pytest
 
 from lvsmail.config import parse_cluster
-from lvsmail.director import status as fmt
+from lvsmail.console import status as fmt
 from lvsmail.director.daemon import Director
 from lvsmail.ipvs.fake import FakeIPVS
 from lvsmail.ipvs.model import DestKey, ServiceKey

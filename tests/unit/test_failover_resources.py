@@ -377,7 +377,7 @@ def test_director_runs_failover_publishes_state_and_hands_over_on_exit(tmp_path)
 def test_status_text_and_json_of_published_instances(tmp_path):
     import time as _time
 
-    from lvsmail.director import status as fmt
+    from lvsmail.console import status as fmt
 
     inst = {"name": "smtp", "vrid": 51, "interface": "eth0", "family": "inet", "vips": ["192.0.2.33/24"],
             "role": "fault", "priority": 90, "configured_priority": 150, "master": None,

@@ -8,9 +8,9 @@ import pytest
 
 from lvsmail.config import ConfigError
 from lvsmail.config.loader import dump_cluster, parse_cluster
+from lvsmail.console.status import profile_json, profile_text
 from lvsmail.director import kernel_profile
 from lvsmail.director.daemon import Director
-from lvsmail.director.status import profile_json, profile_text
 from lvsmail.ipvs.fake import FakeIPVS
 from lvsmail.ipvs.model import SyncDaemon
 from lvsmail.net.sysctl import FakeSysctl

@@ -15,9 +15,9 @@ pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from lvsmail.config import ConfigError, parse_cluster  # noqa: E402
+from lvsmail.console.metrics import Exporter, families  # noqa: E402
+from lvsmail.console.outages import Outage  # noqa: E402
 from lvsmail.director.daemon import Director  # noqa: E402
-from lvsmail.director.metrics import Exporter, families  # noqa: E402
-from lvsmail.director.outages import Outage  # noqa: E402
 from lvsmail.ipvs.fake import FakeIPVS  # noqa: E402
 from support import ScriptedChecks  # noqa: E402
 from support.cluster import cluster_yaml, service  # noqa: E402
@@ -130,7 +130,7 @@ def test_endpoint_starts_moves_and_stops_on_every_prometheus_client():
         return True
 
     async def go():
-        ex = Exporter(director=None)
+        ex = Exporter(view=None)
         ex.snapshot = lambda: {"services": [], "failover": None}  # the scrape path, without a director
         ex.outages = lambda: []
         ex.configure(SimpleNamespace(metrics=MetricsSpec(listen=f"127.0.0.1:{v4}")))

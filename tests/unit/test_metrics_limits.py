@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 from prometheus_client import CollectorRegistry, Gauge
 
-from lvsmail.director import metrics
+from lvsmail.console import metrics
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import multiprocessing
 
 import pytest
 
-from lvsmail.director.outages import (
+from lvsmail.console.outages import (
     DIRECTOR_TAKEOVER, REALSERVER_REMOVAL, OutageRecorder, outages_path, read_outages,
 )
 

@@ -27,7 +27,7 @@ import parser_targets  # noqa: E402
 
 from lvsmail.config.errors import ConfigError  # noqa: E402
 from lvsmail.config.loader import dump_cluster, parse_cluster  # noqa: E402
-from lvsmail.director import api  # noqa: E402
+from lvsmail.console import api  # noqa: E402
 from lvsmail.ipvs import wire  # noqa: E402
 from lvsmail.ipvs.model import DestKey, DestSettings, ServiceKey, ServiceSettings, SyncDaemon  # noqa: E402
 from lvsmail.net import iproute  # noqa: E402

@@ -2,7 +2,7 @@
 
 import socket
 
-from lvsmail.director.status import as_json, as_text
+from lvsmail.console.status import as_json, as_text
 from lvsmail.ipvs.model import (
     F_PERSISTENT, Counters, DestEntry, DestKey, DestSettings, ServiceEntry, ServiceKey, ServiceSettings, Timeouts,
 )
@@ -51,7 +51,7 @@ def test_json_is_stable_plain_data():
 def test_health_is_shown_and_removed_servers_are_listed():
     import time as _t
 
-    from lvsmail.director.status import as_json, as_text
+    from lvsmail.console.status import as_json, as_text
 
     now = _t.time()
     key = "TCP 192.0.2.33:25"

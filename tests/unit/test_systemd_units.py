@@ -143,7 +143,7 @@ try:
 except PermissionError:
     pass
 # What the director loads and runs: the loop, checks, API, metrics, failover, netlink, uvloop when installed.
-import lvsmail.director.api, lvsmail.failover.instances, lvsmail.director.metrics, lvsmail.ipvs.netlink
+import lvsmail.console.api, lvsmail.failover.instances, lvsmail.console.metrics, lvsmail.ipvs.netlink
 import lvsmail.health.engine, lvsmail.health.worker, lvsmail.vrrp.instance, lvsmail.realserver.arp, yaml, click
 try:
     import uvloop

@@ -17,7 +17,7 @@ What is compared, per fault kind and stack:
   ``not_applicable``; "not run" where its schedule simply had none.
 
 Per stack: messages accepted, lost and duplicated, and the availability of the
-seed's model (lvsmail.availability) with the stack's observed failover times:
+seed's model (lvsmail.console.availability) with the stack's observed failover times:
 the director layer's MTFO is the median over director takeovers (SIGKILL and
 links down; a split brain is no node failure), the real-server layer's the
 median over real-server faults; layers not observed keep the seed's input.
@@ -35,7 +35,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from lvsmail import availability as av
+from lvsmail.console import availability as av
 from lvsmail.lab.chaos.schedule import DIRECTOR_KINDS, KINDS, REALSERVER_KINDS
 
 #: The stacks in the order the table shows them; others follow alphabetically.

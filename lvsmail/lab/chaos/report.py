@@ -13,7 +13,7 @@ Definitions used in the report:
 * **recovery** of a fault: from its injection to the start of the last
   failed session (SMTP or IMAP) before the next fault — the time until new
   sessions succeeded again; 0 when no client noticed the fault.
-* **availability**: the seed's model (lvsmail.availability) with the
+* **availability**: the seed's model (lvsmail.console.availability) with the
   failover times observed here in place of the seed's: the director layer's
   MTFO is the mean recovery of director takeovers (kill, link down), the
   real-server layer's the mean recovery of real-server faults. Storage is a
@@ -49,7 +49,7 @@ def fault_window(records, t: float | None, end: float) -> dict:
 def build_report(*, seed, duration, mode, realservers, faults, records, clients, held, found, start, end,
                  queues_left, unaccepted, setup_seconds) -> dict:
     """Everything the run observed, as one JSON-ready dictionary."""
-    from lvsmail import availability as av
+    from lvsmail.console import availability as av
 
     with clients.lock:
         events = list(clients.events)

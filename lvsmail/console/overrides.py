@@ -18,6 +18,7 @@ import ipaddress
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -115,24 +116,20 @@ class OverrideStore:
         self.items = items
 
 
-def store_of(director) -> OverrideStore:
-    """The director's override store (loaded when the director starts)."""
-    return director.overrides
+def apply_overrides(table: Table, store: OverrideStore, spec: ClusterSpec, health: Mapping[Key, bool] | None) -> Table:
+    """``table`` (desired, for ``spec``) with the operators' weights on servers that are up (rule: ``with_overrides``).
 
-
-def apply_overrides(director, table: Table) -> Table:
-    """The director's desired table with the operators' weights on servers that are up (rule: ``with_overrides``)."""
-    store = store_of(director)
+    ``health``: up or down per checked server (the health engine's ``health()``); None before it runs.
+    """
     if not store.items:
         return table
     from lvsmail.ipvs.desired import service_key, with_overrides
 
-    health = director.engine.health() if director.engine is not None else {}
     weights = {key: o.weight for key, o in store.items.items()}
-    for svc in director.effective().services:
+    for svc in spec.services:
         entry = table.get(service_key(svc))
         if entry is not None:
-            with_overrides(svc, entry, health, weights)
+            with_overrides(svc, entry, health or {}, weights)
     return table
 
 

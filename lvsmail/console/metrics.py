@@ -45,7 +45,6 @@ import logging
 import socket
 import sys
 import threading
-from pathlib import Path
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
@@ -153,9 +152,8 @@ def _le(b: float) -> str:
 class Exporter:
     """The director's metrics: the check-latency histogram it feeds, and the HTTP endpoint when configured."""
 
-    def __init__(self, director, api=None) -> None:
-        self.director = director
-        self.api = api
+    def __init__(self, view) -> None:
+        self.view = view  # the director's DirectorView (lvsmail.console.view)
         self.registry = CollectorRegistry(auto_describe=False)
         self.checks = Histogram("lvsmail_check_duration_seconds", "Health check latency by service.", ["service"],
                                 buckets=CHECK_BUCKETS, registry=self.registry)
@@ -201,16 +199,16 @@ class Exporter:
 
     def snapshot(self) -> dict:
         """The director's snapshot, taken on its loop (called from the HTTP thread)."""
-        from lvsmail.director.snapshot import snapshot
+        from lvsmail.console.snapshot import snapshot
 
-        future = asyncio.run_coroutine_threadsafe(snapshot(self.director, events=0), self._loop)
+        future = asyncio.run_coroutine_threadsafe(snapshot(self.view, events=0), self._loop)
         return future.result(SCRAPE_TIMEOUT)
 
     def outages(self):
         """The failovers this director recorded (for ``lvsmail availability``)."""
-        from lvsmail.director.outages import outages_path, read_outages
+        from lvsmail.console.outages import read_outages
 
-        return read_outages(outages_path(self.director.state_dir, Path(self.director.config_path))).outages
+        return read_outages(self.view.state.outages).outages
 
 
 class _MetricsServer(ThreadingMixIn, WSGIServer):

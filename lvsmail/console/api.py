@@ -1,5 +1,9 @@
 """The director's local API: a UNIX socket that ``status``, the dashboard and the operator commands use.
 
+The client side (finding the socket, a blocking connection) is
+:mod:`lvsmail.console.client`. The server reads the director only through its
+view (:mod:`lvsmail.console.view`).
+
 The socket is ``<state_dir>/<stem>.sock`` (the cluster file's name without
 its suffix; where that directory cannot hold a socket, as on the lab VM's
 9p share or with a path too long for AF_UNIX, it is in /run/lvsmail-api and
@@ -23,7 +27,7 @@ connection::
 server's name; ``service`` (optional) restricts it to one service by name.
 A reply is ``{"ok": true, ...}`` or ``{"ok": false, "error": "why"}``; a bad
 request never changes anything. ``status`` answers with the snapshot (see
-:mod:`lvsmail.director.snapshot`), and with ``"table": true`` also the
+:mod:`lvsmail.console.snapshot`), and with ``"table": true`` also the
 kernel-table view ``lvsmail director status`` prints (its JSON and text;
 ``"mine": true`` keeps only this director's services; ``services`` keeps
 in the snapshot only the services whose name contains that text). ``drain``/``enable``/``weight`` answer
@@ -56,11 +60,13 @@ import socket
 import struct
 from pathlib import Path
 
-from lvsmail.director import overrides as ov
-from lvsmail.director.events import EventHub, VrrpWatch, attach, watch
-from lvsmail.director.snapshot import kernel_table, snapshot, table_status
+from lvsmail.console import overrides as ov
+from lvsmail.console.client import APIError
+from lvsmail.console.events import EventHub, VrrpWatch, attach, watch
+from lvsmail.console.snapshot import snapshot, table_status
+from lvsmail.console.view import DirectorView
 from lvsmail.registration import bounded_json
-from lvsmail.statefiles import FALLBACK_SOCKET_DIR, StateDir, write_text
+from lvsmail.statefiles import FALLBACK_SOCKET_DIR, write_text
 
 log = logging.getLogger("lvsmail.director.api")
 
@@ -77,27 +83,8 @@ MAX_CLIENTS = 64
 REQUESTS = ("status", "drain", "enable", "weight", "recheck", "reload", "events")
 
 
-def socket_path(state_dir: str | Path, config_path: str | Path) -> Path:
-    """Where the director of ``config_path`` listens."""
-    return StateDir.of(state_dir, config_path).socket
-
-
 #: Where a director listens when its state directory cannot hold a socket (see APIServer.start).
 FALLBACK_DIR = FALLBACK_SOCKET_DIR
-
-
-def fallback_path(state_dir: str | Path, config_path: str | Path) -> Path:
-    """The tmpfs socket of a director whose state directory cannot hold one (unique per state directory)."""
-    return StateDir.of(state_dir, config_path).fallback_socket(FALLBACK_DIR)
-
-
-def pointer_path(state_dir: str | Path, config_path: str | Path) -> Path:
-    """The file in the state directory that names a fallback socket."""
-    return StateDir.of(state_dir, config_path).socket_pointer
-
-
-class APIError(Exception):
-    """A request the director refused (the reply's ``error``)."""
 
 
 def parse_request(line: bytes, events_max: int) -> dict:
@@ -143,15 +130,22 @@ class AnotherDirector(OSError):
 
 
 class APIServer:
-    """The socket, its connections, the event hub and the hooks feeding it, and the metrics exporter."""
+    """The socket, its connections, the event hub and the hooks feeding it, and the metrics exporter.
 
-    def __init__(self, director) -> None:
-        self.director = director
+    ``view`` is all it knows of the director. ``engine`` and ``reconciler``,
+    when given, are wrapped to feed the event hub (health and kernel events).
+    """
+
+    def __init__(self, view: DirectorView, *, engine=None, reconciler=None) -> None:
+        from lvsmail.console.metrics import Exporter
+
+        self.view = view
         self.hub = EventHub()
         self.vrrp = VrrpWatch(self.hub)
-        self.path = socket_path(director.state_dir, director.config_path)
+        self.path = view.state.socket
         self.server: asyncio.AbstractServer | None = None
-        self.metrics = None
+        self.metrics = Exporter(view)
+        self._engine, self._reconciler = engine, reconciler
         self._detach = None
         self._watch: asyncio.Task | None = None
         self._clients: set[asyncio.Task] = set()
@@ -159,10 +153,8 @@ class APIServer:
 
     async def start(self) -> None:
         """Listen (replacing a dead predecessor's socket), attach to the director's hooks, start metrics."""
-        from lvsmail.director.metrics import Exporter
-
-        self.metrics = Exporter(self.director, self)
-        self._detach = attach(self.director, self.hub, self.metrics.observe)
+        if self._engine is not None and self._reconciler is not None:
+            self._detach = attach(self._engine, self._reconciler, self.hub, self.metrics.observe)
         try:
             await self._listen(self.path)
         except OSError as exc:
@@ -170,14 +162,14 @@ class APIServer:
                 raise
             # A state directory on a file system without sockets (9p or NFS, as the lab VM's shared
             # directory): listen on tmpfs instead and leave the path where clients look.
-            other = fallback_path(self.director.state_dir, self.director.config_path)
+            other = self.view.state.fallback_socket(FALLBACK_DIR)
             log.warning("api: cannot listen in %s (%s); listening on %s instead", self.path, exc, other)
             await self._listen(other)
             self.path = other
-            _write_pointer(pointer_path(self.director.state_dir, self.director.config_path), other)
-        self.metrics.configure(self.director.spec)
+            _write_pointer(self.view.state.socket_pointer, other)
+        self.metrics.configure(self.view.spec())
         self._watch = asyncio.get_running_loop().create_task(
-            watch(self.director, self.hub, self.vrrp, self._reloaded), name="api-watch")
+            watch(self.view, self.hub, self.vrrp, self._reloaded), name="api-watch")
         log.info("api: listening on %s", self.path)
 
     async def _listen(self, path: Path) -> None:
@@ -207,19 +199,18 @@ class APIServer:
             await self.server.wait_closed()
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
-            if self.path != socket_path(self.director.state_dir, self.director.config_path):
+            if self.path != self.view.state.socket:
                 with contextlib.suppress(OSError):
-                    pointer_path(self.director.state_dir, self.director.config_path).unlink()
-        if self.metrics is not None:
-            self.metrics.stop()
+                    self.view.state.socket_pointer.unlink()
+        self.metrics.stop()
         if self._detach is not None:
             self._detach()
 
     def _reloaded(self, spec) -> None:
         """After a reload: follow ``metrics:``, and forget overrides of real servers the file no longer has."""
         self.metrics.configure(spec)
-        store = ov.store_of(self.director)
-        present = {(s.name, rs.address, rs.port) for s in self.director.effective().services for rs in s.realservers}
+        store = self.view.overrides
+        present = {(s.name, rs.address, rs.port) for s in self.view.effective().services for rs in s.realservers}
         stale = [k for k in store.items if k not in present]
         if stale:
             try:
@@ -322,21 +313,22 @@ class APIServer:
         """Answer one request (everything but ``events``); APIError/LookupError/ValueError refuse it."""
         req = check_request(req, self.hub.recent.maxlen)
         what = req["request"]
-        d = self.director
+        view = self.view
         if what == "status":
-            table = await kernel_table(d)
-            reply = {"status": await snapshot(d, events=req["events"], table=table, only=req["services"] or "")}
+            table = await view.table(counters=True)
+            reply = {"status": await snapshot(view, events=req["events"], table=table, only=req["services"] or "",
+                                              hub=self.hub)}
             if req["table"]:  # also the kernel-table view `director status` prints
-                reply["table"] = await table_status(d, table, mine=req["mine"])
+                reply["table"] = await table_status(view, table, mine=req["mine"])
             return reply
         if what == "reload":
-            d.request_reload()
+            view.request_reload()
             self.hub.publish("operator", "reload requested through the API")
             return {"requested": True}
-        keys = ov.resolve(d.effective(), req["target"], req["service"])
+        keys = ov.resolve(view.effective(), req["target"], req["service"])
         if what == "recheck":
             return {"results": [await self._recheck(k) for k in keys]}
-        store = ov.store_of(d)
+        store = view.overrides
         try:
             if what == "drain":
                 changed = [o.key for o in store.set(keys, "drain", 0)]
@@ -352,15 +344,15 @@ class APIServer:
             raise APIError(f"cannot save the override in {store.path}: {exc}") from None
         for k in keys:
             self.hub.publish("operator", f"{k[0]} {_hp(k[1], k[2])} {words}", service=k[0], address=k[1], port=k[2])
-        await d._sync(refresh=False, why=f"operator: {words}")
-        snap = await snapshot(d, events=0)
+        await view.apply(f"operator: {words}")
+        snap = await snapshot(view, events=0)
         rows = {(s["name"], r["address"], r["port"]): r for s in snap["services"] for r in s["realservers"]}
         return {"servers": [_brief(k, rows.get(k)) for k in keys], "changed": len(changed)}
 
     async def _recheck(self, key) -> dict:
         """Run one server's check now through the engine (the verdict counts like a scheduled one)."""
         try:
-            result, state = await self.director.engine.check_now(key)
+            result, state = await self.view.recheck(key)
         except KeyError:
             raise APIError(f"{key[0]} {_hp(key[1], key[2])} has no health check") from None
         self.hub.publish("operator", f"{key[0]} {_hp(key[1], key[2])} re-checked: {result}", service=key[0],
@@ -391,9 +383,9 @@ class APIServer:
             self.hub.unsubscribe(queue)
 
 
-async def start_api(director) -> APIServer | None:
-    """Start the local API for a director; a failure is logged and the director runs without it."""
-    api = APIServer(director)
+async def start_api(view: DirectorView, *, engine=None, reconciler=None) -> APIServer | None:
+    """Start the local API on a director's view; a failure is logged and the director runs without it."""
+    api = APIServer(view, engine=engine, reconciler=reconciler)
     try:
         await api.start()
     except OSError as exc:
@@ -468,83 +460,6 @@ def _alive(path: Path) -> bool:
         s.close()
 
 
-# -- the client side ------------------------------------------------------------------
-
-def find_socket(state_dir: str | Path, config_path: str | Path | None = None) -> Path | None:
-    """The socket of the director of ``config_path``, or the only one in ``state_dir``; None if none.
-
-    A director whose state directory cannot hold a socket leaves a ``.sock.path``
-    file naming where it listens instead. APIError when several directors run
-    and none was named.
-    """
-    state = Path(state_dir)
-    if config_path is not None:
-        stems = [Path(config_path).stem]
-    else:
-        stems = sorted({stem for stem, _ in StateDir.each(state, "socket")}
-                       | {stem for stem, _ in StateDir.each(state, "socket_pointer")})
-    found = [p for p in (_socket_of(state, stem) for stem in stems) if p is not None]
-    if len(found) > 1:
-        raise APIError(f"several directors answer in {state_dir} ({', '.join(p.name for p in found)}): "
-                       "name one with -c FILE or --socket PATH")
-    return found[0] if found else None
-
-
-def _socket_of(state: Path, stem: str) -> Path | None:
-    files = StateDir(state, stem)
-    if files.socket.exists():
-        return files.socket
-    try:
-        named = Path(files.socket_pointer.read_text().strip())
-    except OSError:
-        return None
-    return named if named.exists() else None
-
-
 def _write_pointer(path: Path, target: Path) -> None:
     """Name the fallback socket in the state directory (replaced atomically)."""
     write_text(path, str(target) + "\n")
-
-
-class Client:
-    """A blocking connection to a director's API (the commands use it; the dashboard too, between frames)."""
-
-    def __init__(self, path: str | Path, timeout: float = 10.0) -> None:
-        self.path = Path(path)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        try:
-            self.sock.connect(str(self.path))
-        except OSError as exc:
-            self.sock.close()
-            raise APIError(f"no director answers on {self.path}: {exc.strerror or exc}") from None
-        self.file = self.sock.makefile("rb")
-
-    def call(self, request: str, **args) -> dict:
-        """Send one request and return the reply; APIError carries the director's refusal."""
-        self.sock.sendall(json.dumps({"request": request, **args}).encode() + b"\n")
-        reply = self.read()
-        if not reply.get("ok"):
-            raise APIError(reply.get("error", "refused without a reason"))
-        return reply
-
-    def read(self) -> dict:
-        """The next line from the director (a reply, or an event of a stream)."""
-        try:
-            line = self.file.readline()
-        except TimeoutError:
-            raise APIError(f"the director on {self.path} did not answer in time") from None
-        if not line:
-            raise APIError(f"the director on {self.path} closed the connection")
-        return json.loads(line)
-
-    def close(self) -> None:
-        """Close the connection."""
-        self.file.close()
-        self.sock.close()
-
-    def __enter__(self) -> "Client":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -147,7 +147,8 @@ def as_text(table: Table, timeouts: Timeouts | None = None, health: Health | Non
     health = health or {}
     joined = joined or {}
     lines = [
-        f"{'Prot LocalAddress:Port Scheduler Flags':<52} {'Conns':>8} {'InPkts':>9} {'OutPkts':>9} {'InBytes':>10} {'OutBytes':>10}",
+        f"{'Prot LocalAddress:Port Scheduler Flags':<52} {'Conns':>8} {'InPkts':>9} {'OutPkts':>9}"
+        f" {'InBytes':>10} {'OutBytes':>10}",
         f"  -> {'RemoteAddress:Port':<24} {'Forward':<7} {'Weight':>6} {'Active':>6} {'InAct':>6}"
         f" {'Conns':>8} {'InPkts':>9} {'OutPkts':>9} {'InBytes':>10} {'OutBytes':>10}",
     ]
@@ -183,8 +184,9 @@ def _health_lines(h: dict | None) -> list[str]:
     age = _age(time.time() - h["since"])
     latency = "-" if h["latency"] is None else f"{h['latency'] * 1000:.0f} ms"
     tls = "" if h["verify"] else ", TLS not verified"
+    effective = "-" if h["effective_weight"] is None else h["effective_weight"]
     line = (f"     {h['health']} for {age}, {h['check']} check {latency}{tls},"
-            f" weight {h['configured_weight']} configured / {'-' if h['effective_weight'] is None else h['effective_weight']} in kernel")
+            f" weight {h['configured_weight']} configured / {effective} in kernel")
     out = [line]
     if h["last_failure"]:
         out.append(f"     last failure: {h['last_failure']}")

@@ -1,9 +1,10 @@
 """What a running director knows, as plain data: the answer to the local API's ``status`` request.
 
-It reads the director's own objects (the effective spec, the health engine's
-states, the operator overrides, the VRRP instances, the sync role) and one
-dump of the kernel's table with counters, so weights, connection counts and
-rates are the kernel's, not what the director believes it programmed.
+It reads the director through its view (lvsmail.console.view: the effective
+spec, the health states, the operator overrides, the VRRP instances, the sync
+role) and one dump of the kernel's table with counters, so weights, connection
+counts and rates are the kernel's, not what the director believes it
+programmed.
 
 Every real server gets one ``health`` word, the badge the dashboard shows:
 ``up``; ``down`` (out of the table); ``quiescent`` (down, left at weight 0 so
@@ -17,8 +18,10 @@ from __future__ import annotations
 import os
 import time
 
+from lvsmail.console import status as fmt
+from lvsmail.console.status import _age
+from lvsmail.console.view import DirectorView
 from lvsmail.ipvs.desired import service_key
-from lvsmail.director.overrides import store_of
 from lvsmail.ipvs.model import DestKey, Table, hostport
 
 #: Events included in a status answer unless asked otherwise.
@@ -31,25 +34,21 @@ def service_stats(c) -> dict:
             "outbytes": c.outbytes, "cps": c.cps, "inbps": c.inbps, "outbps": c.outbps}
 
 
-async def kernel_table(director) -> Table:
-    """One dump of the kernel's table with counters (the netlink socket is the director's: take its turn)."""
-    async with director._kernel:
-        return await director.backend.dump(counters=True)
-
-
-async def snapshot(director, events: int = EVENTS, table: Table | None = None, only: str = "") -> dict:
+async def snapshot(view: DirectorView, events: int = EVENTS, table: Table | None = None, only: str = "",
+                   hub=None) -> dict:
     """Everything ``status`` and the dashboard show, from a running director.
 
     ``only``: just the services whose name contains this text (the dashboard's
     filter; with a thousand real servers the whole answer is about 600 kB).
+    ``hub``: the event hub whose last ``events`` events are included (none without).
     """
     if table is None:
-        table = await kernel_table(director)
-    spec = director.effective()
-    now_wall, now_mono = time.time(), director.engine.clock()
-    states = director.engine.states
-    overrides = store_of(director)
-    joined = {(e["name"], e["address"], e["port"]): e for e in director.membership.published(director.spec)}
+        table = await view.table(counters=True)
+    spec = view.effective()
+    now_wall, now_mono = time.time(), view.clock()
+    states = view.health()
+    overrides = view.overrides
+    joined = {(e["name"], e["address"], e["port"]): e for e in view.joined()}
     services = []
     for svc in spec.services:
         if only and only.lower() not in svc.name.lower():
@@ -108,12 +107,12 @@ async def snapshot(director, events: int = EVENTS, table: Table | None = None, o
             "realservers": rows,
         })
     return {
-        "cluster": director.spec.name, "config": str(director.config_path), "pid": os.getpid(), "at": now_wall,
+        "cluster": view.spec().name, "config": str(view.config_path), "pid": os.getpid(), "at": now_wall,
         "services": services,
-        "failover": _failover(director),
-        "sync": await _sync(director),
-        "kernel": _kernel_profile(director),
-        "events": _hub_events(director, events),
+        "failover": view.failover(),
+        "sync": await _sync(view),
+        "kernel": _kernel_profile(view),
+        "events": hub.last(events) if hub is not None else [],
     }
 
 
@@ -126,25 +125,11 @@ def _badge(st, dest, override, joined) -> str:
     return "up" if st is not None else "unchecked"
 
 
-def _failover(director) -> dict | None:
-    """The VRRP instances (role, priority, master, since, transitions, peer), or None without ``failover:``.
-
-    The peer is what this director knows of the other one: the master's address
-    from its advertisements when we are backup, the configured unicast peers when
-    we are master (a backup does not advertise, RFC 5798 section 6.4.2).
-    """
-    failover = getattr(director, "failover", None)
-    if failover is None:
-        return None
-    return failover.status(peers=True)
-
-
-async def _sync(director) -> dict | None:
+async def _sync(view: DirectorView) -> dict | None:
     """The sync daemon role (configured, current, errors) and the kernel's running daemons."""
-    role = director.sync.status() if director.sync is not None else None
+    role = view.sync_role()
     try:
-        async with director._kernel:
-            daemons = await director.backend.daemons()
+        daemons = await view.daemons()
         running = [{"state": d.state, "interface": d.interface, "syncid": d.syncid} for d in daemons]
         error = None
     except Exception as exc:  # the sync daemons are informative here: say why they are missing
@@ -154,39 +139,30 @@ async def _sync(director) -> dict | None:
     return {"role": role, "daemons": running, "error": error}
 
 
-def _kernel_profile(director) -> dict:
+def _kernel_profile(view: DirectorView) -> dict:
     """The kernel profile's sysctls with their values and whether they are as the file wants."""
-    from lvsmail.director import kernel_profile
-
-    want = kernel_profile.wanted(director.spec)
-    rows = kernel_profile.report(director.sysctl, want) if want else []
+    want, rows = view.kernel_profile()
+    rows = rows if want else []
     return {"sysctls": [r.as_json() for r in rows], "ok": all(r.ok for r in rows)}
 
 
-def _hub_events(director, n: int) -> list[dict]:
-    api = getattr(director, "api", None)
-    return api.hub.last(n) if api is not None else []
-
-
-async def table_status(director, table: Table, mine: bool = False) -> dict:
+async def table_status(view: DirectorView, table: Table, mine: bool = False) -> dict:
     """``director status`` as the kernel-and-files reading prints it, from the director's own state.
 
-    The same formatters (lvsmail.director.status) and so the same JSON fields
+    The same formatters (lvsmail.console.status) and so the same JSON fields
     and text layout as without a running director, so scripts read both alike:
     ``json`` (services, timeouts, kernel, sync, failover) and ``text``.
     """
-    from lvsmail.director import kernel_profile
-    from lvsmail.director import status as fmt
-
-    spec = director.effective()
+    spec = view.effective()
     if mine:  # only this director's services (``status -c FILE``)
         keys = {service_key(svc) for svc in spec.services}
         table = {k: v for k, v in table.items() if k in keys}
-    now_wall, now_mono = time.time(), director.engine.clock()
+    now_wall, now_mono = time.time(), view.clock()
+    states = view.health()
     health: dict = {}
     for svc in spec.services:  # the entries of the health file a director publishes, for the same formatter
         for rs in svc.realservers:
-            st = director.engine.states.get((svc.name, rs.address, rs.port))
+            st = states.get((svc.name, rs.address, rs.port))
             if st is None:
                 continue
             check = svc.check
@@ -196,18 +172,18 @@ async def table_status(director, table: Table, mine: bool = False) -> dict:
                 "latency": st.last_latency, "last_failure": st.last_failure, "checks": st.checks,
                 "transitions": st.transitions, "weight": rs.weight, "quiescent": svc.quiescent,
                 "verify": check.verify if check else True}
-    joined = {(e["service"], e["address"], e["port"]): e for e in director.membership.published(director.spec)}
-    async with director._kernel:
-        timeouts = await director.backend.get_timeouts()
-        try:
-            daemons = await director.backend.daemons()
-        except Exception:  # shown as "no sync daemon"; the snapshot's sync part carries the error
-            daemons = []
-    rows = kernel_profile.report(director.sysctl, kernel_profile.wanted(director.spec))
-    profiles = [{"cluster": director.spec.name, "wanted": kernel_profile.wanted(director.spec),
-                 "sync": director.sync.status() if director.sync is not None else None}]
-    failover = getattr(director, "failover", None)
-    published = [failover.status()] if failover is not None else []
+    joined = {(e["service"], e["address"], e["port"]): e for e in view.joined()}
+    timeouts = await view.timeouts()
+    try:
+        daemons = await view.daemons()
+    except Exception:  # shown as "no sync daemon"; the snapshot's sync part carries the error
+        daemons = []
+    want, rows = view.kernel_profile()
+    profiles = [{"cluster": view.spec().name, "wanted": want, "sync": view.sync_role()}]
+    failover = view.failover()
+    # as the failover file publishes it: without the snapshot's ``peer``
+    published = [dict(failover, instances=[{k: v for k, v in inst.items() if k != "peer"}
+                                           for inst in failover["instances"]])] if failover is not None else []
     data = fmt.as_json(table, timeouts, health, joined)
     data.update(fmt.profile_json(rows, daemons, profiles))
     data["failover"] = fmt.failover_json(published)
@@ -224,9 +200,6 @@ def status_text(snap: dict, extras_only: bool = False) -> str:
     ``extras_only``: only what the kernel-table view lacks (operator
     overrides and the last events), to follow that view.
     """
-    from lvsmail.director.status import _age
-    from lvsmail.ipvs.model import hostport
-
     now = snap["at"]
     lines = [f"Director {snap['cluster']} (pid {snap['pid']}, {snap['config']}), through its local API"]
     if extras_only:

@@ -22,7 +22,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
-from lvsmail.dashboard.view import UI, Rates, frame, servers
+from lvsmail.console.dashboard.view import UI, Rates, frame, servers
 
 QUESTIONS = {"drain": "Drain", "enable": "Enable", "recheck": "Re-check"}
 DONE = {"drain": "drained", "enable": "enabled", "recheck": "re-checked"}
@@ -48,7 +48,7 @@ class Dashboard:
 
     def fetch(self) -> None:
         """Ask the director for its status; a director that went away is retried on the next tick."""
-        from lvsmail.director.api import APIError, Client
+        from lvsmail.console.client import APIError, Client
 
         try:
             if self.client is None:
@@ -181,7 +181,7 @@ class Dashboard:
 
     def service_names(self) -> list[str]:
         """Every service's name (asked once without the filter when only filtered answers were seen)."""
-        from lvsmail.director.api import APIError
+        from lvsmail.console.client import APIError
 
         if not self.names and self.client is not None:
             try:
@@ -203,7 +203,7 @@ class Dashboard:
 
     def act(self, request: str, svc: dict, rs: dict) -> str:
         """Send drain/enable/recheck for one server of one service; the outcome as a message line."""
-        from lvsmail.director.api import APIError
+        from lvsmail.console.client import APIError
 
         try:
             reply = self.client.call(request, target=_target(rs), service=svc["name"])

@@ -3,9 +3,9 @@
 The hub keeps the last events for ``status`` and hands each new one to every
 subscriber of the local API's ``events`` request. It is fed by wrapping hooks
 the director already has (the health engine's transition callback and result
-outbox, the reconciler's ``sync``) and by watching the VRRP instances' roles,
-so the modules that make these decisions do not need to know that anybody
-listens.
+outbox, the reconciler's ``sync``), both handed over explicitly, and by
+watching the VRRP instances' roles through the director's view, so the
+modules that make these decisions do not need to know that anybody listens.
 
 A subscriber that does not read (a stopped dashboard over a slow SSH link)
 must not hold the director's memory: its queue is bounded, and when it is
@@ -77,14 +77,13 @@ class EventHub:
         return len(self._subscribers)
 
 
-def attach(director, hub: EventHub, on_result: Callable | None = None) -> Callable[[], None]:
-    """Feed ``hub`` from a running director's hooks; returns a function that detaches them.
+def attach(engine, reconciler, hub: EventHub, on_result: Callable | None = None) -> Callable[[], None]:
+    """Feed ``hub`` from a running director's health engine and reconciler; returns a function that detaches.
 
     ``on_result`` (key, Result) additionally sees every check result (the
     metrics histogram). Wrapping instead of editing the director keeps the
     hooks' owners free to change how they act on a transition.
     """
-    engine, reconciler = director.engine, director.reconciler
     old_transition, old_result, old_sync = engine.on_transition, engine.on_result, reconciler.sync
 
     def on_transition(target, event):
@@ -127,16 +126,15 @@ class VrrpWatch:
         #: Transitions seen per instance since this director started (a counter for metrics).
         self.transitions: dict[str, int] = collections.Counter()
 
-    def look(self, failover) -> None:
-        """Compare the instances' roles with the last look and publish the changes."""
+    def look(self, failover: dict | None) -> None:
+        """Publish the role changes since the last look (``failover``: the failover's status, None without one)."""
         if failover is None:
             self.roles.clear()
             return
         seen = {}
-        for name, runner in list(failover.runners.items()):
-            st = runner.instance.state if runner.instance is not None else None
-            role = st.role.value if st is not None else "init"
-            seen[name] = (role, st.master if st is not None else None)
+        for inst in failover["instances"]:
+            name, role = inst["name"], inst["role"]
+            seen[name] = (role, inst.get("master"))
             before = self.roles.get(name)
             if before is not None and before[0] != role:
                 self.transitions[name] += 1
@@ -145,15 +143,16 @@ class VrrpWatch:
         self.roles = seen
 
 
-async def watch(director, hub: EventHub, vrrp: VrrpWatch, on_spec: Callable[[object], None],
+async def watch(view, hub: EventHub, vrrp: VrrpWatch, on_spec: Callable[[object], None],
                 interval: float = VRRP_POLL) -> None:
-    """Poll what has no hook: VRRP roles and a reloaded spec (``on_spec`` gets the new one)."""
-    spec = director.spec
+    """Poll the director's view for what has no hook: VRRP roles and a reloaded spec (``on_spec`` gets it)."""
+    spec = view.spec()
     while True:
         try:
-            vrrp.look(getattr(director, "failover", None))
-            if director.spec is not spec:
-                spec = director.spec
+            vrrp.look(view.failover())
+            new = view.spec()
+            if new is not spec:
+                spec = new
                 hub.publish("reload", f"configuration reloaded: {len(spec.services)} services")
                 on_spec(spec)
         except Exception:  # a failover being rebuilt by a reload: look again next time, but say why
