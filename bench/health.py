@@ -344,7 +344,8 @@ def main() -> int:
     ap.add_argument("--sizes", default="100,500,1000", help="comma-separated numbers of real servers")
     ap.add_argument("--tools", default="keepalived,lvsmail,pyfloor,ldirectord",
                     help="pyfloor: the cheapest Python SMTP check (CPU only); lvsmail@DIR: the lvsmail of the"
-                         " source tree DIR (a git worktree of another commit); lvsmail-cK: the same director with the engine's concurrency bound set to K;"
+                         " source tree DIR (a git worktree of another commit); lvsmail-cK: the same director with the"
+                         " engine's concurrency bound set to K;"
                          " lvsmail-uv, lvsmail-wN, lvsmail-uv-wN: on uvloop and/or with N check worker processes")
     ap.add_argument("--variant-sizes", default="1000", help="the N at which lvsmail-cK variants run")
     ap.add_argument("--interval", type=float, default=2.0)

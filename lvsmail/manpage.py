@@ -76,8 +76,8 @@ FILES = (
                                   "installs a commented example, kept across upgrades."),
     ("/etc/lvsmail/", "Also the place for the root-only files the cluster file names: check credentials, "
                       "the registration key, the VRRP key."),
-    (DEFAULT_STATE_DIR + "/", "The director's state directory (--state-dir): the services it owns, its local API socket "
-                      "FILE.sock, health and failover state, operator overrides and the recorded outages."),
+    (DEFAULT_STATE_DIR + "/", "The director's state directory (--state-dir): the services it owns, its local API "
+                      "socket FILE.sock, health and failover state, operator overrides and the recorded outages."),
     ("/var/lib/lvsmail/", "What realserver join changed (realserver.json, so leave can restore it) and, when "
                           "registration.members_file points there, the joined members."),
 )

@@ -55,7 +55,8 @@ def missing_tools() -> str | None:
     if shutil.which("bash") is None:
         return "bash is not installed"
     if not (OCF_ROOT / "lib" / "heartbeat" / "ocf-shellfuncs").exists():
-        return "Debian's resource-agents package (the OCF shell library) is not installed: apt-get install resource-agents"
+        return ("Debian's resource-agents package (the OCF shell library) is not installed: "
+                "apt-get install resource-agents")
     return None
 
 

@@ -60,7 +60,8 @@ def read_failover(r: Reader, node: Node) -> FailoverSpec | None:
         if inst is None:
             continue
         if inst.name in names:
-            r.error(item, join(path, "name"), f"duplicate instance name {inst.name!r} (first at line {names[inst.name]})")
+            r.error(item, join(path, "name"),
+                    f"duplicate instance name {inst.name!r} (first at line {names[inst.name]})")
         names.setdefault(inst.name, item.line)
         key = (inst.interface, inst.family, inst.vrid)
         if key in vrids:

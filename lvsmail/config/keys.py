@@ -122,7 +122,8 @@ SECTIONS: tuple[Section, ...] = (
                     "The 'sorry server' installed when every real server is down."),
                 Key("realservers", "list of real servers", "[]",
                     "The pool: addr, addr:port, [v6]:port or a mapping; see services[].realservers[]."),
-                Key("check", "mapping", "none (not checked)", "Health check of each real server; see services[].check."),
+                Key("check", "mapping", "none (not checked)",
+                    "Health check of each real server; see services[].check."),
             )),
     Section("services[].realservers[]", "services[].realservers[] and services[].fallback",
             "A real server written as a mapping (the shorthand addr, addr:port or [v6]:port sets only "
@@ -172,7 +173,8 @@ SECTIONS: tuple[Section, ...] = (
             )),
     Section("sync", "sync", "The IPVS connection-synchronisation daemon (ipvsadm --start-daemon), so a "
             "takeover keeps established sessions.", (
-                Key("interface", "interface name", "required", "Where the sync multicast goes (a link both directors share)."),
+                Key("interface", "interface name", "required",
+                    "Where the sync multicast goes (a link both directors share)."),
                 Key("syncid", "integer 0..255", "0", "A backup only accepts messages with its own ID."),
                 Key("maxlen", "integer bytes", "from the interface MTU", "UDP payload size of sync messages."),
                 Key("group", "multicast address", "the kernel's (224.0.0.81)", "Multicast group of the messages."),
@@ -206,7 +208,8 @@ SECTIONS: tuple[Section, ...] = (
                 Key("max_skew", "seconds, at most 3600", "30", "Clock difference accepted in a signed request."),
                 Key("max_body", "integer 256..1048576", "4096", "Larger request bodies are refused unread."),
                 Key("drain_timeout", "seconds > 0", "300", "How long leave waits for active connections to end."),
-                Key("tls_cert", "absolute path", "none", "Director: certificate chain; with tls_key the API speaks HTTPS."),
+                Key("tls_cert", "absolute path", "none",
+                    "Director: certificate chain; with tls_key the API speaks HTTPS."),
                 Key("tls_key", "absolute path", "none", "Director: private key of tls_cert."),
                 Key("tls_ca", "absolute path", "none", "Real server: CA that signed the directors' certificates."),
                 Key("members_file", "absolute path", "in the state directory",
@@ -228,7 +231,8 @@ SECTIONS: tuple[Section, ...] = (
                 Key("health_page", "mapping", "none", "The page the HTTP check fetches; see mail.health_page."),
             )),
     Section("mail.mailbox", "mail.mailbox", "Layout of the mailboxes.", (
-        Key("layout", "home | virtual", "home", "home: Maildir/ in each user's home; virtual: Postfix virtual mailboxes."),
+        Key("layout", "home | virtual", "home",
+            "home: Maildir/ in each user's home; virtual: Postfix virtual mailboxes."),
         Key("root", "absolute path", "none (required for virtual)",
             "virtual_mailbox_base (virtual) or where the homes live; must be on the shared storage."),
         Key("maps", "Postfix table type:name", "none (required for virtual)", "virtual_mailbox_maps (virtual only)."),
@@ -249,17 +253,20 @@ SECTIONS: tuple[Section, ...] = (
         Key("text", "one line of plain text", "test page", "The page's content, which the check expects."),
     )),
     Section("realserver", "realserver", "Network facts a real server cannot work out from the services.", (
-        Key("interface", "interface name", "the interface holding the joining address", "Interface facing the directors."),
+        Key("interface", "interface name", "the interface holding the joining address",
+            "Interface facing the directors."),
         Key("nat_gateway", "address", "none", "nat: the directors' inside (floating) address, the default route."),
         Key("directors", "list of addresses", "[]",
             "The directors' own addresses on the real servers' LAN (DR ARP check, nat mynetworks)."),
-        Key("services", "list of service names", "[]", "What a real server not listed in the file joins through registration."),
+        Key("services", "list of service names", "[]",
+            "What a real server not listed in the file joins through registration."),
         Key("state_file", "absolute path", "/var/lib/lvsmail/realserver.json", "Where join records what it changed."),
     )),
     Section("failover", "failover", "The director pair's VRRPv3 (RFC 5798) virtual routers; the files of a "
             "pair differ only in the priorities.", (
                 Key("interface", "interface name", "none", "Default interface of every instance."),
-                Key("instances", "list of mappings", "required", "One VRRP instance per VIP group; see failover.instances[]."),
+                Key("instances", "list of mappings", "required",
+                    "One VRRP instance per VIP group; see failover.instances[]."),
             )),
     Section("failover.instances[]", "failover.instances[]", "One virtual router (one VRID on one interface) "
             "with the VIPs it moves and the resources that move with them.", (
@@ -277,7 +284,8 @@ SECTIONS: tuple[Section, ...] = (
                     "Send adverts to these instead of 224.0.0.18 / ff02::12."),
                 Key("auth_key_file", "absolute path", "none",
                     "Root-only key: HMAC-signed adverts, between lvsmail directors only."),
-                Key("garp", "mapping", "count 3, interval 0.1, refresh 5", "Announcements after taking the VIPs; see garp."),
+                Key("garp", "mapping", "count 3, interval 0.1, refresh 5",
+                    "Announcements after taking the VIPs; see garp."),
                 Key("track_interfaces", "list of names or {name, weight}", "[]",
                     "Interfaces that must be up; without weight a failure means fault."),
                 Key("track_services", "list of names or {name, weight}", "[]",
@@ -314,7 +322,8 @@ SECTIONS: tuple[Section, ...] = (
             )),
     Section("availability.layers.NAME", "availability.layers.NAME", "One layer of the availability model.", (
         Key("nodes", "integer 1..10000", "required", "How many nodes."),
-        Key("mode", " | ".join(AVAILABILITY_MODES), "required", "How they share the work (active-active also accepted)."),
+        Key("mode", " | ".join(AVAILABILITY_MODES), "required",
+            "How they share the work (active-active also accepted)."),
         Key("node_availability", "fraction 0..1", "the section's", "This layer's node availability."),
         Key("mtbf_hours", "hours > 0", "the section's", "This layer's MTBF."),
         Key("mtfo_seconds", "seconds > 0", "measured by the directors",

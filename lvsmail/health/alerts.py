@@ -117,7 +117,8 @@ class Alerter:
             self.sent += 1
         except Exception as exc:  # any relay failure: reported, and the health engine goes on
             self.failed += 1
-            log.error("alerts: mail to %s via %s:%s failed: %s", msg["To"], self.spec.smtp_host, self.spec.smtp_port, exc)
+            log.error("alerts: mail to %s via %s:%s failed: %s",
+                      msg["To"], self.spec.smtp_host, self.spec.smtp_port, exc)
 
     async def _post(self, body: bytes) -> None:
         try:

@@ -75,7 +75,8 @@ DAEMON_STATE_NAMES = {v: k for k, v in DAEMON_STATES.items()}
 #: IP_VS_IFNAME_MAXLEN: the interface name plus its terminating NUL.
 IFNAME_MAXLEN = 16
 
-_U16, _U32, _U64, _BE16, _BE32 = struct.Struct("=H"), struct.Struct("=I"), struct.Struct("=Q"), struct.Struct("!H"), struct.Struct("!I")
+_U16, _U32, _U64 = struct.Struct("=H"), struct.Struct("=I"), struct.Struct("=Q")
+_BE16, _BE32 = struct.Struct("!H"), struct.Struct("!I")
 _FLAGS = struct.Struct("=II")
 _ALL_FLAGS = 0xFFFFFFFF
 _FWD_MASK = 0x7
@@ -495,7 +496,8 @@ class DestDecoder:
             return decode_dest(buf, payload, end, service_af, counters)
         shape, headers, expected, fields = layout
         vals = shape.unpack_from(buf, nest_off)
-        if headers(vals) != expected or NLA_HDR.unpack_from(buf, payload + GENL_HDR.size)[1] & NLA_TYPE_MASK != ATTR_DEST:
+        if (headers(vals) != expected
+                or NLA_HDR.unpack_from(buf, payload + GENL_HDR.size)[1] & NLA_TYPE_MASK != ATTR_DEST):
             return decode_dest(buf, payload, end, service_af, counters)
         raw, port, fwd, weight, uth, lth, active, inactive, persist, af = fields(vals)
         if af not in (socket.AF_INET, socket.AF_INET6):

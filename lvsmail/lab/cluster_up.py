@@ -172,7 +172,8 @@ class MailCluster:
         """``lvsmail realserver join`` for this real server, with its private instances."""
         rs = self.topo.node(role)
         return lvsmail_argv("realserver", "join", "-c", str(self.cluster_file), "--address", rs.address,
-                            "--root", str(self.rs_root(role)), "--state-file", str(self.rs_dir(role) / "realserver.json"),
+                            "--root", str(self.rs_root(role)),
+                            "--state-file", str(self.rs_dir(role) / "realserver.json"),
                             "--postfix-config-dir", str(self.postfix(role).conf),
                             "--dovecot-config", str(self.dovecot(role).config), "--no-arp-check",
                             # The daemons start after the join, with its settings: nothing to reload.
@@ -203,9 +204,10 @@ class MailCluster:
                 lines.append(f"    persistent: {SMTP_PERSISTENCE}")
             lines.append("    realservers:")
             for rs in self.reals:
-                lines.append(f'      - {{address: "{rs.address}", name: {rs.role}, weight: {self.weights.get(rs.role, 1)}}}')
+                lines.append(f'      - {{address: "{rs.address}", name: {rs.role}, '
+                             f'weight: {self.weights.get(rs.role, 1)}}}')
             lines.append(f"    check: {check}")
-        lines += ["sync: {interface: eth1, syncid: %d, role: auto}" % SYNC_ID]
+        lines += [f"sync: {{interface: eth1, syncid: {SYNC_ID:d}, role: auto}}"]
         if director is not None:
             priority = PRIORITIES[director - 1]
             common = f"priority: {priority}, advert_interval: {ADVERT}, preempt: true"
@@ -431,7 +433,8 @@ class MailCluster:
             table = self.table(d)
             if time.monotonic() - said[0] > 60:  # under emulation this can take minutes: say where it stands
                 said[0] = time.monotonic()
-                have = ", ".join(f"{k.split(':')[-1]} {sum(x.weight > 0 for x in table[k].dests) if k in table else '-'}"
+                have = ", ".join(f"{k.split(':')[-1]} "
+                                 f"{sum(x.weight > 0 for x in table[k].dests) if k in table else '-'}"
                                  f"/{n}" for k, n in want.items())
                 say(f"  still waiting for director {d.number}: {have}; its log ends:\n"
                     + "\n".join("    " + line for line in mailstack._tail(d.log, 600).splitlines()[-4:]))

@@ -488,7 +488,10 @@ class RegistrationAPI:
             change()
         except OSError as exc:
             log.error("registration: cannot write %s: %s", self.store.path, exc)
-            raise Refusal(503, f"the director cannot save its members ({exc.strerror or exc}); nothing changed")
+            # The reason already names the cause, and the line above logs it whole; a Refusal becomes an
+            # HTTP answer, never a traceback: from None.
+            raise Refusal(503, f"the director cannot save its members ({exc.strerror or exc}); "
+                          "nothing changed") from None
 
 
 def _peer_address(peername) -> str:

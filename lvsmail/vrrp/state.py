@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, replace
-from enum import Enum
+from enum import StrEnum
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     """RFC 5798 states, plus Fault."""
+
+    # str() and format() of a member give its value ("master"); logs, status, events and notify
+    # arguments write ``.value`` all the same, so the text they carry does not depend on it.
 
     INIT = "init"
     BACKUP = "backup"

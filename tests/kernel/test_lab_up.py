@@ -34,7 +34,8 @@ def _lvsmail(log: Path, *args: str, timeout: float = UP_TIMEOUT) -> subprocess.C
     return run_logged(log, *args, timeout=timeout)
 
 
-def test_lab_up_mail_through_the_vip_and_back_over_imap_then_down_leaves_nothing(lab_ok, lab_out, alone_in_the_lab, capsys):
+def test_lab_up_mail_through_the_vip_and_back_over_imap_then_down_leaves_nothing(lab_ok, lab_out, alone_in_the_lab,
+                                                                                  capsys):
     from lvsmail.lab.cluster_up import MailCluster, find_states
     from lvsmail.lab.topology import NAT_GATEWAY
     from lvsmail.lab.demo import send_and_read_back

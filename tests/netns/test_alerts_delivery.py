@@ -24,7 +24,8 @@ def test_mail_and_webhook_reach_real_peers():
 
     async def receiver(reader, writer):
         head = await reader.readuntil(b"\r\n\r\n")
-        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length")))
         posted.append((head.split(b" ")[1], json.loads(await reader.readexactly(length))))
         writer.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
         await writer.drain()

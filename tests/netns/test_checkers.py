@@ -510,7 +510,8 @@ def test_imap_login_rejected_fails_with_the_server_text():
             return peer, await run_check(spec("imap"), LOOPBACK, peer.port, CREDS)
     peer, result = run(go())
     assert not result.ok
-    assert result.reason == f"imap 127.0.0.1:{peer.port}: LOGIN failed: NO [AUTHENTICATIONFAILED] Authentication failed."
+    assert result.reason == (f"imap 127.0.0.1:{peer.port}: LOGIN failed: "
+                             "NO [AUTHENTICATIONFAILED] Authentication failed.")
     assert result.step == "reply to LOGIN"
 
 

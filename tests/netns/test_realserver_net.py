@@ -159,7 +159,8 @@ def test_setup_then_teardown_restores_a_fresh_namespace(netns_ok):
         assert "192.0.2.33/32" in netns.run_in_netns(name, _addresses, "lo")
         assert netns.run_in_netns(name, teardown, undo_steps) == []
         assert netns.run_in_netns(name, lambda: {k: ProcSysctl().read(k) for k in keys}) == before
-        assert not any(a.startswith(("192.0.2.33", "2001:db8:f::33")) for a in netns.run_in_netns(name, _addresses, "lo"))
+        assert not any(a.startswith(("192.0.2.33", "2001:db8:f::33"))
+                       for a in netns.run_in_netns(name, _addresses, "lo"))
     finally:
         netns.remove_netns(name)
 

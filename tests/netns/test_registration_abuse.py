@@ -142,7 +142,8 @@ def test_a_member_joins_within_seconds_while_one_host_holds_slow_connections(top
             hostile = topo.popen(rs2, [sys.executable, str(tmp_path / "hostile.py"), *API[0:1], str(API[1]),
                                        ",".join([rs2.address, *(HOSTILE_EXTRA if extra else [])]), str(FLOOD_SECONDS),
                                        str(FLOOD_HELD), str(FLOOD_MAX_OPENS)],
-                                 stdout=open(tmp_path / "hostile.out", "wb"), stderr=open(tmp_path / "hostile.err", "wb"))
+                                 stdout=open(tmp_path / "hostile.out", "wb"),
+                                 stderr=open(tmp_path / "hostile.err", "wb"))
             time.sleep(4.0)  # every slot the hostile host can get is taken, and re-taken after the first cuts
 
             joins = []
@@ -161,7 +162,8 @@ def test_a_member_joins_within_seconds_while_one_host_holds_slow_connections(top
             text = logfile.read_text()
             door = [line for line in text.splitlines() if "refused connection from" in line]
             print("\n".join(door[:3] + door[-3:]))
-            print(f"\n[{'inside' if hostile_inside else 'outside'}, {17 if extra else 1} addresses] joins {[round(j, 3) for j in joins]} s; "
+            print(f"\n[{'inside' if hostile_inside else 'outside'}, {17 if extra else 1} addresses] "
+                  f"joins {[round(j, 3) for j in joins]} s; "
                   f"hostile {stats}; director RSS {rss_before} KiB before, {rss_after} KiB after "
                   f"({rss_after - rss_before:+d} KiB)")
             assert max(joins) < JOIN_WITHIN, joins

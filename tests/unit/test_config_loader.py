@@ -208,7 +208,8 @@ def test_unknown_key_names_file_line_path_and_the_valid_keys():
 
 def test_unknown_top_level_key():
     assert one_problem("cluster: t\nservices: []\ndirectors: 2\n").startswith(
-        "cluster.yaml:3: directors: unknown key; expected one of cluster, vips, timeouts, maintenance_dir, alerts, services")
+        "cluster.yaml:3: directors: unknown key; "
+        "expected one of cluster, vips, timeouts, maintenance_dir, alerts, services")
 
 
 def test_bad_scheduler_exact_message():
@@ -635,7 +636,8 @@ def test_bad_alerts_are_each_reported():
     from lvsmail.config import ConfigError, parse_cluster
 
     try:
-        parse_cluster("cluster: t\nmaintenance_dir: maint\nalerts:\n  email: [nobody]\n  webhook: ftp://x\nservices: []\n")
+        parse_cluster("cluster: t\nmaintenance_dir: maint\n"
+                      "alerts:\n  email: [nobody]\n  webhook: ftp://x\nservices: []\n")
     except ConfigError as exc:
         text = str(exc)
     assert "<string>:2: maintenance_dir: 'maint' is not an absolute path" in text

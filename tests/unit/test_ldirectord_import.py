@@ -358,7 +358,8 @@ def test_global_emailalert_and_maintenancedir_become_cluster_settings():
             real=198.51.100.20:25 gate
         """)
     a = result.spec.alerts
-    assert (a.email, a.repeat, a.smtp_host, a.smtp_port) == (("ops@example.org", "noc@example.org"), 600, "127.0.0.1", 2525)
+    assert (a.email, a.repeat, a.smtp_host, a.smtp_port) == (("ops@example.org", "noc@example.org"), 600,
+                                                             "127.0.0.1", 2525)
     assert result.spec.maintenance_dir == "/etc/ha.d/maintenance"
     assert result.warnings == []
 
@@ -370,7 +371,8 @@ def test_per_virtual_emailalert_warns_that_alerts_are_cluster_wide():
             real=198.51.100.20:25 gate
             emailalertfreq=60
         """)
-    assert len(found) == 1 and "directive 'emailalertfreq' cannot be expressed: lvsmail's alerts are cluster-wide" in found[0]
+    assert len(found) == 1
+    assert "directive 'emailalertfreq' cannot be expressed: lvsmail's alerts are cluster-wide" in found[0]
 
 
 def test_directive_with_no_effect_for_the_check_type_warns():

@@ -207,7 +207,8 @@ def _visible_commands():
 
 def test_both_pages_are_written_with_the_version(pages):
     assert sorted(pages) == ["lvsmail-cluster.5", "lvsmail.8"]
-    assert re.search(rf'^\.TH LVSMAIL 8 "\d{{4}}-\d\d-\d\d" "lvsmail {re.escape(__version__)}"', pages["lvsmail.8"], re.M)
+    assert re.search(rf'^\.TH LVSMAIL 8 "\d{{4}}-\d\d-\d\d" "lvsmail {re.escape(__version__)}"', pages["lvsmail.8"],
+                     re.M)
     assert re.search(r'^\.TH LVSMAIL-CLUSTER 5 ', pages["lvsmail-cluster.5"], re.M)
 
 

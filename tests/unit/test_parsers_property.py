@@ -148,8 +148,8 @@ def test_ipvs_service_decode_of_encode_is_identity(svc, counters):
 
 
 @FAST
-@given(af=st.sampled_from([socket.AF_INET, socket.AF_INET6]), service_af=st.sampled_from([socket.AF_INET, socket.AF_INET6]),
-       data=st.data())
+@given(af=st.sampled_from([socket.AF_INET, socket.AF_INET6]),
+       service_af=st.sampled_from([socket.AF_INET, socket.AF_INET6]), data=st.data())
 def test_ipvs_dest_decode_of_encode_is_identity_in_both_decoders(af, service_af, data):
     key = DestKey(str(data.draw(st.ip_addresses(v=4 if af == socket.AF_INET else 6))), data.draw(_ports))
     settings_ = DestSettings(data.draw(st.sampled_from(["nat", "tun", "dr"])), data.draw(_u32), data.draw(_u32),

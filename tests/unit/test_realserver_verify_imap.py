@@ -69,7 +69,8 @@ class _Session(socketserver.StreamRequestHandler):
                 self.send(b"", tag, peer.login_reply.replace("{args}", args))
             elif verb == "SELECT":
                 exists = int(self.present())
-                self.send(f"* {exists} EXISTS\r\n* FLAGS (\\Deleted \\Seen)".encode(), tag, "OK [READ-WRITE] SELECT done")
+                self.send(f"* {exists} EXISTS\r\n* FLAGS (\\Deleted \\Seen)".encode(), tag,
+                          "OK [READ-WRITE] SELECT done")
             elif verb == "SEARCH":
                 peer.searches += 1
                 peer.token = args.split()[-1]

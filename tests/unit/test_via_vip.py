@@ -47,7 +47,8 @@ def test_probe_services_stay_at_weight_one_when_the_server_is_down():
 
 
 @pytest.mark.parametrize("service, fragment", [
-    ("  - name: f\n    fwmark: 5\n    forwarding: dr\n    realservers: [198.51.100.20]\n    check: {type: connect, via: vip}\n",
+    ("  - name: f\n    fwmark: 5\n    forwarding: dr\n    realservers: [198.51.100.20]\n"
+     "    check: {type: connect, via: vip}\n",
      "need an IPv4 VIP service"),
     ("  - name: s\n    vip: 192.0.2.33\n    port: 25\n    forwarding: nat\n    realservers: [198.51.100.20]\n"
      "    check: {type: smtp, via: vip}\n", "need dr or tun forwarding"),

@@ -51,7 +51,7 @@ async def smtp_session(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
 async def http_session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Answer any HTTP/1.x request with the page the check expects, then close."""
     try:
-        while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+        while await reader.readline() not in (b"\r\n", b"\n", b""):
             pass
         writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: text/html\r\nContent-Length: %d\r\n"
                      b"Connection: close\r\n\r\n%s" % (len(PAGE), PAGE))
@@ -92,7 +92,8 @@ def hold(host: str, port: int, where: Path, wait: float = 900.0) -> int:
         if not greeting.startswith("220"):
             (where / "result").write_text(f"bad greeting {greeting!r}\n")
             return 1
-        local = "%s:%d" % sock.getsockname()[:2]
+        own = sock.getsockname()
+        local = f"{own[0]}:{own[1]:d}"
         (where / "connected").write_text(f"{local} {greeting}\n")
         deadline = time.monotonic() + wait
         while not (where / "go").exists():

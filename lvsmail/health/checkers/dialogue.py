@@ -359,11 +359,12 @@ class Dialogue:
                 tls.do_handshake()
                 break
             except ssl.SSLWantReadError:
+                # Wanting more bytes is the handshake's flow control, not the cause of the loss: from None.
                 self._flush_tls()
                 if self.eof:
                     if self.error is not None:
-                        raise self.error
-                    raise ConnectionResetError("connection closed during the TLS handshake")
+                        raise self.error from None
+                    raise ConnectionResetError("connection closed during the TLS handshake") from None
                 await self._wait()
         self._handshaken = True
         self._flush_tls()

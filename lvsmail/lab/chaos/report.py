@@ -198,7 +198,8 @@ def text_summary(report: dict) -> str:
     h = report["held_sessions_across_takeovers"]
     a = report["availability"]
     lines += ["", f"sessions: SMTP {s['smtp']['ok']} ok / {s['smtp']['failed']} failed, IMAP {s['imap']['ok']} ok / "
-                  f"{s['imap']['failed']} failed; held SMTP sessions across director faults: {h['survived']}/{h['open']}"
+                  f"{s['imap']['failed']} failed; held SMTP sessions across director faults: "
+                  f"{h['survived']}/{h['open']}"
                   f" survived ({h['opened_in_run']} held sessions opened in the run"
                   + "".join(f"; {n}× {why}" for why, n in sorted(h["failures"].items())) + ")",
               f"messages: {m['created']} created, {m['accepted']} accepted (250 to DATA), {m['attempts']} attempts, "

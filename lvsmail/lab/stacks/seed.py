@@ -316,7 +316,7 @@ def _broadcast(address: str, prefix: int) -> str:
 
 def _copy_dirs(src: Path, dest: Path) -> None:
     """Recreate the directory tree of ``src`` (owners and modes, no files) under ``dest``."""
-    for root, dirs, _files in os.walk(src):
+    for root, _dirs, _files in os.walk(src):
         rel = Path(root).relative_to(src)
         target = dest / rel
         target.mkdir(parents=True, exist_ok=True)
