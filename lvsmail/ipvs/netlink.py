@@ -18,7 +18,7 @@ import logging
 import socket
 import subprocess
 import sys
-from typing import Sequence
+from collections.abc import Callable, Sequence
 
 from lvsmail.ipvs import wire
 from lvsmail.ipvs.model import (
@@ -63,10 +63,16 @@ class IPVSUnavailable(RuntimeError):
     """The kernel has no IPVS (module not loadable) or we lack the privilege to use it."""
 
 
+#: Called with a request's generic netlink command and each raw datagram the kernel answers it with.
+ReplyHook = Callable[[int, bytes], None]
+
+
 class NetlinkIPVS:
     """IPVSBackend on the running kernel."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_reply: ReplyHook | None = None) -> None:
+        """``on_reply`` sees every reply datagram as received (the golden-bytes tests record them)."""
+        self.on_reply = on_reply
         self._sock: socket.socket | None = None
         self._family = 0
         self._seq = 0
@@ -143,7 +149,8 @@ class NetlinkIPVS:
             fam = self._lookup_family()
         if fam is None:
             self.close_sync()
-            raise IPVSUnavailable("this kernel has no IPVS (generic netlink family 'IPVS' not found; modprobe ip_vs failed)")
+            raise IPVSUnavailable("this kernel has no IPVS "
+                                  "(generic netlink family 'IPVS' not found; modprobe ip_vs failed)")
         self._family = fam
 
     def close_sync(self) -> None:
@@ -168,7 +175,8 @@ class NetlinkIPVS:
                 end += 1
             first_seq = self._seq - len(chunk) + 1
             chunk[-1] = _with_ack(chunk[-1])  # the barrier: its ACK means the batch is done
-            for seq, err in self._send_batch(b"".join(chunk), self._seq):
+            cmds = {first_seq + i: _COMMANDS[type(op)] for i, op in enumerate(ops[start:end])}
+            for seq, err in self._send_batch(b"".join(chunk), self._seq, cmds):
                 idx = start + (seq - first_seq)
                 if start <= idx < end:
                     results[idx] = err
@@ -199,7 +207,7 @@ class NetlinkIPVS:
         self.open()
         seq = self._next_seq()
         self._sendall(wire.message(self._family, wire.CMD_GET_CONFIG, b"", seq))
-        for buf, kind, _flags, rseq, payload, end in self._replies():
+        for buf, kind, _flags, rseq, payload, end in self._replies(wire.CMD_GET_CONFIG):
             if rseq != seq:
                 continue
             if kind == wire.NLMSG_ERROR:
@@ -213,7 +221,7 @@ class NetlinkIPVS:
         seq = self._next_seq()
         msg = wire.message(self._family, wire.CMD_SET_CONFIG, wire.timeouts_body(timeouts), seq,
                            wire.NLM_F_REQUEST | wire.NLM_F_ACK)
-        for rseq, err in self._send_batch(msg, seq):
+        for rseq, err in self._send_batch(msg, seq, {seq: wire.CMD_SET_CONFIG}):
             if rseq == seq and err:
                 raise OSError(err, f"IPVS SET_CONFIG {timeouts} failed")
 
@@ -254,7 +262,7 @@ class NetlinkIPVS:
         self.open()
         seq = self._next_seq()
         msg = wire.message(self._family, cmd, body, seq, wire.NLM_F_REQUEST | wire.NLM_F_ACK)
-        for rseq, err in self._send_batch(msg, seq):
+        for rseq, err in self._send_batch(msg, seq, {seq: cmd}):
             if rseq == seq and err:
                 raise IPVSError(what, err)
 
@@ -262,10 +270,13 @@ class NetlinkIPVS:
         assert self._sock is not None
         self._sock.sendto(data, (0, 0))
 
-    def _send_batch(self, data: bytes, barrier_seq: int):
-        """Send one datagram and yield (seq, errno) for every error, ending with the barrier's ACK."""
+    def _send_batch(self, data: bytes, barrier_seq: int, cmds: dict[int, int]):
+        """Send one datagram and yield (seq, errno) for every error, ending with the barrier's ACK.
+
+        ``cmds`` maps each request's sequence number to its command, for :attr:`on_reply`.
+        """
         self._sendall(data)
-        for buf, kind, _flags, seq, payload, _end in self._replies():
+        for buf, kind, _flags, seq, payload, _end in self._replies(cmds):
             if kind != wire.NLMSG_ERROR:
                 continue
             err = wire.error_code(buf, payload)
@@ -274,20 +285,33 @@ class NetlinkIPVS:
             if seq == barrier_seq:
                 return
 
-    def _replies(self):
-        """Yield parsed messages from the socket until the caller stops iterating."""
+    def _replies(self, cmd: int | dict[int, int]):
+        """Yield parsed messages from the socket until the caller stops iterating.
+
+        ``cmd`` is the request's command, or (a pipelined batch) a map from sequence number to
+        command: the datagram is then reported under the command its first message answers.
+        """
         assert self._sock is not None
         buf = self._buf
         while True:
             n = self._sock.recv_into(buf)
+            if self.on_reply is not None:
+                self._report(cmd, buf, n)
             for kind, flags, seq, payload, end in wire.iter_messages(buf, n):
                 yield buf, kind, flags, seq, payload, end
+
+    def _report(self, cmd: int | dict[int, int], buf: bytearray, size: int) -> None:
+        """Hand one received datagram to :attr:`on_reply` with the command it answers."""
+        if isinstance(cmd, dict):
+            seq = wire.NLMSG_HDR.unpack_from(buf, 0)[3] if size >= wire.NLMSG_HDR.size else 0
+            cmd = cmd.get(seq, 0)
+        self.on_reply(cmd, bytes(buf[:size]))
 
     def _dump(self, cmd: int, body: bytes):
         """Run one dump request; yield (buf, payload, end) per data message until NLMSG_DONE."""
         seq = self._next_seq()
         self._sendall(wire.message(self._family, cmd, body, seq, wire.NLM_F_REQUEST | wire.NLM_F_DUMP))
-        for buf, kind, _flags, rseq, payload, end in self._replies():
+        for buf, kind, _flags, rseq, payload, end in self._replies(cmd):
             if rseq != seq:
                 continue
             if kind == wire.NLMSG_DONE:
@@ -314,7 +338,7 @@ class NetlinkIPVS:
     def _lookup_family(self) -> int | None:
         seq = self._next_seq()
         self._sendall(wire.family_request(seq))
-        for buf, kind, _flags, rseq, payload, end in self._replies():
+        for buf, kind, _flags, rseq, payload, end in self._replies(wire.CTRL_CMD_GETFAMILY):
             if rseq != seq:
                 continue
             if kind == wire.NLMSG_ERROR:

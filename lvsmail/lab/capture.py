@@ -4,7 +4,9 @@ A raw socket and a few ``struct`` unpacks do everything the lab asserts about
 the wire (Ethernet addresses, IPv4/IPv6 headers, IP-in-IP, TCP ports and flags),
 and unlike scapy cost nothing to import, which matters under emulation where
 importing scapy takes twenty seconds. A capture is ready as soon as its socket is
-bound, so there is no start-up race with the traffic it should see.
+bound, so there is no start-up race with the traffic it should see. Each frame
+keeps its bytes as well, for tests that dissect it with scapy themselves, and
+whether the kernel had computed its checksums (see :class:`Captured`).
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from lvsmail.net import netns
 
@@ -24,6 +26,11 @@ ETH_P_IP, ETH_P_ARP, ETH_P_IPV6 = 0x0800, 0x0806, 0x86DD
 PACKET_HOST, PACKET_BROADCAST, PACKET_MULTICAST, PACKET_OTHERHOST, PACKET_OUTGOING = 0, 1, 2, 3, 4
 IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_IPV6 = 4, 6, 41
 TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
+#: setsockopt(SOL_PACKET, PACKET_AUXDATA): each frame comes with a struct tpacket_auxdata (linux/if_packet.h).
+SOL_PACKET, PACKET_AUXDATA = 263, 8
+_AUXDATA = struct.Struct("=IIIHHHH")  # tp_status, tp_len, tp_snaplen, tp_mac, tp_net, tp_vlan_tci, tp_vlan_tpid
+#: tp_status bit: the transport checksum is left to the NIC (CHECKSUM_PARTIAL, as on a veth).
+TP_STATUS_CSUMNOTREADY = 1 << 3
 
 
 def mac_str(raw: bytes) -> str:
@@ -53,7 +60,7 @@ class Ip:
     src: str
     dst: str
     proto: int
-    inner: "Ip | None" = None
+    inner: Ip | None = None
     tcp: Tcp | None = None
 
 
@@ -122,11 +129,18 @@ def parse_frame(data: bytes) -> Frame | None:
 
 @dataclass(frozen=True)
 class Captured:
-    """A frame with when it was seen and which way it went (PACKET_OUTGOING or not)."""
+    """A frame with when it was seen, which way it went (PACKET_OUTGOING or not) and its bytes.
+
+    ``csum_ready`` is False when the kernel left the TCP/UDP checksum to the NIC
+    (TP_STATUS_CSUMNOTREADY): the field then holds only the pseudo-header sum, as
+    veth devices hand such packets on without ever completing it.
+    """
 
     time: float
     pkttype: int
     frame: Frame
+    raw: bytes = b""
+    csum_ready: bool = True
 
     @property
     def outgoing(self) -> bool:
@@ -143,6 +157,7 @@ class Capture:
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._sock = netns.socket_in_netns(ns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        self._sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
         self._sock.bind((ifname, 0))
         self._sock.settimeout(0.2)
         self._thread = threading.Thread(target=self._loop, name=f"capture:{ns}:{ifname}", daemon=True)
@@ -152,16 +167,19 @@ class Capture:
         """Read frames until stopped or full."""
         while not self._stop.is_set() and len(self.frames) < self.max_frames:
             try:
-                data, addr = self._sock.recvfrom(65535)
-            except socket.timeout:
+                data, ancillary, _flags, addr = self._sock.recvmsg(65535, socket.CMSG_SPACE(_AUXDATA.size))
+            except TimeoutError:
                 continue
             except OSError:
                 break
             frame = parse_frame(data)
             if frame is None:
                 continue
+            status = next((_AUXDATA.unpack_from(d)[0] for level, kind, d in ancillary
+                           if level == SOL_PACKET and kind == PACKET_AUXDATA and len(d) >= _AUXDATA.size), 0)
             with self._cond:
-                self.frames.append(Captured(time.monotonic(), addr[2], frame))
+                self.frames.append(Captured(time.monotonic(), addr[2], frame, data,
+                                            not status & TP_STATUS_CSUMNOTREADY))
                 self._cond.notify_all()
 
     def close(self) -> None:
@@ -170,7 +188,7 @@ class Capture:
         self._thread.join(timeout=2)
         self._sock.close()
 
-    def __enter__(self) -> "Capture":
+    def __enter__(self) -> Capture:
         return self
 
     def __exit__(self, *exc) -> None:

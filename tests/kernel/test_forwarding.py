@@ -4,12 +4,18 @@ Each case runs against a cluster in namespaces (see conftest): a client, a
 router, a director running ``lvsmail director start``, and four real servers set
 up by lvsmail.net. ``case`` is the forwarding method, with ``dr6`` for direct
 routing over IPv6 on the DR cluster.
+
+The wire format is asserted on scapy's dissection of the captured bytes (scapy
+only ever under tests/, imported once per lab run by a session fixture), an
+independent reading of the frames the lab's own small parser also reads.
 """
 
 from __future__ import annotations
 
 import socket
+import struct
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -57,10 +63,69 @@ def _real(cluster, role: str):
     return next(rs for rs in cluster.topo.reals if rs.role == role)
 
 
+@pytest.fixture(scope="session")
+def scapy():
+    """scapy's Ethernet, IPv4, IPv6 and TCP layers, imported once per lab run (seconds under emulation)."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Ether
+
+    return SimpleNamespace(Ether=Ether, IP=IP, IPv6=IPv6, TCP=TCP)
+
+
+def _ip(scapy, pkt):
+    """The outer IP layer of a dissected frame, IPv4 or IPv6."""
+    return pkt[scapy.IPv6] if scapy.IPv6 in pkt else pkt[scapy.IP]
+
+
+def _pseudo_header_sum(ip, proto: int, length: int) -> int:
+    """The folded (not complemented) pseudo-header sum (RFC 793 section 3.1, RFC 8200 section 8.1).
+
+    What a TCP checksum field holds while the kernel leaves the rest to the NIC (CHECKSUM_PARTIAL).
+    """
+    if ip.version == 4:
+        data = socket.inet_aton(ip.src) + socket.inet_aton(ip.dst) + struct.pack("!BBH", 0, proto, length)
+    else:
+        data = (socket.inet_pton(socket.AF_INET6, ip.src) + socket.inet_pton(socket.AF_INET6, ip.dst)
+                + struct.pack("!I3xB", length, proto))
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def _checksum_problems(scapy, captured) -> list[str]:
+    """Each IP and TCP checksum of a captured frame that differs from the one scapy computes.
+
+    A frame the kernel marked "checksum not ready" (a veth leaves TCP checksums to a NIC
+    there is none of) must instead hold the pseudo-header sum the NIC would complete.
+    """
+    got = scapy.Ether(captured.raw)
+    fresh = scapy.Ether(captured.raw)
+    layer = fresh
+    while layer:  # NoPayload ends the chain and is false
+        if "chksum" in layer.fields:
+            layer.chksum = None  # scapy computes a field left None when it builds the packet
+        layer = layer.payload
+    want = scapy.Ether(bytes(fresh))
+    problems = []
+    while got and want:
+        if "chksum" in got.fields:
+            expected, what = want.chksum, "checksum"
+            if isinstance(got, scapy.TCP) and not captured.csum_ready:
+                ip = got.underlayer
+                length = ip.plen if ip.version == 6 else ip.len - ip.ihl * 4
+                expected, what = _pseudo_header_sum(ip, IPPROTO_TCP, length), "pseudo-header sum (checksum offloaded)"
+            if got.chksum != expected:
+                problems.append(f"{got.name} {what} {got.chksum:#06x}, expected {expected:#06x}")
+        got, want = got.payload, want.payload
+    return problems
+
+
 # -- (a) the wire format at the real server -------------------------------------
 
 @pytest.mark.parametrize("case", ALL_CASES)
-def test_wire_format_at_the_real_server(clusters, case):
+def test_wire_format_at_the_real_server(clusters, case, scapy, capsys):
     cluster, family = _cluster(clusters, case)
     topo = cluster.topo
     client = CLIENT6 if family == "inet6" else CLIENT
@@ -80,21 +145,27 @@ def test_wire_format_at_the_real_server(clusters, case):
 
     seen = cap.wait_for(client_syn, timeout=10, since=marks[server])
     assert seen is not None, f"{server} never saw the client's SYN from port {sport}"
-    ip = seen.frame.ip
+    pkt = scapy.Ether(seen.raw)
+    ip = _ip(scapy, pkt)
     if case == "tun":
         # IP-in-IP: outer header from the director to the real server, the client's packet inside.
-        assert ip.proto == IPPROTO_IPIP
+        assert isinstance(ip, scapy.IP) and ip.proto == IPPROTO_IPIP, pkt.summary()
         assert (ip.src, ip.dst) == (DIRECTOR_INSIDE, rs.address)
-        assert (ip.inner.src, ip.inner.dst) == (client, vip)
+        inner = ip.payload
+        assert isinstance(inner, scapy.IP) and (inner.src, inner.dst) == (client, vip), pkt.summary()
+        assert isinstance(inner.payload, scapy.TCP) and (inner.payload.sport, inner.payload.dport) == (sport, SMTP_PORT)
     elif case in ("dr", "dr6"):
         # Direct routing: only the Ethernet destination changed; the IP packet still goes to the VIP.
-        assert ip.proto == IPPROTO_TCP and ip.inner is None
-        assert seen.frame.dst == rs.mac.lower()
+        assert pkt.dst == rs.mac.lower()
+        assert isinstance(ip, scapy.IPv6 if case == "dr6" else scapy.IP), pkt.summary()
+        assert isinstance(ip.payload, scapy.TCP) and ip.payload.dport == SMTP_PORT, pkt.summary()
         assert (ip.src, ip.dst) == (client, vip)
     else:
         # NAT: the destination is rewritten to the real server, the source is the client's.
-        assert ip.proto == IPPROTO_TCP
+        assert isinstance(ip, scapy.IP) and ip.proto == IPPROTO_TCP, pkt.summary()
         assert (ip.src, ip.dst) == (client, rs.address)
+        assert ip[scapy.TCP].dport == SMTP_PORT
+    assert _checksum_problems(scapy, seen) == [], f"{case}: {pkt.summary()}"
 
     # Replies: only NAT sends them back through the director, which rewrites the source to the VIP;
     # with TUN and DR the real server answers the client directly, from the VIP.
@@ -111,12 +182,22 @@ def test_wire_format_at_the_real_server(clusters, case):
     at_real = cap.wait_for(reply_from_real, timeout=5, since=marks[server])
     assert at_real is not None, f"{server} sent no reply to the client"
     via_director = out.wait_for(reply_from_vip, timeout=5 if case == "nat" else 1, since=marks["director-out"])
+    reply = _ip(scapy, scapy.Ether(at_real.raw))
+    assert _checksum_problems(scapy, at_real) == [], f"{case} reply: {reply.summary()}"
     if case == "nat":
-        assert at_real.frame.ip.src == rs.address
+        assert reply.src == rs.address
         assert via_director is not None, "the NAT reply did not leave the director with the VIP as source"
+        rewritten = scapy.Ether(via_director.raw)[scapy.IP]
+        assert (rewritten.src, rewritten.dst) == (vip, client) and rewritten[scapy.TCP].dport == sport
+        assert _checksum_problems(scapy, via_director) == [], f"NAT reply: {rewritten.summary()}"
     else:
-        assert at_real.frame.ip.src == vip
+        assert reply.src == vip
         assert via_director is None, f"{case}: a reply crossed the director; real servers answer directly"
+    frames = [c for c in (seen, at_real, via_director) if c is not None]
+    with capsys.disabled():
+        print(f"\n  forwarding {case}: checksums of {len(frames)} frames as scapy recomputes them; TCP "
+              f"checksum complete in {sum(c.csum_ready for c in frames)}, left to the NIC (pseudo-header sum) "
+              f"in {sum(not c.csum_ready for c in frames)}", end="", flush=True)
 
 
 # -- (b) an SMTP session through the VIP ----------------------------------------

@@ -16,7 +16,17 @@ accepted go on) touches nothing the forwarding tests use.
   is installed — an SMTP server on the director itself at 127.0.0.1, as in
   ldirectord's own ``fallback=127.0.0.1:80`` example (IPVS delivers to a local
   destination without rewriting, so it answers on the VIP) — and removed as soon
-  as one real server is back.
+  as one real server is back;
+* ``resume`` (rs1 and rs2, timeout 3 s): each real server's SMTP sink is a
+  process of its own, so SIGSTOP hangs exactly one server and SIGCONT resumes
+  it. Its listen queue holds one connection, as a hung mail server's queue is
+  soon full of clients: the first check after SIGSTOP fills it, and from then on
+  the kernel drops new SYNs, and a check
+  waits for the SYN's retransmission (1 s, then 3 s after the connect). A fresh
+  check at each due time, beside the one still waiting out its timeout, brings
+  the resumed server back within about one interval. (With room in the queue the
+  kernel completes the handshake of the waiting check, which is greeted as soon
+  as the sink resumes: that case is quick with or without the fresh check.)
 
 Each step is verified three ways: the kernel's table (/proc/net/ip_vs in the
 director's namespace), where new client sessions through the VIP land (the
@@ -28,8 +38,12 @@ recovery latencies are printed; they are not pass/fail, only generous deadlines 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -44,7 +58,7 @@ from lvsmail.lab.topology import CLIENT
 pytestmark = pytest.mark.kernel
 
 #: Ports of the health services (the conftest's services use 25, 2525 and 587).
-HEALTH_PORT, DRAIN_PORT, SORRY_PORT = 2601, 2602, 2603
+HEALTH_PORT, DRAIN_PORT, SORRY_PORT, RESUME_PORT = 2601, 2602, 2603, 2604
 #: Check interval (seconds); timeout, rise and fall as small as they go.
 INTERVAL, TIMEOUT = 1, 2
 #: The sorry server: an SMTP server on the director itself (see the module docstring).
@@ -53,6 +67,47 @@ SORRY = "127.0.0.1"
 DEADLINE = 30.0
 #: Sessions opened through the VIP to see where new mail goes.
 SESSIONS = 8
+#: The resume service's check: a timeout longer than the interval, so a hung check outlives its due time.
+RESUME_INTERVAL, RESUME_TIMEOUT = 1, 3
+#: How late a resumed server may be back in IPVS: one interval, plus a poll and a netlink round trip.
+RESUME_SLACK = 0.3
+#: How often the kernel table is read while waiting for the resumed server (seconds).
+RESUME_POLL = 0.02
+#: Real servers of the resume service, each with its own sink process.
+RESUME_ROLES = ("rs1", "rs2")
+#: The sink's listen() backlog: Linux queues backlog + 1 connections, then drops SYNs.
+RESUME_BACKLOG = 0
+#: SIGCONT this long after the removal: between two due times, when the check begun at the removal
+#: has had its SYN retransmitted once (at 1 s) and will not again before its timeout (at 3 s).
+RESUME_PHASE = 1.5
+
+#: One SMTP sink as a process of its own (stdlib only: an interpreter start is seconds under emulation).
+#: It greets with its name, answers 250 to every command and 221 to QUIT (RFC 5321 sections 4.2, 4.1.1.10).
+SINK_PROCESS = """
+import asyncio, socket, sys
+name, port, backlog = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+async def session(reader, writer):
+    writer.write(f"220 {name} lab sink\\r\\n".encode())
+    try:
+        while line := await reader.readline():
+            if line[:4].upper() == b"QUIT":
+                writer.write(b"221 2.0.0 bye\\r\\n")
+                break
+            writer.write(f"250 {name}\\r\\n".encode())
+            await writer.drain()
+    finally:
+        writer.close()
+async def main():
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("0.0.0.0", port))
+    # asyncio accepts at most its backlog per wake-up (none for 0), so the short queue is set afterwards.
+    server = await asyncio.start_server(session, sock=sock, backlog=1)
+    sock.listen(backlog)
+    print("listening", flush=True)
+    await server.serve_forever()
+asyncio.run(main())
+"""
 
 
 @dataclass
@@ -63,6 +118,7 @@ class HealthLab:
     sinks: SmtpSinks  # SMTP on the health ports of every real server
     sorry: SmtpSinks  # the sorry server on the director
     services: dict[str, LabService]
+    resume: dict[str, subprocess.Popen]  # role -> its own sink process on RESUME_PORT
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -94,7 +150,27 @@ def _health_services(roles: list[str]) -> list[LabService]:
         LabService("health", HEALTH_PORT, {"rs1": 1, "rs2": 3, "rs3": 1, "rs4": 1}, **check),
         LabService("drain", DRAIN_PORT, {r: 2 for r in roles}, quiescent=True, **check),
         LabService("sorry", SORRY_PORT, {"rs1": 1, "rs2": 1}, fallback=f"{SORRY}:{SORRY_PORT}", **check),
+        LabService("resume", RESUME_PORT, {r: 1 for r in RESUME_ROLES}, check=True, check_interval=RESUME_INTERVAL,
+                   check_timeout=RESUME_TIMEOUT, check_rise=1, check_fall=1),
     ]
+
+
+def _sink_processes(topo, roles, port: int) -> dict[str, subprocess.Popen]:
+    """One sink process per real server in ``roles``, each listening on ``port``; returns once all listen."""
+    procs = {}
+    try:
+        for role in roles:
+            argv = [sys.executable, "-c", SINK_PROCESS, role, str(port), str(RESUME_BACKLOG)]
+            procs[role] = topo.popen(topo.node(role), argv, stdout=subprocess.PIPE, text=True)
+        for role, proc in procs.items():
+            line = proc.stdout.readline()  # "listening", or "" if it died
+            if line.strip() != "listening":
+                raise RuntimeError(f"the SMTP sink process of {role} did not start (exit {proc.poll()})")
+    except BaseException:
+        for proc in procs.values():
+            topo.stop(proc)
+        raise
+    return procs
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +183,8 @@ def lab(clusters):
     name = re.search(r"^cluster: (\S+)$", original, re.M).group(1)
     sinks = SmtpSinks([(rs.role, rs.ns) for rs in topo.reals], ports=(HEALTH_PORT, DRAIN_PORT, SORRY_PORT)).start()
     sorry = SmtpSinks([("sorry", topo.director.ns)], ports=(SORRY_PORT,)).start()
-    lab = HealthLab(cluster, sinks, sorry, {s.name: s for s in services})
+    resume = _sink_processes(topo, RESUME_ROLES, RESUME_PORT)
+    lab = HealthLab(cluster, sinks, sorry, {s.name: s for s in services}, resume)
     want = {lab.key(s.port): len(s.weights) for s in services}
     try:
         t0 = time.monotonic()
@@ -126,6 +203,9 @@ def lab(clusters):
         finally:
             sinks.stop()
             sorry.stop()
+            for proc in resume.values():
+                os.kill(proc.pid, signal.SIGCONT)  # a stopped process cannot act on SIGTERM
+                topo.stop(proc)
 
 
 # -- helpers ------------------------------------------------------------------------
@@ -150,6 +230,31 @@ def _watch(lab: HealthLab, predicate, what: str, since: float, timeout: float = 
             pytest.fail(f"not within {timeout:.0f} s: {what}; kernel: {_dests(table)}\n"
                         f"director log:\n{director.log_tail()}")
         time.sleep(0.05)
+
+
+def _until_listed(lab: HealthLab, key: str, address: str, listed: bool, since: float,
+                  timeout: float = DEADLINE) -> float:
+    """Seconds from ``since`` until ``address`` is (or is no longer) in service ``key``; /proc/net/ip_vs every 20 ms.
+
+    One thread in the director's namespace does all the reads (no namespace switch per poll), through
+    /proc/thread-self: /proc/net is the main thread's, in this process's own namespace.
+    """
+    from lvsmail.lab.cluster import parse_proc_ip_vs
+
+    def poll() -> float | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            svc = parse_proc_ip_vs(Path("/proc/thread-self/net/ip_vs").read_text()).get(key)
+            if (svc is not None and svc.dest(address) is not None) == listed:
+                return time.monotonic() - since
+            time.sleep(RESUME_POLL)
+        return None
+
+    seconds = lab.topo.call(lab.topo.director, poll)
+    if seconds is None:
+        pytest.fail(f"{address} {'not back' if listed else 'not removed'} in {key} within {timeout:.0f} s; "
+                    f"kernel: {_dests(lab.table())}\ndirector log:\n{lab.cluster.director.log_tail()}")
+    return seconds
 
 
 def _dests(table: dict[str, ProcService]) -> dict[str, dict[str, int]]:
@@ -357,5 +462,31 @@ def test_all_real_servers_down_installs_the_fallback_until_one_returns(lab, caps
         _restore(lab, SORRY_PORT)
     lab.timings.update(fallback_in=to_sorry, fallback_out=from_sorry)
     _say(capsys, f"fallback: installed {to_sorry:.2f} s after both SMTP servers stopped, removed "
-                 f"{from_sorry:.2f} s after {pool[0]} restarted (reload with 3 new services took "
+                 f"{from_sorry:.2f} s after {pool[0]} restarted (reload with {len(lab.services)} new services took "
                  f"{lab.timings['reload']:.1f} s)")
+
+
+def test_a_server_resumed_after_sigstop_is_back_within_one_interval(lab, capsys):
+    key, victim = lab.key(RESUME_PORT), RESUME_ROLES[0]
+    addr, pid = lab.address(victim), lab.resume[victim].pid
+    others = {lab.address(r): 1 for r in RESUME_ROLES if r != victim}
+    assert _weights(lab.table(), key) == {addr: 1, **others}
+    try:
+        stopped = time.monotonic()
+        os.kill(pid, signal.SIGSTOP)
+        # Seen within 20 ms of the removal, which is when the next check begins: SIGCONT lands mid-way.
+        removed = _until_listed(lab, key, addr, False, stopped)
+        assert _weights(lab.table(), key) == others  # only the hung server left
+        time.sleep(max(0.0, stopped + removed + RESUME_PHASE - time.monotonic()))
+        t0 = time.monotonic()
+        os.kill(pid, signal.SIGCONT)
+        back = _until_listed(lab, key, addr, True, t0)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert _weights(lab.table(), key) == {addr: 1, **others}
+    lab.timings.update(hung_removed=removed, resumed=back)
+    _say(capsys, f"resume: {victim} removed {removed:.2f} s after SIGSTOP, SIGCONT {RESUME_PHASE} s later, "
+                 f"back in IPVS {back:.2f} s after SIGCONT (listen queue full, interval {RESUME_INTERVAL} s, "
+                 f"timeout {RESUME_TIMEOUT} s, rise 1, fall 1; bound {RESUME_INTERVAL + RESUME_SLACK:.1f} s)")
+    assert back <= RESUME_INTERVAL + RESUME_SLACK, (
+        f"{victim} back {back:.2f} s after SIGCONT, more than one interval ({RESUME_INTERVAL} s) + {RESUME_SLACK} s")

@@ -1,4 +1,9 @@
-"""Byte-level checks of the IPVS netlink codec against the kernel ABI (include/uapi/linux/ip_vs.h)."""
+"""Byte-level checks of the IPVS netlink codec against the kernel ABI (include/uapi/linux/ip_vs.h).
+
+Requests are built by hand (the kernel never sends them); replies are the lab kernel's own
+bytes, recorded in tests/golden/ipvs (see support.netlink_golden), except for layouts that
+kernel does not send.
+"""
 
 import socket
 import struct
@@ -6,7 +11,8 @@ import struct
 import pytest
 
 from lvsmail.ipvs import wire
-from lvsmail.ipvs.model import DestKey, DestSettings, ServiceKey, ServiceSettings, F_PERSISTENT
+from lvsmail.ipvs.model import F_PERSISTENT, DestKey, DestSettings, ServiceKey, ServiceSettings
+from support import netlink_golden as golden
 
 TCP = socket.IPPROTO_TCP
 
@@ -54,27 +60,30 @@ def test_dest_identity_for_delete_and_full_entry_for_add():
     assert struct.unpack_from("=I", full, a[wire.DEST_WEIGHT][0]) == (3,)
 
 
-def _reply(cmd_attr: bytes) -> bytes:
-    return wire.message(0x22, wire.CMD_GET_DEST, cmd_attr, seq=9)
+def _with_dest_u32(msg: bytes, kind: int, value: int) -> bytes:
+    """A dest reply with one u32 attribute of its DEST nest set to ``value`` (the rest the kernel's bytes)."""
+    out = bytearray(msg)
+    off, n = wire.attrs(out, 20, len(out))[wire.ATTR_DEST]
+    at, _ = wire.attrs(out, off, off + n)[kind]
+    struct.pack_into("=I", out, at, value)
+    return bytes(out)
 
 
-def test_decode_dest_reads_the_kernels_forwarding_method_not_a_default():
-    # As the kernel sends it: fwd method with extra flag bits above the mask.
-    inner = b"".join([
-        wire.attr(wire.DEST_ADDR, wire.addr_bytes("198.51.100.36")),
-        wire.attr(wire.DEST_PORT, struct.pack("!H", 25)),
-        wire.attr(wire.DEST_FWD_METHOD, struct.pack("=I", 0x0100 | 3)),
-        wire.attr(wire.DEST_WEIGHT, struct.pack("=I", 60)),
-        wire.attr(wire.DEST_ACTIVE_CONNS, struct.pack("=I", 4)),
-        wire.attr(wire.DEST_INACT_CONNS, struct.pack("=I", 2)),
-        wire.attr(wire.DEST_ADDR_FAMILY, struct.pack("=H", socket.AF_INET)),
-    ])
-    msg = _reply(wire.attr(wire.ATTR_DEST, inner))
-    (kind, flags, seq, payload, end), = list(wire.iter_messages(msg, len(msg)))
-    key, entry = wire.decode_dest(msg, payload, end, socket.AF_INET, counters=False)
-    assert key == DestKey("198.51.100.36", 25)
-    assert entry.settings == DestSettings("dr", 60)
-    assert (entry.active, entry.inactive) == (4, 2)
+@pytest.mark.parametrize("name, addr, settings", [
+    ("dest-v4-tun", "198.51.100.20", DestSettings("tun", 1)),
+    ("dest-v4-dr", "198.51.100.21", DestSettings("dr", 2)),
+    ("dest-v4-masq", "198.51.100.22", DestSettings("nat", 3)),
+])
+def test_decode_dest_reads_the_kernels_forwarding_method_not_a_default(name, addr, settings):
+    msg, _ = golden.load(name)
+    # Flag bits above the forwarding mask (IP_VS_CONN_F_FWD_MASK) and connection counts do not disturb it.
+    for patched in (msg, _with_dest_u32(msg, wire.DEST_FWD_METHOD, 0x0100 | wire.FWD_CODES[settings.forwarding])):
+        patched = _with_dest_u32(_with_dest_u32(patched, wire.DEST_ACTIVE_CONNS, 4), wire.DEST_INACT_CONNS, 2)
+        (kind, flags, seq, payload, end), = list(wire.iter_messages(patched, len(patched)))
+        key, entry = wire.decode_dest(patched, payload, end, socket.AF_INET, counters=False)
+        assert key == DestKey(addr, 25)
+        assert entry.settings == settings
+        assert (entry.active, entry.inactive) == (4, 2)
 
 
 def test_decode_service_round_trips_what_we_encode_and_drops_the_hashed_flag():
@@ -87,16 +96,26 @@ def test_decode_service_round_trips_what_we_encode_and_drops_the_hashed_flag():
     assert got_key == key and entry.settings == settings
 
 
+def _with_seq(msg: bytes, seq: int) -> bytes:
+    """A golden message (recorded with seq 0) carrying sequence number ``seq``."""
+    return msg[:8] + struct.pack("=I", seq) + msg[12:]
+
+
 def test_error_code_is_the_negated_errno():
-    payload = struct.pack("=i", -17) + b"\0" * 16
-    msg = struct.pack("=IHHII", 16 + len(payload), wire.NLMSG_ERROR, 0, 5, 0) + payload
+    msg = _with_seq(golden.load("error-eexist")[0], 5)  # the kernel's EEXIST for a service added twice
     (kind, _, seq, off, _), = list(wire.iter_messages(msg, len(msg)))
     assert (kind, seq, wire.error_code(msg, off)) == (wire.NLMSG_ERROR, 5, 17)
 
 
 def test_several_messages_in_one_datagram_are_all_seen():
-    data = b"".join(wire.message(0x22, wire.CMD_GET_CONFIG, b"", seq=s) for s in (1, 2, 3))
-    assert [seq for _, _, seq, _, _ in wire.iter_messages(data, len(data))] == [1, 2, 3]
+    names = ("service-v4-tcp-wlc-persistent", "service-v6-tcp", "service-fwmark")
+    data = b"".join(_with_seq(golden.load(n)[0], s) for s, n in enumerate(names, 1)) + golden.load("done")[0]
+    seen = list(wire.iter_messages(data, len(data)))
+    assert [(kind == wire.NLMSG_DONE, seq) for kind, _, seq, _, _ in seen] == [(False, 1), (False, 2), (False, 3),
+                                                                               (True, 0)]
+    keys = [wire.decode_service(data, payload, end, counters=False)[0] for _, _, _, payload, end in seen[:3]]
+    assert keys == [ServiceKey(socket.AF_INET, TCP, "192.0.2.33", 25),
+                    ServiceKey(socket.AF_INET6, TCP, "2001:db8::33", 25), ServiceKey(socket.AF_INET, fwmark=7)]
 
 
 def _kernel_dest(addr: str, weight: int, *, with_tun: bool = True, af: int = socket.AF_INET) -> bytes:
@@ -126,9 +145,12 @@ def _same(a, b):
 
 def test_fast_dest_decoder_agrees_with_the_general_parser():
     d = wire.DestDecoder()
-    for i, addr in enumerate(["198.51.100.20", "198.51.100.32", "198.51.100.35"]):
-        fast, slow = _both(d, _kernel_dest(addr, i + 1))
-        assert _same(fast, slow) and fast[0] == DestKey(addr, 25) and fast[1].active == 2 * (i + 1)
+    for weight, (name, addr) in enumerate([("dest-v4-tun", "198.51.100.20"), ("dest-v4-dr", "198.51.100.21"),
+                                           ("dest-v4-masq", "198.51.100.22")], 1):
+        msg = _with_dest_u32(golden.load(name)[0], wire.DEST_ACTIVE_CONNS, 2 * weight)
+        fast, slow = _both(d, msg)
+        assert _same(fast, slow) and fast[0] == DestKey(addr, 25) and fast[1].active == 2 * weight
+        assert fast[1].settings.weight == weight
 
 
 def test_fast_dest_decoder_falls_back_when_a_message_has_another_layout():
@@ -141,9 +163,10 @@ def test_fast_dest_decoder_falls_back_when_a_message_has_another_layout():
 
 def test_fast_dest_decoder_handles_a_mixed_family_tunnel_dest():
     d = wire.DestDecoder()
-    _both(d, _kernel_dest("198.51.100.20", 1))
-    fast, slow = _both(d, _kernel_dest("198.51.100.20", 1), af=socket.AF_INET6)  # IPv4 dest, IPv6 service
-    assert _same(fast, slow) and fast[1].settings.af == socket.AF_INET
+    _both(d, golden.load("dest-v4-tun")[0])  # learns the kernel's layout
+    fast, slow = _both(d, golden.load("dest-v4-tun-ipv6")[0])  # IPv6 dest, IPv4 service
+    assert _same(fast, slow) and fast[0] == DestKey("2001:db8::20", 25)
+    assert fast[1].settings == DestSettings("tun", 4, af=socket.AF_INET6)
 
 
 # -- sync daemon (IPVS_CMD_ATTR_DAEMON nest) -----------------------------------------------
@@ -195,23 +218,18 @@ def test_del_daemon_names_only_the_state():
 
 
 def test_get_daemon_reply_decodes_with_the_kernels_defaults():
-    # As ip_vs_genl_fill_daemon sends it: u32 state, string ifname, u32 syncid, u16 maxlen, u16 port,
-    # u8 ttl, in_addr group.
-    nest = wire.nest(wire.ATTR_DAEMON,
-                     wire.attr(wire.DAEMON_STATE, struct.pack("=I", 1)),
-                     wire.attr(wire.DAEMON_MCAST_IFN, b"eth0\0"),
-                     wire.attr(wire.DAEMON_SYNC_ID, struct.pack("=I", 42)),
-                     wire.attr(wire.DAEMON_SYNC_MAXLEN, struct.pack("=H", 1472)),
-                     wire.attr(wire.DAEMON_MCAST_PORT, struct.pack("=H", 8848)),
-                     wire.attr(wire.DAEMON_MCAST_TTL, b"\x01"),
-                     wire.attr(wire.DAEMON_MCAST_GROUP, bytes([224, 0, 0, 81])))
-    msg = wire.message(0x22, wire.CMD_GET_DAEMON, nest, seq=3)
+    # ip_vs_genl_fill_daemon's reply to a master started with only state, interface and sync id (a veth,
+    # MTU 1500): u32 state, string ifname, u32 syncid, u16 maxlen, u16 port, u8 ttl, in_addr group.
+    msg, _ = golden.load("daemon-master")
     (_, _, _, payload, end), = list(wire.iter_messages(msg, len(msg)))
     d = wire.decode_daemon(msg, payload, end)
-    assert d == SyncDaemon("master", "eth0", 42, maxlen=1472, group="224.0.0.81", port=8848, ttl=1)
-    assert SyncDaemon("master", "eth0", 42).covers(d)
-    assert not SyncDaemon("master", "eth0", 42, port=9000).covers(d)
-    assert not SyncDaemon("backup", "eth0", 42).covers(d)
+    assert d == SyncDaemon("master", "sync0", 7, maxlen=1472, group="224.0.0.81", port=8848, ttl=1)
+    assert SyncDaemon("master", "sync0", 7).covers(d)
+    assert not SyncDaemon("master", "sync0", 7, port=9000).covers(d)
+    assert not SyncDaemon("backup", "sync0", 7).covers(d)
+    backup, _ = golden.load("daemon-backup")
+    (_, _, _, payload, end), = list(wire.iter_messages(backup, len(backup)))
+    assert SyncDaemon("backup", "sync1", 7).covers(wire.decode_daemon(backup, payload, end))
 
 
 def test_daemon_request_round_trips_through_the_decoder():
