@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from lvsmail.commands.options import EXIT_CONFIG, cluster_file_argument, state_dir
+from lvsmail.commands.options import EXIT_CONFIG, cluster_file_argument, cluster_name, output_file, state_dir
 
 # The loader and importer are imported inside each command: every ``lvsmail`` start
 # would otherwise pay for them, and in the emulated lab that costs seconds.
@@ -34,9 +34,8 @@ def validate(file: str) -> None:
 
 @config.command("import-ldirectord")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
-              help="Write the cluster file here instead of standard output.")
-@click.option("--name", help="Cluster name (default: the file name without its extension).")
+@output_file("Write the cluster file here instead of standard output.")
+@cluster_name
 def import_ldirectord_cmd(file: str, output: str | None, name: str | None) -> None:
     """Print the cluster file equivalent to the ldirectord.cf FILE.
 
@@ -61,9 +60,8 @@ def import_ldirectord_cmd(file: str, output: str | None, name: str | None) -> No
 
 @config.command("import-keepalived")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
-              help="Write the cluster file here instead of standard output.")
-@click.option("--name", help="Cluster name (default: the file name without its extension).")
+@output_file("Write the cluster file here instead of standard output.")
+@cluster_name
 def import_keepalived_cmd(file: str, output: str | None, name: str | None) -> None:
     """Print the cluster file equivalent to the virtual servers of the keepalived.conf FILE.
 
@@ -90,8 +88,7 @@ def import_keepalived_cmd(file: str, output: str | None, name: str | None) -> No
 
 @config.command("export-keepalived")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
-              help="Write keepalived.conf here (atomically) instead of standard output.")
+@output_file("Write keepalived.conf here (atomically) instead of standard output.")
 @click.option("--router-id", help="keepalived's router_id for this director (default: the cluster name).")
 def export_keepalived_cmd(file: str, output: str | None, router_id: str | None) -> None:
     """Print the keepalived.conf (keepalived 2.2.7) equivalent to the cluster file FILE.
@@ -111,8 +108,7 @@ def export_keepalived_cmd(file: str, output: str | None, router_id: str | None) 
 
 @config.command("export-ldirectord")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
-              help="Write ldirectord.cf here (atomically) instead of standard output.")
+@output_file("Write ldirectord.cf here (atomically) instead of standard output.")
 @click.option("--logfile", default="/var/log/ldirectord.log", show_default=True,
               help="ldirectord's logfile= setting.")
 def export_ldirectord_cmd(file: str, output: str | None, logfile: str) -> None:

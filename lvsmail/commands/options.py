@@ -49,5 +49,40 @@ def state_dir(help: str = "Where running directors keep their sockets and state.
 json_output = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
 dry_run = click.option("--dry-run", is_flag=True, help="Print the plan and exit 1 if changes are pending.")
 
+
+def output_file(help: str):
+    """``-o FILE`` for the config commands that print a file: write it there instead."""
+    return click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help=help)
+
+
+#: ``--name`` of the importers: the cluster name they write.
+cluster_name = click.option("--name", help="Cluster name (default: the file name without its extension).")
+
+
+def no_reload(help: str):
+    """``--no-reload`` of realserver join and leave: leave the mail daemons running as they are."""
+    return click.option("--no-reload", is_flag=True, help=help)
+
+
+def mail_instances(postfix: str, dovecot: str, courier: str):
+    """``--postfix-config-dir``, ``--dovecot-config``, ``--courier-config-dir``: which mail daemons to act on."""
+    options = [click.option("--postfix-config-dir", type=click.Path(file_okay=False), help=postfix),
+               click.option("--dovecot-config", type=click.Path(dir_okay=False), help=dovecot),
+               click.option("--courier-config-dir", type=click.Path(file_okay=False), help=courier)]
+
+    def apply(f):
+        for option in reversed(options):  # click lists options in decorator order, top first
+            f = option(f)
+        return f
+    return apply
+
+
+# Same name, other meaning, so declared where they are used:
+# - --timeout: each command waits for something else, with its own default (director reload,
+#   realserver verify, the realserver_ops --wait, lab run);
+# - --service: a name filter in the dashboard, one service by name in the realserver_ops commands;
+# - realserver leave's -c: no installed default, it reads the file join recorded;
+# - the lab's --state-dir: the lab's own directory (/run/lvsmail-lab), default None.
+
 #: Exit codes shared by every command: 0 ok, 1 pending/unhealthy, 2 usage or config error.
 EXIT_OK, EXIT_PENDING, EXIT_CONFIG = 0, 1, 2

@@ -7,7 +7,9 @@ import sys
 
 import click
 
-from lvsmail.commands.options import EXIT_CONFIG, EXIT_OK, EXIT_PENDING, cluster_file, dry_run
+from lvsmail.commands.options import (
+    EXIT_CONFIG, EXIT_OK, EXIT_PENDING, cluster_file, dry_run, mail_instances, no_reload,
+)
 
 address_option = click.option("--address", required=True, help="This real server's address, as the cluster file "
                                                                  "lists it (or as it registers).")
@@ -50,11 +52,10 @@ def _load(config_path):
 @root_option
 @click.option("--interface", help="Interface facing the director (default: realserver.interface, else the one "
                                   "holding --address).")
-@click.option("--postfix-config-dir", type=click.Path(file_okay=False), help="Postfix instance (postconf -c).")
-@click.option("--dovecot-config", type=click.Path(dir_okay=False),
-              help="Dovecot's main configuration file; the settings go to conf.d/90-lvsmail.conf beside it.")
-@click.option("--courier-config-dir", type=click.Path(file_okay=False), help="Courier-IMAP's directory (imapd).")
-@click.option("--no-reload", is_flag=True, help="Do not reload Postfix/Dovecot/Courier after changing them.")
+@mail_instances("Postfix instance (postconf -c).",
+                "Dovecot's main configuration file; the settings go to conf.d/90-lvsmail.conf beside it.",
+                "Courier-IMAP's directory (imapd).")
+@no_reload("Do not reload Postfix/Dovecot/Courier after changing them.")
 @click.option("--no-arp-check", is_flag=True, help="Skip asking the LAN who answers ARP for a DR VIP.")
 def join(config_path, address, dry_run, state_file, root, interface, postfix_config_dir, dovecot_config,
          courier_config_dir, no_reload, no_arp_check) -> None:
@@ -128,6 +129,7 @@ def join(config_path, address, dry_run, state_file, root, interface, postfix_con
 
 
 @realserver.command()
+# Not options.cluster_file: leave's default is the file join recorded, not the installed one.
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
               help="Cluster file (default: the one recorded by join).")
 @state_option
@@ -135,10 +137,8 @@ def join(config_path, address, dry_run, state_file, root, interface, postfix_con
 @click.option("--drain-timeout", type=click.FloatRange(min=0), help="Seconds to wait for active connections "
                                                                      "(default: registration.drain_timeout).")
 @click.option("--force", is_flag=True, help="Go on when draining or deregistering fails.")
-@click.option("--no-reload", is_flag=True, help="Do not reload the mail daemons after restoring them.")
-@click.option("--postfix-config-dir", type=click.Path(file_okay=False), help="Postfix instance to reload.")
-@click.option("--dovecot-config", type=click.Path(dir_okay=False), help="Dovecot instance to reload.")
-@click.option("--courier-config-dir", type=click.Path(file_okay=False), help="Courier instance to reload.")
+@no_reload("Do not reload the mail daemons after restoring them.")
+@mail_instances("Postfix instance to reload.", "Dovecot instance to reload.", "Courier instance to reload.")
 def leave(config_path, state_file, root, drain_timeout, force, no_reload, postfix_config_dir, dovecot_config,
           courier_config_dir) -> None:
     """Drain and deregister, then restore everything join changed and remove the state file."""

@@ -140,7 +140,7 @@ class Director:
         self.engine = HealthEngine(self.effective(), self.table.transition, **self.engine_options,
                                    hold=lambda: self.failover.link_fault() if self.failover is not None else None)
         self._set_alerter()
-        prepare_kernel(self.spec)
+        prepare_kernel(self.spec, self.sysctl)
         await self._apply_kernel_profile()
         phases.done("config")
         # What `systemctl status` shows while the unit is "activating": a slow start says where it is.
@@ -243,7 +243,7 @@ class Director:
         self.spec = new
         self.engine.update(self.effective())
         self._set_alerter()
-        prepare_kernel(new)
+        prepare_kernel(new, self.sysctl)
         await self._apply_kernel_profile()
         await self._sync(refresh=True, why="reload")
         await self.membership.configure(new)

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import logging
 import socket
-from pathlib import Path
 
 from lvsmail.ipvs.desired import MARK_BASE, Key, probe_marks, probe_services
+from lvsmail.net.sysctl import SysctlBackend
 from lvsmail.spec import ClusterSpec
 
 # The probe services' marks and table are part of the desired table (lvsmail.ipvs.desired);
@@ -30,8 +30,6 @@ from lvsmail.spec import ClusterSpec
 __all__ = ["MARK_BASE", "Key", "prepare_kernel", "probe_marks", "probe_services", "source_towards"]
 
 log = logging.getLogger("lvsmail.health")
-
-_SYSCTL = Path("/proc/sys/net/ipv4/conf")
 
 
 def source_towards(address: str) -> str:
@@ -41,19 +39,25 @@ def source_towards(address: str) -> str:
         return s.getsockname()[0]
 
 
-def prepare_kernel(cluster: ClusterSpec) -> list[str]:
-    """Turn on ``accept_local`` so replies from the VIP are accepted; return problems left for the admin."""
+def prepare_kernel(cluster: ClusterSpec, sysctl: SysctlBackend) -> list[str]:
+    """Turn on ``accept_local`` so replies from the VIP are accepted; return problems left for the admin.
+
+    Every read and write goes through ``sysctl`` (the daemon's backend), so a test's fake sees them
+    and nothing here touches the namespace the tests run in.
+    """
     if not probe_marks(cluster):
         return []
     problems = []
     try:
-        (_SYSCTL / "all" / "accept_local").write_text("1")
+        sysctl.write("net.ipv4.conf.all.accept_local", "1")
     except OSError as exc:
-        problems.append(f"cannot set net.ipv4.conf.all.accept_local=1: {exc.strerror}")
+        # The backend's SysctlError already names the key and the value ("cannot set ...=1: ...").
+        problems.append(exc.strerror or f"cannot set net.ipv4.conf.all.accept_local=1: {exc}")
     try:
-        strict_all = (_SYSCTL / "all" / "rp_filter").read_text().strip() == "1"
-        strict = [p.name for p in _SYSCTL.iterdir() if p.name not in ("all", "default", "lo")
-                  and (strict_all or (p / "rp_filter").read_text().strip() == "1")]
+        strict_all = sysctl.read("net.ipv4.conf.all.rp_filter") == "1"
+        strict = [name.replace("/", ".") for name in sysctl.children("net.ipv4.conf")
+                  if name not in ("all", "default", "lo")
+                  and (strict_all or sysctl.read(f"net.ipv4.conf.{name}.rp_filter") == "1")]
     except OSError as exc:
         strict = []
         problems.append(f"cannot read rp_filter: {exc.strerror}")

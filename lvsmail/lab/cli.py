@@ -16,6 +16,12 @@ def lab() -> None:
     """The lab: a real IPVS/IPIP kernel (this one, or a VM) and a cluster in namespaces."""
 
 
+#: ``--mode`` of demo, up and chaos: the forwarding method of the lab cluster's services
+#: (lab-only, so defined here rather than in lvsmail.commands.options).
+mode_option = click.option("--mode", default="tun", show_default=True, type=click.Choice(["tun", "dr", "nat"]),
+                           help="Forwarding method.")
+
+
 @lab.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--memory", default="2G", show_default=True, help="VM memory.")
 @click.option("--cpus", type=int, default=None, help="VM CPUs (default: as many as this machine).")
@@ -43,8 +49,7 @@ def run(memory: str, cpus: int | None, timeout: float | None, out_dir: str | Non
 @lab.command()
 @click.option("--messages", default=30, show_default=True, type=click.IntRange(1, 1000),
               help="Messages to send through the VIP.")
-@click.option("--mode", default="tun", show_default=True, type=click.Choice(["tun", "dr", "nat"]),
-              help="Forwarding method.")
+@mode_option
 @click.option("--reals", default=4, show_default=True, type=click.IntRange(1, 20), help="Real servers.")
 def demo(messages: int, mode: str, reals: int) -> None:
     """Bring the whole cluster up, send mail through the VIP, read it back over IMAP, show the dashboard, tear down."""
@@ -55,6 +60,8 @@ def demo(messages: int, mode: str, reals: int) -> None:
     sys.exit(demo_main(["--messages", str(messages), "--mode", mode, "--reals", str(reals)]))
 
 
+# Not lvsmail.commands.options.state_dir: the same name, but the lab's own directory. None passes nothing
+# on, so cluster_up's own default (cluster_up.STATE_DIR, not imported here: the lab starts fast) applies.
 state_dir_option = click.option("--state-dir", type=click.Path(file_okay=False), default=None,
                                 help="Where lab clusters keep their files and state (default: /run/lvsmail-lab).")
 prefix_option = click.option("--prefix", default=None, help="Which lab cluster, when several are up.")
@@ -89,8 +96,7 @@ def _in_lab() -> bool:
 
 
 @lab.command()
-@click.option("--mode", default="tun", show_default=True, type=click.Choice(["tun", "dr", "nat"]),
-              help="Forwarding method.")
+@mode_option
 @click.option("--realservers", default=4, show_default=True, type=click.IntRange(1, 20), help="Real servers.")
 @click.option("--then", "then_cmd", default=None,
               help="Shell command to run once the cluster is up; the cluster is torn down afterwards. "
@@ -141,8 +147,7 @@ def status(prefix: str | None, state_dir: str | None) -> None:
 @click.option("--duration", default=300.0, show_default=True, type=click.FloatRange(20, 3600),
               help="Seconds of faults (setup, final delivery and accounting come on top).")
 @click.option("--seed", default=1, show_default=True, type=int, help="Seed of the fault schedule.")
-@click.option("--mode", default="tun", show_default=True, type=click.Choice(["tun", "dr", "nat"]),
-              help="Forwarding method.")
+@mode_option
 @click.option("--realservers", default=4, show_default=True, type=click.IntRange(2, 20), help="Real servers.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Where the JSON report and the plot go (default: $LVSMAIL_LAB_OUT or lab-out/).")

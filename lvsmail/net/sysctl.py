@@ -45,6 +45,9 @@ class SysctlBackend(Protocol):
     def write(self, key: str, value: str) -> None:
         """Set a value; SysctlError if the key does not exist or the kernel refuses it."""
 
+    def children(self, prefix: str) -> list[str]:
+        """Sorted names one level below ``prefix``, escaped as key levels; SysctlError if it is not there."""
+
 
 class ProcSysctl:
     """Sysctls through /proc/sys, in the network namespace of the calling thread."""
@@ -71,6 +74,16 @@ class ProcSysctl:
         except OSError as exc:
             raise SysctlError(exc.errno, f"cannot set {key}={value}: {exc.strerror}") from exc
 
+    def children(self, prefix: str) -> list[str]:
+        """List the directory (``net.ipv4.conf`` lists every interface); a dot in a name comes back as ``/``."""
+        try:
+            names = [p.name for p in sysctl_path(prefix, self.root).iterdir()]
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise SysctlError(exc.errno, f"no sysctl directory {prefix}") from exc
+        except OSError as exc:
+            raise SysctlError(exc.errno, f"cannot list {prefix}: {exc.strerror}") from exc
+        return sorted(name.replace(".", "/") for name in names)
+
 
 class FakeSysctl:
     """In-memory sysctls: only keys it was given exist, as in the kernel."""
@@ -91,3 +104,11 @@ class FakeSysctl:
             raise SysctlError(2, f"no sysctl {key}")
         self.values[key] = str(value)
         self.writes.append((key, str(value)))
+
+    def children(self, prefix: str) -> list[str]:
+        """Next levels of the keys under ``prefix``, as the kernel's directory would list them."""
+        start = prefix + "."
+        names = {key[len(start):].split(".", 1)[0] for key in self.values if key.startswith(start)}
+        if not names:
+            raise SysctlError(2, f"no sysctl directory {prefix}")
+        return sorted(names)

@@ -8,8 +8,10 @@ import pytest
 from lvsmail.config import ConfigError, parse_cluster
 from lvsmail.health.engine import HealthEngine
 from lvsmail.health.result import Result
+from lvsmail.health.via_vip import prepare_kernel
 from lvsmail.ipvs.desired import MARK_BASE, desired_table, probe_marks, probe_services
 from lvsmail.ipvs.model import DestKey, ServiceKey
+from lvsmail.net.sysctl import FakeSysctl
 
 CLUSTER = """\
 cluster: t
@@ -79,3 +81,47 @@ def test_engine_probes_the_vip_with_the_mark_from_the_directors_address():
     assert (address, port, mark) == ("192.0.2.33", 25, MARK_BASE + 1)
     assert peer == "198.51.100.20:25 via 192.0.2.33:25"
     assert source  # the director's own address on the path to the real server
+
+
+def _kernel(all_rp="0", **interfaces):
+    """A FakeSysctl with net.ipv4.conf as a kernel shows it: all, default, lo and the given interfaces."""
+    values = {"net.ipv4.conf.all.accept_local": "0", "net.ipv4.conf.all.rp_filter": all_rp}
+    for name, rp in {"default": "1", "lo": "1", **interfaces}.items():
+        values[f"net.ipv4.conf.{name}.rp_filter"] = rp
+    return FakeSysctl(values)
+
+
+def test_prepare_kernel_turns_on_accept_local_through_the_backend():
+    sysctl = _kernel(eth0="2", eth1="0")
+    assert prepare_kernel(parse_cluster(CLUSTER.format(fwd="dr")), sysctl) == []
+    assert sysctl.writes == [("net.ipv4.conf.all.accept_local", "1")]
+
+
+def test_prepare_kernel_reports_strict_rp_filter_per_interface(caplog):
+    sysctl = _kernel(eth0="1", eth1="2", **{"eth0/100": "1"})
+    problems = prepare_kernel(parse_cluster(CLUSTER.format(fwd="dr")), sysctl)
+    assert len(problems) == 1
+    assert problems[0].startswith("strict rp_filter on eth0, eth0.100 drops replies")
+    assert sysctl.values["net.ipv4.conf.all.accept_local"] == "1"
+    assert "strict rp_filter on eth0, eth0.100" in caplog.text
+
+
+def test_prepare_kernel_counts_every_interface_strict_under_a_strict_all():
+    problems = prepare_kernel(parse_cluster(CLUSTER.format(fwd="dr")), _kernel(all_rp="1", eth0="0"))
+    assert [p.split(" drops")[0] for p in problems] == ["strict rp_filter on eth0"]
+
+
+def test_prepare_kernel_reports_what_it_cannot_read_or_write():
+    sysctl = FakeSysctl({"net.ipv4.conf.all.rp_filter": "0", "net.ipv4.conf.eth0.accept_local": "0"})
+    problems = prepare_kernel(parse_cluster(CLUSTER.format(fwd="dr")), sysctl)
+    assert problems == ["no sysctl net.ipv4.conf.all.accept_local",
+                        "cannot read rp_filter: no sysctl net.ipv4.conf.eth0.rp_filter"]
+    assert sysctl.writes == []
+
+
+def test_prepare_kernel_touches_nothing_without_checks_through_the_vip():
+    plain = CLUSTER.format(fwd="dr").replace(", via: vip", "")
+    sysctl = _kernel(all_rp="1", eth0="1")
+    before = dict(sysctl.values)
+    assert prepare_kernel(parse_cluster(plain), sysctl) == []
+    assert sysctl.writes == [] and sysctl.values == before

@@ -10,7 +10,6 @@ reloaded and cut off from each other.
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 
 class DirectorStack:
@@ -67,13 +66,16 @@ def apply_kernel_profile(cluster, d) -> dict[str, str]:
     from lvsmail.config import parse_cluster
     from lvsmail.director.kernel_profile import SYSCTLS, wanted
     from lvsmail.net import netns
-    from lvsmail.net.sysctl import ProcSysctl
+    from lvsmail.net.sysctl import ProcSysctl, SysctlError
 
     spec = parse_cluster(cluster.cluster_text(d.number), source=str(d.config))
     values = {SYSCTLS[name]: str(value) for name, value in wanted(spec).items()}
-    if any(key.startswith("net.ipv4.vs.") for key in values) and not Path("/proc/sys/net/ipv4/vs").exists():
+    if any(key.startswith("net.ipv4.vs.") for key in values):
         # The net.ipv4.vs keys exist once ip_vs is loaded (lvsmail's director loads it through netlink).
-        subprocess.run(["modprobe", "ip_vs"], check=True, capture_output=True, timeout=120)
+        try:
+            ProcSysctl().children("net.ipv4.vs")
+        except SysctlError:
+            subprocess.run(["modprobe", "ip_vs"], check=True, capture_output=True, timeout=120)
 
     def write() -> None:
         sysctl = ProcSysctl()
