@@ -54,13 +54,15 @@ def prepare_kernel(cluster: ClusterSpec, sysctl: SysctlBackend) -> list[str]:
         # The backend's SysctlError already names the key and the value ("cannot set ...=1: ...").
         problems.append(exc.strerror or f"cannot set net.ipv4.conf.all.accept_local=1: {exc}")
     try:
-        strict_all = sysctl.read("net.ipv4.conf.all.rp_filter") == "1"
+        # The kernel validates with the larger of all's and the interface's value (ip-sysctl.rst):
+        # strict (1) only when that maximum is 1, so all=1 with an interface at 2 is loose.
+        at_all = int(sysctl.read("net.ipv4.conf.all.rp_filter"))
         strict = [name.replace("/", ".") for name in sysctl.children("net.ipv4.conf")
                   if name not in ("all", "default", "lo")
-                  and (strict_all or sysctl.read(f"net.ipv4.conf.{name}.rp_filter") == "1")]
-    except OSError as exc:
+                  and max(at_all, int(sysctl.read(f"net.ipv4.conf.{name}.rp_filter"))) == 1]
+    except (OSError, ValueError) as exc:
         strict = []
-        problems.append(f"cannot read rp_filter: {exc.strerror}")
+        problems.append(f"cannot read rp_filter: {getattr(exc, 'strerror', None) or exc}")
     if strict:
         problems.append("strict rp_filter on " + ", ".join(sorted(strict)) + " drops replies of checks through "
                         "the VIP: set net.ipv4.conf.<interface facing the real servers>.rp_filter=2 (and all)")

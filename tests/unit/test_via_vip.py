@@ -106,8 +106,9 @@ def test_prepare_kernel_reports_strict_rp_filter_per_interface(caplog):
     assert "strict rp_filter on eth0, eth0.100" in caplog.text
 
 
-def test_prepare_kernel_counts_every_interface_strict_under_a_strict_all():
-    problems = prepare_kernel(parse_cluster(CLUSTER.format(fwd="dr")), _kernel(all_rp="1", eth0="0"))
+def test_prepare_kernel_takes_the_larger_of_all_and_the_interface_as_the_kernel_does():
+    # all=1 makes eth0 (0) strict; eth1 (2) stays loose: the kernel uses max(all, interface).
+    problems = prepare_kernel(parse_cluster(CLUSTER.format(fwd="dr")), _kernel(all_rp="1", eth0="0", eth1="2"))
     assert [p.split(" drops")[0] for p in problems] == ["strict rp_filter on eth0"]
 
 
