@@ -139,17 +139,17 @@ def test_drain_wait_returns_when_the_kernel_has_no_active_connection(lab):
 
 
 METRICS_LISTEN = "127.0.0.1:9712"
-AVAILABILITY = """
+AVAILABILITY = f"""
 availability:
   node_availability: 0.999118607
   mtbf_hours: 8640
   layers:
-    directors: {nodes: 2, mode: active-passive, mtfo_seconds: 4.351}
-    realservers: {nodes: 4, mode: all-active}
-    storage: {nodes: 6, mode: active-passive, mtfo_seconds: 137.162}
+    directors: {{nodes: 2, mode: active-passive, mtfo_seconds: 4.351}}
+    realservers: {{nodes: 4, mode: all-active}}
+    storage: {{nodes: 6, mode: active-passive, mtfo_seconds: 137.162}}
 metrics:
-  listen: "%s"
-""" % METRICS_LISTEN
+  listen: "{METRICS_LISTEN}"
+"""
 
 
 def test_metrics_scrape_and_availability_report_from_the_lab_director(lab):

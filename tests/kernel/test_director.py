@@ -115,7 +115,7 @@ def seed_shaped(t) -> bool:
     """True when the table is the seed's: 2 services, wlc, persistent 120, 4 x Tunnel weight 1."""
     if len(t) != 2:
         return False
-    for key, svc in t.items():
+    for svc in t.values():
         s = svc.settings
         if (s.scheduler, s.persistent, s.timeout, s.netmask) != ("wlc", True, 120, 0xFFFFFFFF):
             return False

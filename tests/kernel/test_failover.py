@@ -307,7 +307,8 @@ def test_established_smtp_session_survives_director_takeover(case, lab_ok, lab_o
         after = [c for c in sync_conns(d2.read("ip_vs_conn_sync"), CLIENT, topo.vip, SMTP_PORT) if c["cport"] == cport]
         assert after and after[0]["dest"] == dest, after  # director 2 forwarded the rest of it
         with capsys.disabled():
-            print(f"\n[{case}, takeover by {method}] pair ready {ready:.1f} s; session synced to director 2 within {synced_after:.1f} s;"
+            print(f"\n[{case}, takeover by {method}] pair ready {ready:.1f} s; "
+                  f"session synced to director 2 within {synced_after:.1f} s;"
                   f" takeover (kill → VIP + master role) {takeover:.1f} s; RCPT..QUIT after takeover {resumed:.1f} s;"
                   f" message delivered by {server} via director 2")
     finally:

@@ -444,7 +444,7 @@ def test_all_real_servers_down_installs_the_fallback_until_one_returns(lab, caps
                                  f"only the fallback {SORRY} in {key}", t0)
         down = _greetings(lab, SORRY_PORT)
         assert down == ["sorry"] * SESSIONS, down
-        for role, addr in addrs.items():
+        for addr in addrs.values():
             entry = _status_entry(lab, SORRY_PORT, addr, lambda e: (e["health"] or {}).get("health") == "down")
             assert entry["weight"] is None and "refused" in entry["health"]["last_failure"]
 

@@ -163,9 +163,9 @@ def test_command_text_shows_overrides_beside_the_seed(cli_runner, tmp_path):
     result = cli_runner.invoke(availability, ["-c", str(path), "--state-dir", str(tmp_path),
                                                "--mtfo-directors", "4.351", "--mtfo-realservers", "0.762"])
     assert result.exit_code == 0, result.output
-    line = next(l for l in result.stdout.splitlines() if l.startswith("directors"))
+    line = next(row for row in result.stdout.splitlines() if row.startswith("directors"))
     assert "override" in line and line.split()[-2:] == ["0.9999989434", "0.9999989434"]
-    total = next(l for l in result.stdout.splitlines() if l.startswith("total"))
+    total = next(row for row in result.stdout.splitlines() if row.startswith("total"))
     assert total.split()[1:] == ["99.99608", "%", "99.99608", "%"]
 
 

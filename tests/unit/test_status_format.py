@@ -12,11 +12,13 @@ FWM6 = ServiceKey(socket.AF_INET6, fwmark=3)
 
 
 def table():
-    smtp = ServiceEntry(ServiceSettings("wlc", F_PERSISTENT, 120, 0xFFFFFF00), counters=Counters(conns=5, inbytes=123456))
+    smtp = ServiceEntry(ServiceSettings("wlc", F_PERSISTENT, 120, 0xFFFFFF00),
+                        counters=Counters(conns=5, inbytes=123456))
     smtp.dests[DestKey("198.51.100.35", 25)] = DestEntry(DestSettings("tun", 1), active=3, inactive=1,
                                                          counters=Counters(conns=3))
     smtp.dests[DestKey("198.51.100.20", 25)] = DestEntry(DestSettings("dr", 0), active=0, inactive=2)
-    fwm = ServiceEntry(ServiceSettings("rr", netmask=128), {DestKey("2001:db8::20", 0): DestEntry(DestSettings("nat", 2))})
+    fwm = ServiceEntry(ServiceSettings("rr", netmask=128),
+                       {DestKey("2001:db8::20", 0): DestEntry(DestSettings("nat", 2))})
     return {FWM6: fwm, SMTP: smtp}
 
 
@@ -44,7 +46,8 @@ def test_json_is_stable_plain_data():
     assert [(r["address"], r["forwarding"], r["weight"], r["active"]) for r in smtp["realservers"]] == [
         ("198.51.100.20", "dr", 0, 0), ("198.51.100.35", "tun", 1, 3)]
     fwm = next(s for s in data["services"] if s["fwmark"] == 3)
-    assert (fwm["family"], fwm["protocol"], fwm["address"], fwm["port"], fwm["netmask"]) == ("inet6", None, None, None, "128")
+    assert ((fwm["family"], fwm["protocol"], fwm["address"], fwm["port"], fwm["netmask"])
+            == ("inet6", None, None, None, "128"))
     assert data["timeouts"] == {"tcp": 900, "tcpfin": 120, "udp": 300}
 
 
