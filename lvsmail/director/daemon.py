@@ -57,10 +57,8 @@ class Director:
                  flush_on_exit: bool = False, state_dir: str = DEFAULT_STATE_DIR, engine_options: dict | None = None,
                  alerter_options: dict | None = None, sysctl: SysctlBackend | None = None,
                  notifier: Notifier | None = None, failover_options: FailoverOptions | None = None) -> None:
-        self.config_path = config_path
-        self.backend = backend
-        self.repair_interval = repair_interval
-        self.flush_on_exit = flush_on_exit
+        self.config_path, self.backend = config_path, backend
+        self.repair_interval, self.flush_on_exit = repair_interval, flush_on_exit
         self.files = StateDir.of(state_dir, config_path)  # every state file's name
         self.spec: ClusterSpec | None = None
         self.table: KernelTable | None = None  # the reconciler, the kernel lock, health transition batches
@@ -69,13 +67,13 @@ class Director:
         self.alerter: Alerter | None = None
         self.alerter_options = alerter_options or {}
         self.sysctl = sysctl if sysctl is not None else ProcSysctl()  # the kernel profile's sysctls
-        self.sync_roles = SyncFollower(backend, self._save_profile)  # the IPVS sync daemon, as `sync:` asks
+        self.sync_follower = SyncFollower(backend, self._save_profile)  # the IPVS sync daemon, as `sync:` asks
         self.failover: Failover | None = None  # while the file has a failover: section
         self.failover_options = failover_options or FailoverOptions()  # its network, clock, timers (tests fake)
         self.hub = EventHub()  # health, kernel, vrrp, reload and operator events, published where they happen
         self.api = None  # console.api's server (and its metrics exporter), once listening
         self.notifier = notifier if notifier is not None else Notifier(None)  # systemd's, or a silent one
-        self.status = StatusReporter(self.notifier, self.status_line)  # systemd's STATUS= line, paced
+        self.status_reporter = StatusReporter(self.notifier, self.status_line)  # systemd's STATUS= line, paced
         self.reload_note: str | None = None  # a rejected reload, shown in STATUS= until the next good one
         self.overrides = OverrideStore(self.files.overrides)  # operators' drain/weight, kept across restarts
         # Real servers' health for `director status`, rewritten at most once a second (see HealthFile).
@@ -91,7 +89,7 @@ class Director:
     @property
     def sync(self) -> SyncRole | None:
         """The IPVS sync daemon role; None without a ``sync:`` section."""
-        return self.sync_roles.role
+        return self.sync_follower.role
 
     def request_reload(self) -> None:
         """Record that the file should be re-read (SIGHUP)."""
@@ -131,14 +129,14 @@ class Director:
         self.engine = HealthEngine(self.effective(), self.table.transition, **self.engine_options,
                                    on_result=lambda key, res: self.api.metrics.observe(key, res) if self.api else None,
                                    hold=lambda: self.failover.link_fault() if self.failover is not None else None)
-        self.alerter = _alerter(self.spec, self.alerter, self.alerter_options)
+        self._set_alerter()
         prepare_kernel(self.spec)
-        await kernel_profile.apply_for(self.spec, self.backend, self.sysctl)
+        await self._apply_kernel_profile()
         phases.done("config")
         # What `systemctl status` shows while the unit is "activating": a slow start says where it is.
         self.notifier.status(f"starting: programming the IPVS table ({_summary(self.spec)})")
         await self._sync(refresh=True, why="start")
-        await self.sync_roles.start(self.spec)
+        await self.sync_follower.start(self.spec)
         phases.done("table")
         self.notifier.status("starting: health checks and registration")
         self.engine.start()
@@ -149,11 +147,17 @@ class Director:
             self.notifier.status("starting: VRRP failover")
             await self._follow_failover(self.spec)
             phases.done("failover")
-        # The local API (status, dashboard, drain/enable, events) and the metrics endpoint; see console.api.
-        self.api = await start_api(self._view(), self.hub)
+        # The local API and metrics (console.api) on a view of every part they may read, passed explicitly.
+        self.api = await start_api(LiveView(
+            state=self.files, config_path=self.config_path, overrides=self.overrides, spec=lambda: self.spec,
+            effective=self.effective, membership=self.membership, engine=self.engine, table=self.table.dump,
+            timeouts=self.table.timeouts, daemons=self.table.daemons,
+            apply=lambda why: self._sync(refresh=False, why=why), sysctl=self.sysctl, sync_role=lambda: self.sync,
+            failover=lambda: self.failover.status(peers=True) if self.failover is not None else None,
+            request_reload=self.request_reload), self.hub)
         phases.done("api")
         self.ready.set()
-        self.status.ready()
+        self.status_reporter.ready()
         log.info("director: %s in sync: %s; started in %s", self.spec.name, _summary(self.spec), phases)
 
     async def loop(self) -> None:
@@ -176,8 +180,9 @@ class Director:
                 started = time.monotonic()  # CLOCK_MONOTONIC: `director reload` compares it with its own
                 error = await self.reload()
                 save(self.files.reload, reload_document(self.spec.name, started, time.monotonic(), error))
-                self.status.ready()  # READY=1 ends the reload, accepted or not
+                self.status_reporter.ready()  # READY=1 ends the reload, accepted or not
             elif loop.time() >= next_repair:
+                await self.sync_follower.retry()  # a refused sync role (interface not there yet) is tried again
                 await self._sync(refresh=True, why="repair")
                 await self.membership.retry()
             else:
@@ -189,7 +194,7 @@ class Director:
 
     async def shutdown(self) -> None:
         """STOPPING=1, stop failover, API, registration and checks; release the table only with --flush-on-exit."""
-        self.status.stopping()  # "stopping" stays the status line while checks and hooks wind down
+        self.status_reporter.stopping()  # "stopping" stays the status line while checks and hooks wind down
         if self.failover is not None:  # graceful: masters advertise priority 0, the backup takes over at once
             await self.failover.stop()
         if self.api is not None:
@@ -200,7 +205,7 @@ class Director:
         if self.alerter:
             await self.alerter.drain()
         if self.flush_on_exit:
-            await self.sync_roles.stop()  # only here: a restarting director must not interrupt sync
+            await self.sync_follower.stop()  # only here: a restarting director must not interrupt sync
             log.info("director: flushed %d owned services on exit", len(await self.table.release()))
         else:
             log.info("director: exiting, IPVS table left in place")
@@ -215,12 +220,12 @@ class Director:
             return str(exc)
         self.reload_note, self.spec = None, new
         self.engine.update(self.effective())
-        self.alerter = _alerter(new, self.alerter, self.alerter_options)
+        self._set_alerter()
         prepare_kernel(new)
-        await kernel_profile.apply_for(new, self.backend, self.sysctl)
+        await self._apply_kernel_profile()
         await self._sync(refresh=True, why="reload")
         await self.membership.configure(new)
-        await self.sync_roles.reload(new)
+        await self.sync_follower.reload(new)
         await self._follow_failover(new)
         log.info("director: reloaded %s: %s", new.name, _summary(new))
         self.hub.publish("reload", f"configuration reloaded: {len(new.services)} services")
@@ -236,15 +241,6 @@ class Director:
         """The STATUS= line: "3 services, 11/12 real servers up, VRRP MASTER" (and a rejected reload)."""
         return _status_text(self.effective(), self.engine.states if self.engine is not None else {},
                             self.failover.roles() if self.failover is not None else {}, self.reload_note)
-
-    def _view(self):
-        """The operator surface's view (lvsmail.console.view): each part it may read, passed explicitly."""
-        return LiveView(state=self.files, config_path=self.config_path, overrides=self.overrides,
-                        spec=lambda: self.spec, effective=self.effective, membership=self.membership,
-                        engine=self.engine, table=self.table.dump, timeouts=self.table.timeouts,
-                        daemons=self.table.daemons, apply=lambda why: self._sync(refresh=False, why=why),
-                        failover=lambda: self.failover.status(peers=True) if self.failover is not None else None,
-                        sync_role=lambda: self.sync, sysctl=self.sysctl, request_reload=self.request_reload)
 
     async def _follow_failover(self, spec: ClusterSpec) -> None:
         """Start, retune or stop the failover as ``spec`` says; it reaches this director only through hooks."""
@@ -265,7 +261,7 @@ class Director:
         """A VRRP instance changed role: one event per edge, and systemd's status line follows."""
         self.hub.publish("vrrp", f"{change.instance}: {change.previous} -> {change.role}", instance=change.instance,
                          role=change.role, previous=change.previous, master=change.master)
-        self.status.publish()
+        self.status_reporter.publish()
 
     async def _members_changed(self, services: set[str]) -> None:
         """A member joined, drained or left: follow it in the health checks and the kernel before replying."""
@@ -284,10 +280,16 @@ class Director:
 
     async def _sync(self, *, refresh: bool, why: str) -> None:
         """One full sync of the kernel table (start, repair, reload, members, operators), then the profile file."""
-        if why == "repair":
-            await self.sync_roles.retry()  # a refused sync role (interface not there yet) is tried again
         if await self.table.sync(why, refresh=refresh) is not None:
             self._save_profile()
+
+    def _set_alerter(self) -> None:
+        """(Re)create the alerter when the file's alerts block is new or changed."""
+        self.alerter = _alerter(self.spec, self.alerter, self.alerter_options)
+
+    async def _apply_kernel_profile(self) -> None:
+        """Set the sysctls the file's ``kernel:`` section manages; failures are logged, status flags them."""
+        await kernel_profile.apply_for(self.spec, self.backend, self.sysctl)
 
     def _save_profile(self) -> None:
         """Publish the kernel profile and the sync role for ``status``."""
@@ -296,7 +298,7 @@ class Director:
 
     def _save_health(self, *, now: bool = False) -> None:
         """Publish health for ``status`` (at most once a second, unless ``now``) and systemd's status line."""
-        self.status.publish()  # the same moments change systemd's status line
+        self.status_reporter.publish()  # the same moments change systemd's status line
         self.health_file.save(now=now)
 
 
