@@ -15,6 +15,12 @@ programmed, RELOADING=1/READY=1 around a reload, STOPPING=1, and a STATUS= line
 WATCHDOG=1 comes from the main loop itself, between its steps: a loop that
 hangs, even with the event loop still turning, stops the pings and systemd
 restarts the director.
+
+The Director is the composition root: it builds the parts (kernel table,
+health engine, failover, sync role, local API) and hands each only the
+callables it needs, never itself. It owns the event hub: the kernel table
+publishes health and kernel events, the failover's role hook VRRP events, a
+good reload its own, the local API the operators' actions.
 """
 
 from __future__ import annotations
