@@ -16,13 +16,14 @@ format, so the same commands run by hand, in tests and in the lab.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
 import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 log = logging.getLogger("lvsmail.systemd")
 
@@ -46,7 +47,7 @@ class Notifier:
         self._failed = False  # a send failed: the first failure is a warning, later ones debug
 
     @classmethod
-    def from_environment(cls, env: Mapping[str, str] | None = None, *, unset: bool = False) -> "Notifier":
+    def from_environment(cls, env: Mapping[str, str] | None = None, *, unset: bool = False) -> Notifier:
         """The notifier systemd set up for this process; ``unset``: remove the variables from os.environ."""
         source = os.environ if env is None else env
         address = source.get("NOTIFY_SOCKET") or None
@@ -141,6 +142,60 @@ class Pacer:
     def sent(self, now: float) -> None:
         """Record a message sent at ``now``."""
         self.last = now
+
+
+class StatusReporter:
+    """systemd's STATUS= line of a running daemon: sent when it changes, at most once per ``period``.
+
+    A burst of changes (a mass failure, a VRRP flap) would otherwise send a
+    datagram per transition; the last line of a burst still goes out, one
+    ``period`` after the previous one. ``line`` builds the text when it is sent.
+    The daemon calls :meth:`ready` once started and after each reload (READY=1
+    carries the line), :meth:`publish` whenever the line may have changed, and
+    :meth:`stopping` once, after which the line stays "stopping".
+    """
+
+    def __init__(self, notifier: Notifier, line: Callable[[], str], *, period: float = STATUS_PERIOD) -> None:
+        self.notifier = notifier
+        self.line = line
+        self.sent: str | None = None  # the last line sent, to send only changes
+        self._pacer = Pacer(period)
+        self._later: asyncio.TimerHandle | None = None
+        self._open = False  # between the first READY=1 and STOPPING=1
+
+    def ready(self) -> None:
+        """Send READY=1 with the line now (start-up done, or a reload finished, accepted or not)."""
+        self.sent = self.line()
+        self._pacer.sent(asyncio.get_running_loop().time())
+        self._open = True
+        self.notifier.ready(self.sent)
+
+    def publish(self) -> None:
+        """Send the line if it changed: at once, or ``period`` after the last one (call from the loop)."""
+        if not self.notifier.enabled or not self._open or self._later is not None:
+            return  # not under systemd; not started (READY=1 carries the first line); stopping; or a send is due
+        loop = asyncio.get_running_loop()
+        wait = self._pacer.wait(loop.time())
+        if wait > 0:
+            self._later = loop.call_later(wait, self._publish_later)
+            return
+        line = self.line()
+        if line != self.sent:
+            self.sent = line
+            self._pacer.sent(loop.time())
+            self.notifier.status(line)
+
+    def stopping(self) -> None:
+        """Send STOPPING=1; "stopping" stays the line while the daemon winds down."""
+        self.notifier.stopping()
+        self._open = False
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
+
+    def _publish_later(self) -> None:
+        self._later = None
+        self.publish()
 
 
 def status_line(services: int, up: int, total: int, roles: Mapping[str, str], note: str | None = None) -> str:

@@ -62,7 +62,7 @@ from pathlib import Path
 
 from lvsmail.console import overrides as ov
 from lvsmail.console.client import APIError
-from lvsmail.console.events import EventHub, VrrpWatch, attach, watch
+from lvsmail.console.events import EventHub
 from lvsmail.console.snapshot import snapshot, table_status
 from lvsmail.console.view import DirectorView
 from lvsmail.registration import bounded_json
@@ -130,31 +130,25 @@ class AnotherDirector(OSError):
 
 
 class APIServer:
-    """The socket, its connections, the event hub and the hooks feeding it, and the metrics exporter.
+    """The socket, its connections, and the metrics exporter.
 
-    ``view`` is all it knows of the director. ``engine`` and ``reconciler``,
-    when given, are wrapped to feed the event hub (health and kernel events).
+    ``view`` is all it knows of the director; ``hub`` is the director's event
+    stream, which it serves and to which it adds the operators' actions.
     """
 
-    def __init__(self, view: DirectorView, *, engine=None, reconciler=None) -> None:
+    def __init__(self, view: DirectorView, hub: EventHub) -> None:
         from lvsmail.console.metrics import Exporter
 
         self.view = view
-        self.hub = EventHub()
-        self.vrrp = VrrpWatch(self.hub)
+        self.hub = hub
         self.path = view.state.socket
         self.server: asyncio.AbstractServer | None = None
-        self.metrics = Exporter(view)
-        self._engine, self._reconciler = engine, reconciler
-        self._detach = None
-        self._watch: asyncio.Task | None = None
+        self.metrics = Exporter(view)  # its ``observe`` counts check latencies; the root routes results to it
         self._clients: set[asyncio.Task] = set()
         self._idle: dict[asyncio.StreamWriter, None] = {}  # connections waiting for a request, longest first
 
     async def start(self) -> None:
-        """Listen (replacing a dead predecessor's socket), attach to the director's hooks, start metrics."""
-        if self._engine is not None and self._reconciler is not None:
-            self._detach = attach(self._engine, self._reconciler, self.hub, self.metrics.observe)
+        """Listen (replacing a dead predecessor's socket), then start metrics (never without the socket)."""
         try:
             await self._listen(self.path)
         except OSError as exc:
@@ -168,8 +162,6 @@ class APIServer:
             self.path = other
             _write_pointer(self.view.state.socket_pointer, other)
         self.metrics.configure(self.view.spec())
-        self._watch = asyncio.get_running_loop().create_task(
-            watch(self.view, self.hub, self.vrrp, self._reloaded), name="api-watch")
         log.info("api: listening on %s", self.path)
 
     async def _listen(self, path: Path) -> None:
@@ -187,10 +179,7 @@ class APIServer:
         os.chmod(path, 0o600)
 
     async def close(self) -> None:
-        """Stop listening, end the streams, detach the hooks, stop metrics, remove the socket."""
-        if self._watch is not None:
-            self._watch.cancel()
-            await asyncio.gather(self._watch, return_exceptions=True)
+        """Stop listening, end the streams, stop metrics, remove the socket."""
         if self.server is not None:
             self.server.close()
             for task in list(self._clients):
@@ -203,10 +192,8 @@ class APIServer:
                 with contextlib.suppress(OSError):
                     self.view.state.socket_pointer.unlink()
         self.metrics.stop()
-        if self._detach is not None:
-            self._detach()
 
-    def _reloaded(self, spec) -> None:
+    def reloaded(self, spec) -> None:
         """After a reload: follow ``metrics:``, and forget overrides of real servers the file no longer has."""
         self.metrics.configure(spec)
         store = self.view.overrides
@@ -383,9 +370,9 @@ class APIServer:
             self.hub.unsubscribe(queue)
 
 
-async def start_api(view: DirectorView, *, engine=None, reconciler=None) -> APIServer | None:
-    """Start the local API on a director's view; a failure is logged and the director runs without it."""
-    api = APIServer(view, engine=engine, reconciler=reconciler)
+async def start_api(view: DirectorView, hub: EventHub) -> APIServer | None:
+    """Start the local API on a director's view and event hub; a failure is logged, the director runs without it."""
+    api = APIServer(view, hub)
     try:
         await api.start()
     except OSError as exc:

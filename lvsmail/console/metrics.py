@@ -160,7 +160,7 @@ class Exporter:
         self.registry.register(_Collector(self))
         self.listen: str | None = None
         self._httpd: _MetricsServer | None = None
-        self._thread: threading.Thread | None = None
+        self.thread: threading.Thread | None = None  # the endpoint's server thread while it listens
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def observe(self, key, result) -> None:
@@ -181,7 +181,7 @@ class Exporter:
             return
         addr, port = parse_listen(listen)
         try:
-            self._httpd, self._thread = serve(addr, port, self.registry)
+            self._httpd, self.thread = serve(addr, port, self.registry)
         except OSError as exc:
             log.error("metrics: cannot listen on %s: %s", listen, exc)
             return
@@ -193,8 +193,8 @@ class Exporter:
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
-            self._thread.join(SCRAPE_TIMEOUT)
-            self._httpd = self._thread = None
+            self.thread.join(SCRAPE_TIMEOUT)
+            self._httpd = self.thread = None
         self.listen = None
 
     def snapshot(self) -> dict:

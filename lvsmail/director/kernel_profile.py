@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from lvsmail.ipvs.model import IPVSBackend
 from lvsmail.net.sysctl import SysctlBackend, SysctlError
 from lvsmail.spec import ClusterSpec, KernelProfileSpec
 
@@ -120,6 +121,18 @@ def apply(spec: ClusterSpec, sysctl: SysctlBackend) -> list[SysctlChange]:
         log.info("director: kernel profile: %s %s -> %s", key, old, new)
         changes.append(SysctlChange(key, old, new))
     return changes
+
+
+async def apply_for(spec: ClusterSpec, backend: IPVSBackend, sysctl: SysctlBackend) -> list[SysctlChange]:
+    """``apply`` on a running director: the IPVS backend is opened first when the file manages any key.
+
+    Opening the backend loads ip_vs, which creates the ``net.ipv4.vs.*`` keys
+    the profile writes; without a ``kernel:`` section nothing is touched.
+    """
+    if not wanted(spec):
+        return []
+    await backend.get_timeouts()
+    return apply(spec, sysctl)
 
 
 def report(sysctl: SysctlBackend, want: dict[str, int]) -> list[SysctlRow]:

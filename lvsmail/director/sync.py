@@ -21,7 +21,7 @@ import asyncio
 import errno
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from lvsmail.ipvs.model import SYNC_STATES, IPVSBackend, IPVSError, SyncDaemon
 from lvsmail.spec import ClusterSpec, SyncSpec
@@ -148,3 +148,69 @@ class SyncRole:
             "interface": s.interface, "syncid": s.syncid, "group": s.group, "port": s.port, "ttl": s.ttl,
             "maxlen": s.maxlen, "configured_role": s.role, "last_error": self.last_error,
         }
+
+
+
+# -- following the cluster file: start, reload, repair, stop ------------------------------------------
+
+
+class SyncFollower:
+    """The director's sync role as its cluster file's ``sync:`` section asks: created, retuned, removed.
+
+    ``role`` is the SyncRole (None without a ``sync:`` section); it is set
+    before its first role is taken, so the failover finds it while that runs.
+    ``on_change`` is called once a role is taken (the director publishes the
+    role for ``status``). A refused role is logged by SyncRole, shown by
+    status and retried by :meth:`retry`, so it never stops the director.
+    """
+
+    def __init__(self, backend: IPVSBackend, on_change: Callable[[], None]) -> None:
+        self.backend = backend
+        self.on_change = on_change
+        self.role: SyncRole | None = None
+
+    async def start(self, spec: ClusterSpec) -> None:
+        """Create the role from ``sync:`` and take the initial role (see ``initial_role``)."""
+        if spec.sync is None:
+            return
+        self.role = SyncRole(self.backend, spec.sync)
+        await self._take(initial_role(spec))
+
+    async def reload(self, spec: ClusterSpec) -> None:
+        """Follow a reload: a new, changed or removed ``sync:`` section."""
+        new = spec.sync
+        if new is None:
+            if self.role is not None:
+                await self.stop()
+                self.role = None
+            return
+        if self.role is None:
+            await self.start(spec)
+            return
+        try:
+            await self.role.update(new)
+        except IPVSError:
+            return  # logged by SyncRole; status shows the error, the next reload retries
+        if new.role != "auto" and new.role != self.role.role:
+            await self._take(new.role)
+
+    async def retry(self) -> None:
+        """Take a refused role again (the interface did not exist yet); the repair timer calls this."""
+        if self.role is not None and self.role.wanted != self.role.role:
+            await self.role.retry()
+
+    async def stop(self) -> None:
+        """Stop both daemons (``--flush-on-exit``, or ``sync:`` removed); a refusal is only logged."""
+        if self.role is None:
+            return
+        try:
+            await self.role.stop()
+        except IPVSError:
+            pass  # logged by SyncRole with the kernel's reason; nothing else to do on the way out
+
+    async def _take(self, want: str) -> None:
+        try:
+            await (self.role.become_master() if want == "master" else self.role.become_backup())
+        except IPVSError:
+            return  # logged by SyncRole; status shows the error, the next reload (or repair) retries
+        self.on_change()

@@ -84,7 +84,7 @@ def test_the_snapshot_carries_the_views_failover_and_sync_role(tmp_path):
 
 def test_a_drain_through_the_api_saves_the_override_asks_the_view_to_apply_and_says_so(tmp_path):
     view = fake_view(tmp_path)
-    api = APIServer(view)
+    api = APIServer(view, EventHub())
 
     reply = asyncio.run(api.handle({"request": "drain", "target": "mx1"}))
 
@@ -98,7 +98,7 @@ def test_a_drain_through_the_api_saves_the_override_asks_the_view_to_apply_and_s
 def test_status_reload_and_recheck_through_the_api_use_only_the_view(tmp_path):
     view = fake_view(tmp_path)
     view.results[MX2] = Result(False, "smtp 198.51.100.32:25: greeting 421 busy", latency=0.004)
-    api = APIServer(view)
+    api = APIServer(view, EventHub())
 
     async def go():
         status = await api.handle({"request": "status", "table": True, "mine": True})
@@ -121,7 +121,7 @@ def test_status_reload_and_recheck_through_the_api_use_only_the_view(tmp_path):
 
 def test_an_unknown_real_server_is_refused_and_changes_nothing(tmp_path):
     view = fake_view(tmp_path)
-    api = APIServer(view)
+    api = APIServer(view, EventHub())
 
     with pytest.raises(LookupError, match="no real server mx9"):
         asyncio.run(api.handle({"request": "drain", "target": "mx9"}))

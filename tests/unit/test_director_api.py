@@ -214,20 +214,28 @@ def test_resolve_names_addresses_and_ports():
         resolve(spec, "198.51.100.32:26")
 
 
-def test_vrrp_role_changes_become_events_and_counts():
-    from lvsmail.console.events import EventHub, VrrpWatch
+def test_a_good_reload_is_one_event_and_a_rejected_one_none(setup):
+    path, state = setup
+    kernel, checks = FakeIPVS(), busy_checks()
 
-    hub = EventHub(clock=lambda: 1.0)
-    watch = VrrpWatch(hub)
-    inst = {"name": "VI_1", "role": "backup", "master": "198.51.100.2"}
-    failover = {"instances": [inst]}  # the failover's status, as the director's view gives it
-    watch.look(failover)
-    assert hub.last(10) == []  # the first look only learns the role
-    inst["role"], inst["master"] = "master", "198.51.100.1"
-    watch.look(failover)
-    watch.look(failover)
-    assert [e["text"] for e in hub.last(10)] == ["VI_1: backup -> master"]
-    assert watch.transitions == {"VI_1": 1}
+    def reloads(d):
+        return [e["text"] for e in d.hub.last(100) if e["kind"] == "reload"]
+
+    async def go():
+        d, task = await start(path, state, kernel, checks)
+        reloaded = state / "cluster.reload.json"
+        path.write_text("cluster: test\nservices: [{name: x, vip: nonsense}]\n")
+        d.request_reload()
+        await until(lambda: reloaded.exists() and json.loads(reloaded.read_text())["ok"] is False)
+        assert reloads(d) == [] and "rejected" in d.status_line()
+        path.write_text(api_cluster(["198.51.100.32"]))
+        d.request_reload()
+        await until(lambda: json.loads(reloaded.read_text())["ok"] is True)
+        assert reloads(d) == ["configuration reloaded: 1 services"]
+        d.request_stop()
+        await task
+
+    asyncio.run(go())
 
 
 def test_a_slow_subscriber_loses_the_oldest_events_and_is_told():
@@ -302,13 +310,13 @@ def test_reload_forgets_overrides_of_removed_servers_and_streams_end_with_their_
         reader, writer = await asyncio.open_unix_connection(str(sock))
         writer.write(b'{"request": "events"}\n')
         await reader.readline()
-        assert d.api.hub.subscribers == 1
+        assert d.hub.subscribers == 1
         writer.close()
-        await until(lambda: d.api.hub.subscribers == 0)  # noticed at EOF, not at the next event
+        await until(lambda: d.hub.subscribers == 0)  # noticed at EOF, not at the next event
         path.write_text(api_cluster(["198.51.100.32"]))
         await call(sock, "reload")
         await until(lambda: not (state / "cluster.overrides.json").read_text().strip("[]"))
-        texts = [e["text"] for e in d.api.hub.last(20)]
+        texts = [e["text"] for e in d.hub.last(20)]
         assert "override of smtp 198.51.100.20:25 dropped: no longer in the file" in texts
         d.request_stop()
         await task

@@ -601,34 +601,65 @@ def test_roles_and_peers_of_instances_running_or_not(tmp_path):
     asyncio.run(go())
 
 
-def test_director_faults_the_instance_whose_tracked_service_lost_every_server_and_recovers(tmp_path):
-    """The director tells its failover which services a batch of health transitions changed."""
+def tracked_director(tmp_path, interval: float):
+    """A running Director (a context manager) whose failover tracks smtp, its checks scripted, alone on its link."""
     from lvsmail.net.sysctl import FakeSysctl
     from support import ScriptedChecks
-    from support.cluster import REALSERVERS
     from support.director import running
 
     failover = PAIR.split("services: []\n")[1].format(advert=0.05, priority=200)
     path = tmp_path / "tracked.yaml"
     path.write_text(cluster_yaml(
-        service("smtp", 25, check={"type": "smtp", "interval": 0.05, "timeout": 0.5, "rise": 1, "fall": 1}),
+        service("smtp", 25, check={"type": "smtp", "interval": interval, "timeout": 0.5, "rise": 1, "fall": 1}),
         extra=failover.replace("garp: {count: 1}", "track_services: [smtp]")))
-    net = FakeNetBackend({"eth0": FakeLink(True, ["192.0.2.1/24"])})
     checks = ScriptedChecks()
 
     async def quiet(*args):
         return None
 
+    options = FailoverOptions(net=FakeNetBackend({"eth0": FakeLink(True, ["192.0.2.1/24"])}),
+                              transport_factory=FakeWire().transport("a"), announcer=quiet, track_interval=0.02)
+    return running(path, state_dir=tmp_path / "state", checker=checks, sysctl=FakeSysctl(),
+                   failover_options=options), checks
+
+
+def test_director_faults_the_instance_whose_tracked_service_lost_every_server_and_recovers(tmp_path):
+    """The director tells its failover which services a batch of health transitions changed."""
+    from support.cluster import REALSERVERS
+
     async def go():
-        options = FailoverOptions(net=net, transport_factory=FakeWire().transport("a"), announcer=quiet,
-                                  track_interval=0.02)
-        async with running(path, state_dir=tmp_path / "state", checker=checks, sysctl=FakeSysctl(),
-                           failover_options=options) as d:
+        director, checks = tracked_director(tmp_path, 0.05)
+        async with director as d:
             await until(lambda: role(d.failover) is Role.MASTER)  # alone on the link
             checks.down.update(REALSERVERS)
             await until(lambda: role(d.failover) is Role.FAULT)
             assert d.failover.runners["mail"].instance.state.faults == ("no real server of service smtp is up",)
             checks.down.clear()
             await until(lambda: role(d.failover) is Role.MASTER)
+
+    asyncio.run(go())
+
+
+def test_every_vrrp_edge_of_a_fast_flap_is_one_event(tmp_path):
+    """The failover's role hook publishes each edge where it happens: a flap shorter than any poll shows both."""
+    from support.cluster import REALSERVERS
+
+    def edges(d):
+        return [(e["previous"], e["role"]) for e in d.hub.last(100) if e["kind"] == "vrrp"]
+
+    async def go():
+        director, checks = tracked_director(tmp_path, 0.02)
+        async with director as d:
+            await until(lambda: role(d.failover) is Role.MASTER)  # alone on the link
+            checks.down.update(REALSERVERS)
+            await until(lambda: role(d.failover) is Role.FAULT, timeout=5, step=0.001)
+            checks.down.clear()  # at once: the fault lasts a check interval or two
+            await until(lambda: role(d.failover) is Role.MASTER)
+            seen = edges(d)
+            assert seen[0][0] == "init" and ("master", "fault") in seen and seen[-1][1] == "master"
+            assert all(a[1] == b[0] for a, b in zip(seen, seen[1:]))  # a chain: no edge merged or lost
+            [last] = [e for e in d.hub.last(100) if e["kind"] == "vrrp"][-1:]
+            assert last["text"] == f"mail: {last['previous']} -> master" and last["instance"] == "mail"
+            assert last["master"] is not None
 
     asyncio.run(go())

@@ -138,7 +138,7 @@ def test_endpoint_starts_moves_and_stops_on_every_prometheus_client():
         ex.configure(SimpleNamespace(metrics=MetricsSpec(listen=f"[::1]:{v6}")))
         moved = await asyncio.to_thread(scrape, v6, "[::1]")
         old_closed = await asyncio.to_thread(refused, "127.0.0.1", v4)
-        thread = ex._thread
+        thread = ex.thread
         ex.configure(SimpleNamespace(metrics=None))
         return first, moved, old_closed, ex.listen, thread, await asyncio.to_thread(refused, "[::1]", v6)
 

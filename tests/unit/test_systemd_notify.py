@@ -9,7 +9,7 @@ import pytest
 
 from lvsmail.director.daemon import Director
 from lvsmail.ipvs.fake import FakeIPVS
-from lvsmail.systemd import Notifier, Pacer, status_line
+from lvsmail.systemd import Notifier, Pacer, StatusReporter, status_line
 from support import ScriptedChecks, until  # the checker the test flips; polling, not sleeping
 from support.cluster import cluster_yaml, service
 
@@ -117,6 +117,51 @@ def test_pacer_allows_one_message_a_period():
     assert p.wait(10.0) == 0.0
     p.sent(10.0)
     assert p.wait(10.25) == pytest.approx(0.75) and p.wait(11.5) == 0.0
+
+
+class _Recorder:
+    """A notifier that records what it would send."""
+
+    enabled = True
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str | None]] = []
+
+    def ready(self, status=None):
+        self.sent.append(("READY", status))
+
+    def status(self, text):
+        self.sent.append(("STATUS", text))
+
+    def stopping(self, status="stopping"):
+        self.sent.append(("STOPPING", status))
+
+
+def test_status_reporter_sends_changes_paced_and_nothing_once_stopping():
+    async def go():
+        notifier, line = _Recorder(), ["1 service"]
+        reporter = StatusReporter(notifier, lambda: line[0], period=0.05)
+        reporter.publish()
+        assert notifier.sent == []  # before READY=1, which carries the first line
+        reporter.ready()
+        line[0] = "2 services"
+        reporter.publish()
+        line[0] = "3 services"
+        reporter.publish()  # the burst's last line goes out one period after READY=1, once
+        assert notifier.sent == [("READY", "1 service")]
+        await asyncio.sleep(0.1)
+        assert notifier.sent == [("READY", "1 service"), ("STATUS", "3 services")]
+        reporter.publish()  # unchanged: nothing
+        line[0] = "4 services"
+        reporter.publish()  # a period after the last one: at once
+        line[0] = "5 services"
+        reporter.publish()
+        reporter.stopping()  # the due send is dropped: "stopping" stays the line
+        await asyncio.sleep(0.1)
+        reporter.publish()
+        assert notifier.sent[2:] == [("STATUS", "4 services"), ("STOPPING", "stopping")]
+
+    asyncio.run(go())
 
 
 @pytest.mark.parametrize("roles, note, line", [
