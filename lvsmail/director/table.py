@@ -102,7 +102,6 @@ class KernelTable:
         scope = set(only) if only is not None else None
         try:
             async with self.lock:
-                # Through the attribute: events.attach wraps the reconciler's sync to publish kernel events.
                 report = await self.reconciler.sync(self.desired(scope), desired_timeouts(self.source.spec()),
                                                     refresh=refresh, only=scope, full=self.desired)
         except ReconcileError as exc:
