@@ -39,12 +39,26 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.report import in_private_netns  # noqa: E402
 from bench.health_tools import (  # noqa: E402
-    CHECKERS, Job, LvsmailBoundedChecker, LvsmailChecker, LvsmailVariantChecker, KeepalivedChecker, Responder,
-    addresses, build_responder,
-    dest_weight, dest_weights, ipvsadm, preseed_rules, proc_hex, raise_nofile, read_ip_vs, system_busy,
+    CHECKERS,
+    Job,
+    KeepalivedChecker,
+    LvsmailBoundedChecker,
+    LvsmailChecker,
+    LvsmailVariantChecker,
+    Responder,
+    addresses,
+    build_responder,
+    dest_weight,
+    dest_weights,
+    ipvsadm,
+    preseed_rules,
+    proc_hex,
+    raise_nofile,
+    read_ip_vs,
+    system_busy,
 )
+from bench.report import in_private_netns  # noqa: E402
 
 POLL = 0.05  # seconds between reads of the kernel table while waiting for a transition
 

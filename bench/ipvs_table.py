@@ -26,7 +26,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.report import Series, in_private_netns, ratio_line, write_json  # noqa: E402
 from lvsmail.director.reconcile import Reconciler  # noqa: E402
 from lvsmail.ipvs.model import (  # noqa: E402
-    DestEntry, DestKey, DestSettings, ServiceEntry, ServiceKey, ServiceSettings, Table,
+    DestEntry,
+    DestKey,
+    DestSettings,
+    ServiceEntry,
+    ServiceKey,
+    ServiceSettings,
+    Table,
 )
 from lvsmail.ipvs.netlink import NetlinkIPVS  # noqa: E402
 

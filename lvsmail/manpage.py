@@ -29,8 +29,8 @@ import inspect
 import os
 import re
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import click
 
@@ -123,7 +123,7 @@ def page_date() -> str:
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     if epoch:
         try:
-            when = datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc)
+            when = datetime.datetime.fromtimestamp(int(epoch), datetime.UTC)
         except (ValueError, OverflowError, OSError):
             raise SystemExit(f"lvsmail.manpage: SOURCE_DATE_EPOCH={epoch!r} is not a Unix time") from None
         return when.strftime("%Y-%m-%d")

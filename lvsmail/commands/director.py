@@ -7,7 +7,13 @@ import sys
 import click
 
 from lvsmail.commands.options import (
-    EXIT_CONFIG, EXIT_PENDING, cluster_file, cluster_file_if_installed, dry_run, json_output, state_dir,
+    EXIT_CONFIG,
+    EXIT_PENDING,
+    cluster_file,
+    cluster_file_if_installed,
+    dry_run,
+    json_output,
+    state_dir,
 )
 
 
@@ -179,10 +185,9 @@ def status(as_json: bool, config_path: str | None, state_dir: str) -> None:
     """Show virtual services, real servers, connections and traffic counters from the kernel."""
     import json
 
+    from lvsmail.commands.local_api import status_from_api
     from lvsmail.console import status as fmt
     from lvsmail.ipvs.netlink import IPVSUnavailable, NetlinkIPVS
-
-    from lvsmail.commands.local_api import status_from_api
 
     if status_from_api(as_json, config_path, state_dir):  # a running director answered through its local API
         return

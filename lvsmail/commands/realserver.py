@@ -8,7 +8,13 @@ import sys
 import click
 
 from lvsmail.commands.options import (
-    EXIT_CONFIG, EXIT_OK, EXIT_PENDING, cluster_file, dry_run, mail_instances, no_reload,
+    EXIT_CONFIG,
+    EXIT_OK,
+    EXIT_PENDING,
+    cluster_file,
+    dry_run,
+    mail_instances,
+    no_reload,
 )
 
 address_option = click.option("--address", required=True, help="This real server's address, as the cluster file "
@@ -62,7 +68,8 @@ def join(config_path, address, dry_run, state_file, root, interface, postfix_con
     """Make this host a real server of the cluster; safe to run again (exit 1 with --dry-run if changes are pending)."""
     from lvsmail.realserver.arp import who_has
     from lvsmail.realserver.changes import ChangeError, JoinError
-    from lvsmail.realserver.join import JoinOptions, build_plan, join as do_join, pending_changes
+    from lvsmail.realserver.join import JoinOptions, build_plan, pending_changes
+    from lvsmail.realserver.join import join as do_join
     from lvsmail.realserver.local import local_join_context
 
     spec = _load(config_path)
@@ -143,7 +150,8 @@ def leave(config_path, state_file, root, drain_timeout, force, no_reload, postfi
           courier_config_dir) -> None:
     """Drain and deregister, then restore everything join changed and remove the state file."""
     from lvsmail.realserver.changes import JoinError
-    from lvsmail.realserver.join import leave as do_leave, read_state
+    from lvsmail.realserver.join import leave as do_leave
+    from lvsmail.realserver.join import read_state
     from lvsmail.realserver.local import local_join_context
     from lvsmail.spec import RealServerDefaultsSpec
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from lvsmail.config.errors import Problem
 from lvsmail.config.tree import Node

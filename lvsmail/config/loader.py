@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
 from lvsmail.config.availability import dump_availability, read_availability
 from lvsmail.config.checks import TLS_MODES, read_check
+from lvsmail.config.director_profile import dump_kernel, dump_sync, read_kernel, read_sync
 from lvsmail.config.errors import ConfigError, Problem
 from lvsmail.config.failover import dump_failover, read_failover
-from lvsmail.config.director_profile import dump_kernel, dump_sync, read_kernel, read_sync
 from lvsmail.config.fields import Reader, join
 from lvsmail.config.keys import names
 from lvsmail.config.mail import dump_mail, dump_realserver, read_mail, read_realserver
@@ -29,7 +29,14 @@ from lvsmail.config.metrics import dump_metrics, read_metrics
 from lvsmail.config.registration import dump_registration, read_registration
 from lvsmail.config.tree import Node, from_yaml
 from lvsmail.spec import (
-    FORWARDING, FORWARDING_ALIASES, SCHEDULERS, AlertsSpec, CheckSpec, ClusterSpec, RealServerSpec, ServiceSpec,
+    FORWARDING,
+    FORWARDING_ALIASES,
+    SCHEDULERS,
+    AlertsSpec,
+    CheckSpec,
+    ClusterSpec,
+    RealServerSpec,
+    ServiceSpec,
     TimeoutsSpec,
 )
 

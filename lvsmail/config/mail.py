@@ -17,8 +17,15 @@ from lvsmail.config.fields import Reader
 from lvsmail.config.keys import names
 from lvsmail.config.tree import Node
 from lvsmail.spec import (
-    IMAP_SERVERS, MAILBOX_LAYOUTS, STORAGE_TYPES, HealthPageSpec, MailboxSpec, MailSpec, RealServerDefaultsSpec,
-    StorageSpec, TlsFilesSpec,
+    IMAP_SERVERS,
+    MAILBOX_LAYOUTS,
+    STORAGE_TYPES,
+    HealthPageSpec,
+    MailboxSpec,
+    MailSpec,
+    RealServerDefaultsSpec,
+    StorageSpec,
+    TlsFilesSpec,
 )
 
 MAIL_KEYS = names("mail")

@@ -47,7 +47,7 @@ _OUT = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
 class _Stepping(threading.local):
     """The job being stepped on this thread (None between steps)."""
 
-    job: "Job | None" = None
+    job: Job | None = None
 
 
 _local = _Stepping()
@@ -70,7 +70,7 @@ class _Park:
 PARK = _Park()
 
 
-def current_job() -> "Job":
+def current_job() -> Job:
     """The job being stepped now; RuntimeError outside a coroutine run by a driver."""
     job = _local.job
     if job is None:
@@ -78,7 +78,7 @@ def current_job() -> "Job":
     return job
 
 
-def deadline(seconds: float) -> "Deadline":
+def deadline(seconds: float) -> Deadline:
     """A block of the current job bounded to ``seconds`` (``with deadline(t) as d: ...``)."""
     job = current_job()
     return Deadline(job, job.driver.time() + seconds)
@@ -89,7 +89,7 @@ class Job:
 
     __slots__ = ("driver", "coro", "on_done", "parked", "future", "finished", "__weakref__")
 
-    def __init__(self, driver: "Driver", coro: Coroutine, on_done: Callable[[Any, BaseException | None], None]):
+    def __init__(self, driver: Driver, coro: Coroutine, on_done: Callable[[Any, BaseException | None], None]):
         self.driver = driver
         self.coro = coro
         self.on_done = on_done  # called once with (return value, None) or (None, exception)
@@ -135,7 +135,7 @@ class Deadline:
         self._state = "new"  # new -> active -> expired | done
         self._timer: Timer | None = None
 
-    def __enter__(self) -> "Deadline":
+    def __enter__(self) -> Deadline:
         self._state = "active"
         self._timer = self.job.driver.call_at(self.when, self._expire)
         return self
@@ -332,7 +332,7 @@ class Driver:
                     log.exception("check driver: timer callback %r failed", callback)
 
 
-_drivers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Driver]" = weakref.WeakKeyDictionary()
+_drivers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Driver] = weakref.WeakKeyDictionary()
 
 
 def driver_for(loop: asyncio.AbstractEventLoop | None = None) -> Driver:

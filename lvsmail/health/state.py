@@ -56,7 +56,7 @@ class HealthState:
     streak_began: float | None = None  # when the first check of the current run of equal results began
 
     @classmethod
-    def initial(cls, spec: CheckSpec, now: float) -> "HealthState":
+    def initial(cls, spec: CheckSpec, now: float) -> HealthState:
         """The state of a server not yet checked: ``start`` (``on`` is up, ``off`` is down)."""
         if spec.type == "on":
             up = True
@@ -76,7 +76,7 @@ class HealthState:
         """Whether a transition has begun but not reached its threshold (up and failing, or down and passing)."""
         return (self.up and self.failures > 0) or (not self.up and self.successes > 0)
 
-    def retuned(self, spec: CheckSpec) -> "HealthState":
+    def retuned(self, spec: CheckSpec) -> HealthState:
         """The same state under a reloaded spec's rise and fall (a reload must not flap a server)."""
         return replace(self, rise=spec.rise, fall=spec.fall)
 

@@ -18,9 +18,13 @@ import copy
 import dataclasses
 import errno
 import ipaddress
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from lvsmail.ipvs.model import (
+    SYNC_DEFAULT_GROUP,
+    SYNC_DEFAULT_PORT,
+    SYNC_DEFAULT_TTL,
+    SYNC_STATES,
     AddDest,
     AddService,
     DelDest,
@@ -31,10 +35,6 @@ from lvsmail.ipvs.model import (
     IPVSError,
     Op,
     ServiceEntry,
-    SYNC_DEFAULT_GROUP,
-    SYNC_DEFAULT_PORT,
-    SYNC_DEFAULT_TTL,
-    SYNC_STATES,
     SyncDaemon,
     Table,
     Timeouts,

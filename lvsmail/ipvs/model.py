@@ -12,8 +12,9 @@ import errno
 import ipaddress
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Protocol
 
 PROTOCOLS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "sctp": 132}
 PROTOCOL_NAMES = {v: k for k, v in PROTOCOLS.items()}
@@ -158,7 +159,7 @@ class SyncDaemon:
     port: int = 0  # UDP port; 0 = 8848
     ttl: int = 0  # multicast TTL; 0 = 1
 
-    def covers(self, running: "SyncDaemon") -> bool:
+    def covers(self, running: SyncDaemon) -> bool:
         """True when ``running`` (as the kernel reports it) is what this request asks for.
 
         The kernel reports its choices for the fields left at 0 here, so only the

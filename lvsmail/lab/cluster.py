@@ -178,7 +178,7 @@ class LabDirector:
         """Replace the cluster file (call :meth:`reload` afterwards if running)."""
         self.config.write_text(text)
 
-    def start(self) -> "LabDirector":
+    def start(self) -> LabDirector:
         """Start the director (returns at once; see :meth:`wait_for`)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
@@ -240,7 +240,7 @@ class LabDirector:
             raise RuntimeError(f"lvsmail director apply failed ({done.returncode}): {done.stderr.strip()}")
         return done.stdout
 
-    def __enter__(self) -> "LabDirector":
+    def __enter__(self) -> LabDirector:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -36,15 +36,24 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from lvsmail.lab import mailstack
 from lvsmail.lab.cluster import lvsmail_argv, parse_proc_ip_vs
 from lvsmail.lab.topology import (
-    CLIENT, CLIENT_EXTRA, DIRECTOR2_INSIDE, DIRECTOR_INSIDE, GW_INSIDE, MODES, NAT_GATEWAY, SYNC_ID, RealServer,
-    Topology, wait_until,
+    CLIENT,
+    CLIENT_EXTRA,
+    DIRECTOR2_INSIDE,
+    DIRECTOR_INSIDE,
+    GW_INSIDE,
+    MODES,
+    NAT_GATEWAY,
+    SYNC_ID,
+    RealServer,
+    Topology,
+    wait_until,
 )
 from lvsmail.net import netns
 from lvsmail.statefiles import write_json
@@ -516,7 +525,7 @@ class MailCluster:
         write_json(self.state_path, self.to_state(), indent=2, newline=True)
 
     @classmethod
-    def load(cls, state_path: Path) -> "MailCluster":
+    def load(cls, state_path: Path) -> MailCluster:
         """The cluster a state file describes (processes are not touched)."""
         try:
             state = json.loads(Path(state_path).read_text())

@@ -27,9 +27,9 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 #: The mail domain and the name every real server greets with (``mail.hostname``).
 DOMAIN = "example.org"
@@ -105,7 +105,7 @@ class SharedStore:
         """Dovecot's passwd-file of the same mailboxes."""
         return self.path / "users"
 
-    def create(self) -> "SharedStore":
+    def create(self) -> SharedStore:
         """Directories and the two account files; mailboxes belong to ``nobody`` (no system users)."""
         nobody = pwd.getpwnam("nobody")
         self.boxes.mkdir(parents=True, exist_ok=True)
@@ -153,7 +153,7 @@ class PostfixInstance:
         self.data = base / "data"
         self.log = base / "postfix.log"
 
-    def create(self) -> "PostfixInstance":
+    def create(self) -> PostfixInstance:
         """main.cf and master.cf; the cluster settings come from ``realserver join`` later."""
         for d in (self.conf, self.spool, self.data):
             d.mkdir(parents=True, exist_ok=True)
@@ -289,7 +289,7 @@ class DovecotInstance:
         self.log = base / "dovecot.log"
         self.pid_file = base / "dovecot.pid"
 
-    def create(self) -> "DovecotInstance":
+    def create(self) -> DovecotInstance:
         """dovecot.conf including conf.d, where ``realserver join`` writes the mailbox location."""
         if len(str(self.base)) > 60:
             # Dovecot's sockets (e.g. dcrun/token-login/tokenlogin) must fit a 108-byte sun_path.

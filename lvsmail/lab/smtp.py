@@ -16,8 +16,8 @@ import asyncio
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from lvsmail.net import netns
 
@@ -35,7 +35,7 @@ class Delivery:
 class _Handler:
     """aiosmtpd handler that records each message's envelope."""
 
-    def __init__(self, sinks: "SmtpSinks", name: str) -> None:
+    def __init__(self, sinks: SmtpSinks, name: str) -> None:
         self.sinks, self.name = sinks, name
 
     async def handle_DATA(self, server, session, envelope) -> str:  # noqa: N802 (aiosmtpd's name)
@@ -63,7 +63,7 @@ class SmtpSinks:
         self._listeners: dict[str, dict[int, asyncio.AbstractServer]] = {}
         self._handlers: dict[str, _Handler] = {}
 
-    def start(self, timeout: float = 60) -> "SmtpSinks":
+    def start(self, timeout: float = 60) -> SmtpSinks:
         """Start every server and wait until all listen."""
         for name, ns in self.servers:
             self._ready[name] = threading.Event()
@@ -154,7 +154,7 @@ class SmtpSinks:
             t.join(timeout=10)
         self._loops.clear()
 
-    def __enter__(self) -> "SmtpSinks":
+    def __enter__(self) -> SmtpSinks:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -267,7 +267,7 @@ class HeldConnections:
         self._writers: list = []
         self._thread: threading.Thread | None = None
 
-    def open(self) -> "HeldConnections":
+    def open(self) -> HeldConnections:
         """Open the connections (sequentially, so the scheduler sees each one before the next)."""
         ready = threading.Event()
         box: dict = {}
@@ -302,7 +302,7 @@ class HeldConnections:
         if self._thread is not None:
             self._thread.join(timeout=10)
 
-    def __enter__(self) -> "HeldConnections":
+    def __enter__(self) -> HeldConnections:
         return self.open()
 
     def __exit__(self, *exc) -> None:

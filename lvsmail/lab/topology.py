@@ -39,9 +39,10 @@ import secrets
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from lvsmail.net import netns
 from lvsmail.net.realserver import RealServerNetSpec, Step
@@ -167,7 +168,7 @@ class Topology(AbstractContextManager):
         """Every namespace, router first."""
         return [self.gw, self.client, *self.directors, *self.reals]
 
-    def __enter__(self) -> "Topology":
+    def __enter__(self) -> Topology:
         try:
             self.build()
         except BaseException:

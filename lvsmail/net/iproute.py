@@ -35,7 +35,7 @@ class IPRouteBackend:
         """Close the netlink socket."""
         self.ipr.close()
 
-    def __enter__(self) -> "IPRouteBackend":
+    def __enter__(self) -> IPRouteBackend:
         return self
 
     def __exit__(self, *exc) -> None:

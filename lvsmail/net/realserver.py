@@ -75,7 +75,7 @@ class Step:
         """The change in the words of the equivalent command."""
         raise NotImplementedError
 
-    def apply(self, ctx: NetContext) -> "Step | None":
+    def apply(self, ctx: NetContext) -> Step | None:
         """Make the change and return its undo step (None when nothing changed)."""
         raise NotImplementedError
 

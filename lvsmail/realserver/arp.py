@@ -56,7 +56,7 @@ def who_has(interface: str, sender_ip: str, target_ip: str, timeout: float = 1.0
                 sock.settimeout(left)
                 try:
                     data = sock.recv(2048)
-                except socket.timeout:
+                except TimeoutError:
                     break
                 mac = reply_from(data, target_ip)
                 if mac is not None:

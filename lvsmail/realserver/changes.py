@@ -14,9 +14,10 @@ import dataclasses
 import errno
 import os
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ClassVar, Protocol
+from typing import ClassVar, Protocol
 
 from lvsmail.net.realserver import NetContext, Step, step_from_dict
 
@@ -28,7 +29,7 @@ class JoinError(Exception):
 class ChangeError(JoinError):
     """A change failed; the changes before it were rolled back (``rollback_errors``: those that could not be)."""
 
-    def __init__(self, change: "Change", cause: BaseException, rollback_errors: list[str]):
+    def __init__(self, change: Change, cause: BaseException, rollback_errors: list[str]):
         super().__init__(f"{change.describe()}: {cause}")
         self.change, self.cause, self.rollback_errors = change, cause, rollback_errors
 
@@ -176,7 +177,7 @@ class Change:
         """Whether ``apply`` would change anything now (read-only)."""
         raise NotImplementedError
 
-    def apply(self, ctx: JoinContext) -> "Change | None":
+    def apply(self, ctx: JoinContext) -> Change | None:
         """Make the change; return the change that restores what was there."""
         raise NotImplementedError
 

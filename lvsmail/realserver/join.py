@@ -13,16 +13,27 @@ from __future__ import annotations
 import ipaddress
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from lvsmail.net.backend import family_of
-from lvsmail.net.realserver import TUNNEL, RealServerNetSpec, Step, host_cidr, plan as net_plan
+from lvsmail.net.realserver import TUNNEL, RealServerNetSpec, Step, host_cidr
+from lvsmail.net.realserver import plan as net_plan
 from lvsmail.realserver import mailstack, persist
 from lvsmail.realserver.changes import (
-    Change, ChangeError, JoinContext, JoinError, NetChange, Register, StorageMarker, Symlink, WriteFile,
-    apply_changes, service_of, undo_changes,
+    Change,
+    ChangeError,
+    JoinContext,
+    JoinError,
+    NetChange,
+    Register,
+    StorageMarker,
+    Symlink,
+    WriteFile,
+    apply_changes,
+    service_of,
+    undo_changes,
 )
 from lvsmail.realserver.storage import MARKER, check_storage
 from lvsmail.spec import ClusterSpec, RealServerDefaultsSpec

@@ -43,14 +43,20 @@ import json
 import random
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 from urllib.parse import urlsplit
 
 from lvsmail.registration import bounded_json
 from lvsmail.registration.http import MAX_REPLY, HTTPError, encode_request, read_head
 from lvsmail.registration.protocol import (
-    Member, Token, TokenError, load_token, members_path, normalise_address, sign,
+    Member,
+    Token,
+    TokenError,
+    load_token,
+    members_path,
+    normalise_address,
+    sign,
 )
 from lvsmail.spec import RegistrationSpec
 
@@ -64,7 +70,7 @@ __all__ = ["DrainResult", "Member", "RegistrationError", "Reply", "deregister", 
 class RegistrationError(Exception):
     """At least one director did not do what was asked; ``replies`` holds every director's answer."""
 
-    def __init__(self, message: str, replies: list["Reply"]):
+    def __init__(self, message: str, replies: list[Reply]):
         super().__init__(message)
         self.replies = replies
 

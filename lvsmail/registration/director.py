@@ -14,8 +14,8 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Awaitable, Callable
 
 from lvsmail.registration.members import MemberStore, with_members
 from lvsmail.registration.protocol import TokenError, load_token

@@ -14,9 +14,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable
 
 from lvsmail.registration.protocol import Member, ProtocolError
 from lvsmail.spec import ClusterSpec, RealServerSpec, ServiceSpec
@@ -47,7 +47,7 @@ class JoinedMember:
         return {**self.member.to_json(), "drained": self.drained, "since": self.since}
 
     @classmethod
-    def from_json(cls, data: dict) -> "JoinedMember":
+    def from_json(cls, data: dict) -> JoinedMember:
         """Inverse of to_json; ProtocolError when the entry is not one."""
         if not isinstance(data, dict):
             raise ProtocolError("a member entry must be an object")

@@ -103,7 +103,7 @@ class Member:
         return body
 
     @classmethod
-    def from_json(cls, data: object) -> "Member":
+    def from_json(cls, data: object) -> Member:
         """Parse a registration body; ProtocolError says what is wrong."""
         if not isinstance(data, dict):
             raise ProtocolError("the body must be a JSON object")

@@ -53,15 +53,24 @@ import logging
 import re
 import ssl
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Iterable
 
 from lvsmail.registration import bounded_json
 from lvsmail.registration.http import HTTPError, encode_response, read_head
 from lvsmail.registration.members import JoinedMember, MemberStore, Refusal, in_networks, validate_member
 from lvsmail.registration.protocol import (
-    H_MEMBER, H_NONCE, H_SIGNATURE, H_TIMESTAMP, NONCE_RE, SIGNATURE_RE, Member, ProtocolError, Token,
-    normalise_address, signature,
+    H_MEMBER,
+    H_NONCE,
+    H_SIGNATURE,
+    H_TIMESTAMP,
+    NONCE_RE,
+    SIGNATURE_RE,
+    Member,
+    ProtocolError,
+    Token,
+    normalise_address,
+    signature,
 )
 from lvsmail.spec import ClusterSpec
 

@@ -19,8 +19,23 @@ from typing import Protocol
 from lvsmail.vrrp.guard import ReceiveGuard
 from lvsmail.vrrp.packet import Advertisement
 from lvsmail.vrrp.state import (
-    Advert, Announce, Discard, Event, ReleaseResources, Role, RunNotify, SendAdvert, Start, Stop, TakeResources, Tick,
-    VrrpParams, VrrpState, initial, next_deadline, step,
+    Advert,
+    Announce,
+    Discard,
+    Event,
+    ReleaseResources,
+    Role,
+    RunNotify,
+    SendAdvert,
+    Start,
+    Stop,
+    TakeResources,
+    Tick,
+    VrrpParams,
+    VrrpState,
+    initial,
+    next_deadline,
+    step,
 )
 
 log = logging.getLogger("lvsmail.vrrp")

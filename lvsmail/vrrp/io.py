@@ -25,7 +25,15 @@ from dataclasses import dataclass
 from lvsmail.vrrp import auth
 from lvsmail.vrrp.guard import ReceiveGuard
 from lvsmail.vrrp.packet import (
-    IPPROTO_VRRP, MCAST_V4, MCAST_V6, Advertisement, PacketError, decode, encode, ipv4_header, parse_ipv4,
+    IPPROTO_VRRP,
+    MCAST_V4,
+    MCAST_V6,
+    Advertisement,
+    PacketError,
+    decode,
+    encode,
+    ipv4_header,
+    parse_ipv4,
 )
 
 log = logging.getLogger("lvsmail.vrrp")

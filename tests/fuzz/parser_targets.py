@@ -19,27 +19,27 @@ import os
 import socket
 import struct
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from lvsmail.config.errors import ConfigError
-from lvsmail.console import api
-from lvsmail.interop.keepalived import import_keepalived
-from lvsmail.interop.ldirectord import import_ldirectord
 from lvsmail.config.loader import dump_cluster, parse_cluster
-from lvsmail.ipvs import wire
+from lvsmail.console import api
 from lvsmail.health.checkers import http as http_check
 from lvsmail.health.checkers import imap, pop3, smtp
 from lvsmail.health.checkers.dialogue import Dialogue
 from lvsmail.health.checkers.replies import CheckFailed
 from lvsmail.health.credentials import Credentials
+from lvsmail.interop.keepalived import import_keepalived
+from lvsmail.interop.ldirectord import import_ldirectord
+from lvsmail.ipvs import wire
 from lvsmail.net import iproute
 from lvsmail.net.backend import NetError
 from lvsmail.realserver import persist
-from lvsmail.spec import CheckSpec
 from lvsmail.registration import http
 from lvsmail.registration.protocol import Member, ProtocolError, TokenError, parse_token
+from lvsmail.spec import CheckSpec
 from lvsmail.vrrp import auth, packet
 
 REPO = Path(__file__).resolve().parents[2]

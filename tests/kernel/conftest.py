@@ -84,7 +84,7 @@ class LabCluster:
         self.timings: dict[str, float] = {}
         self.ports = {"smtp": SMTP_PORT, "wlc": WLC_PORT, "spread": SPREAD_PORT}
 
-    def start(self) -> "LabCluster":
+    def start(self) -> LabCluster:
         """Bring everything up and wait until the kernel table is complete."""
         from lvsmail.lab.capture import Capture
         from lvsmail.lab.smtp import SmtpSinks

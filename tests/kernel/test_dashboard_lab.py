@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 import pytest
-
-from lvsmail.console.client import find_socket
 from test_health import HEALTH_PORT, _restore, _weights
 from test_health import lab as health_lab  # noqa: F401  (a fixture: pytest finds it by name)
+
+from lvsmail.console.client import find_socket
 
 pytestmark = [pytest.mark.kernel,
               pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed (deploy/setup)")]

@@ -73,7 +73,7 @@ class PairDirector(LabDirector):
         super().__init__(topo, config, workdir)
         self.node = node
 
-    def start(self) -> "PairDirector":
+    def start(self) -> PairDirector:
         """Start in this director's namespace, logging to its own file."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:

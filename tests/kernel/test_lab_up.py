@@ -37,9 +37,9 @@ def _lvsmail(log: Path, *args: str, timeout: float = UP_TIMEOUT) -> subprocess.C
 def test_lab_up_mail_through_the_vip_and_back_over_imap_then_down_leaves_nothing(lab_ok, lab_out, alone_in_the_lab,
                                                                                   capsys):
     from lvsmail.lab.cluster_up import MailCluster, find_states
-    from lvsmail.lab.topology import NAT_GATEWAY
     from lvsmail.lab.demo import send_and_read_back
     from lvsmail.lab.mailstack import _alive
+    from lvsmail.lab.topology import NAT_GATEWAY
     from lvsmail.net import netns
 
     # Short: Dovecot's sockets live under it, and a unix socket path has at most 107 bytes.

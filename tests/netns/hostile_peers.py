@@ -103,7 +103,7 @@ class HostilePeer:
         self.threads: list[threading.Thread] = []
         self.errors: list[BaseException] = []  # a behaviour's own failure (a test bug), not the client's
 
-    def __enter__(self) -> "HostilePeer":
+    def __enter__(self) -> HostilePeer:
         self._acceptor = threading.Thread(target=self._accept, daemon=True)
         self._acceptor.start()
         return self

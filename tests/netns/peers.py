@@ -71,7 +71,7 @@ class ScriptedPeer:
     closed_at: float | None = None
     port: int = 0
 
-    async def __aenter__(self) -> "ScriptedPeer":
+    async def __aenter__(self) -> ScriptedPeer:
         self._server = await asyncio.start_server(self._serve, LOOPBACK, 0, ssl=self.ssl_context)
         self.port = self._server.sockets[0].getsockname()[1]
         self._tasks: set[asyncio.Task] = set()

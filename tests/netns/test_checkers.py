@@ -17,13 +17,12 @@ import threading
 import time
 
 import pytest
+from peers import LOOPBACK, Certificates, Close, Expect, Hold, Pause, ScriptedPeer, Send, StartTLS, refused_port, run
 
 from lvsmail.health import Credentials, CredentialsError, load_credentials, run_check
 from lvsmail.health.checkers import cleartext_allowed, seconds
 from lvsmail.health.checkers.dialogue import Dialogue
 from lvsmail.spec import CheckSpec
-
-from peers import LOOPBACK, Certificates, Close, Expect, Hold, Pause, ScriptedPeer, Send, StartTLS, refused_port, run
 
 SECRET = "pw-S3cret!"
 CREDS = Credentials("check@example.test", SECRET)

@@ -19,12 +19,11 @@ import time
 import tracemalloc
 
 import pytest
+from hostile_peers import CASES, LOOPBACK, HostilePeer, after_lines, say
 
 from lvsmail.health.checkers import run_check
 from lvsmail.health.checkers.dialogue import HIGH_WATER, RECV_SIZE
 from lvsmail.spec import CheckSpec
-
-from hostile_peers import CASES, LOOPBACK, HostilePeer, after_lines, say
 
 TIMEOUT = 2.0
 #: Slack on the deadline: the loop notices the timer, the reason is written (the lab's CPU emulation not included).

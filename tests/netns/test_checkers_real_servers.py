@@ -21,11 +21,10 @@ import tempfile
 import time
 
 import pytest
+from peers import LOOPBACK, Certificates, run
 
 from lvsmail.health import Credentials, run_check
 from lvsmail.spec import CheckSpec
-
-from peers import LOOPBACK, Certificates, run
 
 CREDS = Credentials("check@example.test", "pw-S3cret!")
 

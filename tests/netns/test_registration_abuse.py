@@ -21,12 +21,12 @@ import time
 from pathlib import Path
 
 import pytest
+from test_registration_api import API, CLUSTER, DIRECTOR, REPO, SECRET, _in, _wait_listening
 
 from lvsmail.config import load_cluster
 from lvsmail.net import netns
 from lvsmail.registration import client
 from lvsmail.registration.protocol import Member
-from test_registration_api import API, CLUSTER, DIRECTOR, REPO, SECRET, _in, _wait_listening
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from test_vrrp_pair import ADDR, NS, VIP, ip, nodes, segment, until  # noqa: F401  (fixtures)
 
 pytestmark = [
@@ -62,7 +61,7 @@ class Keepalived:
                                                     preempt="" if preempt else "nopreempt", notify=notify))
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Keepalived":
+    def start(self) -> Keepalived:
         self.log = open(self.dir / "keepalived.log", "ab")
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", self.ns, "keepalived", "--dont-fork", "--log-console", "--log-detail", "--vrrp",

@@ -125,7 +125,7 @@ class Node:
                                             preempt="true" if preempt else "false", extra=extra,
                                             options=self.options))
 
-    def start(self) -> "Node":
+    def start(self) -> Node:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.log = open(self.dir / "director.log", "ab")
         self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns, sys.executable, str(NODE), str(self.file),
@@ -215,7 +215,7 @@ class ArpWatch:
         while True:
             try:
                 frame = self.sock.recv(2048)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 return out
             arp = frame[14:42]
             if len(arp) < 28:

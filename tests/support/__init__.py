@@ -7,7 +7,7 @@ on ``sys.path`` for ``tests/conftest.py``, as it does for ``ocf_harness``.
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from collections.abc import Callable
 
 
 async def until(cond: Callable[[], object], timeout: float = 5.0, step: float = 0.01) -> None:

@@ -8,9 +8,9 @@ the real failure drowned in the teardown's). ``running`` stops it on every exit.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator
 
 from lvsmail.director.daemon import Director
 from lvsmail.ipvs.fake import FakeIPVS

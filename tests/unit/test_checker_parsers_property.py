@@ -9,18 +9,33 @@ server could cause (it would end as a logged "checker error").
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-import sys
-from pathlib import Path
-
 from lvsmail.health.checkers import http, imap
-from lvsmail.health.checkers.replies import (LINE_LIMIT, MAX_REPLY_BYTES, MAX_REPLY_LINES, CheckFailed, ReplyError,
-                                             clip, http_chunk_size, http_content_length, http_header_field,
-                                             http_status_line, imap_capabilities, imap_greeting, imap_literal_size,
-                                             imap_tagged, parse_smtp_reply, pop3_ok, scan_smtp_reply)
+from lvsmail.health.checkers.replies import (
+    LINE_LIMIT,
+    MAX_REPLY_BYTES,
+    MAX_REPLY_LINES,
+    CheckFailed,
+    ReplyError,
+    clip,
+    http_chunk_size,
+    http_content_length,
+    http_header_field,
+    http_status_line,
+    imap_capabilities,
+    imap_greeting,
+    imap_literal_size,
+    imap_tagged,
+    parse_smtp_reply,
+    pop3_ok,
+    scan_smtp_reply,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fuzz"))
 import parser_targets  # noqa: E402  (the checker_replies fuzz target: whole checks over a replayed peer)

@@ -3,7 +3,6 @@
 import dataclasses
 from pathlib import Path
 
-
 import lvsmail.ipvs.netlink as netlink
 from lvsmail.commands.config import config
 from lvsmail.config import load_cluster

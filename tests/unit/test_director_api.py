@@ -6,16 +6,16 @@ import socket
 import stat
 
 import pytest
+from test_registration_limits import LoopErrors, nothing_unhandled  # the loop-handler and log checks
 
-from lvsmail.console.client import APIError, Client, find_socket, socket_path
-from lvsmail.director.daemon import Director
-from lvsmail.console.overrides import resolve
 from lvsmail.config import parse_cluster
+from lvsmail.console.client import APIError, Client, find_socket, socket_path
+from lvsmail.console.overrides import resolve
+from lvsmail.director.daemon import Director
 from lvsmail.ipvs.fake import FakeIPVS
 from lvsmail.ipvs.model import ServiceKey
 from support import ScriptedChecks, until
 from support.cluster import cluster_yaml, service
-from test_registration_limits import LoopErrors, nothing_unhandled  # the loop-handler and log checks
 
 SMTP = ServiceKey(socket.AF_INET, socket.IPPROTO_TCP, "192.0.2.33", 25)
 

@@ -9,11 +9,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+from test_director_daemon import HTTP, HTTP_SERVICE, SMTP, SMTP_SERVICE
+
 from lvsmail.director.daemon import Director
 from lvsmail.ipvs.fake import FakeIPVS
 from support import until
 from support.cluster import cluster_yaml, service
-from test_director_daemon import HTTP, HTTP_SERVICE, SMTP, SMTP_SERVICE
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))

@@ -13,8 +13,8 @@ import socket
 from lvsmail.config import parse_cluster
 from lvsmail.health.checkers import run_check
 from lvsmail.health.checkers.dialogue import Dialogue
-from lvsmail.health.engine import HealthEngine
 from lvsmail.health.driver import driver_for
+from lvsmail.health.engine import HealthEngine
 from lvsmail.health.result import Result
 from lvsmail.health.state import HealthState, step
 from lvsmail.spec import CheckSpec

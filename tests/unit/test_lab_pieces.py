@@ -8,12 +8,17 @@ import pytest
 
 from lvsmail.lab import vm
 from lvsmail.lab.capture import (
-    ETH_P_IP, IPPROTO_IPIP, TCP_ACK, TCP_SYN, arp_request, parse_frame, parse_ip,
+    ETH_P_IP,
+    IPPROTO_IPIP,
+    TCP_ACK,
+    TCP_SYN,
+    arp_request,
+    parse_frame,
+    parse_ip,
 )
 from lvsmail.lab.cluster import LabService, cluster_yaml, parse_proc_ip_vs
 from lvsmail.lab.smtp import greeting_server
 from lvsmail.lab.topology import Topology, real_host
-
 
 # -- the VM runner ---------------------------------------------------------------
 

@@ -21,9 +21,20 @@ from pathlib import Path
 
 import pytest
 
-from ocf_harness import (AGENT, OCF_ERR_CONFIGURED, OCF_ERR_GENERIC, OCF_ERR_INSTALLED, OCF_ERR_UNIMPLEMENTED,
-                         OCF_NOT_RUNNING, OCF_ROOT, OCF_SUCCESS, Resource, cluster_yaml, exit_reason,
-                         missing_tools, write_wrapper)
+from ocf_harness import (
+    AGENT,
+    OCF_ERR_CONFIGURED,
+    OCF_ERR_GENERIC,
+    OCF_ERR_INSTALLED,
+    OCF_ERR_UNIMPLEMENTED,
+    OCF_NOT_RUNNING,
+    OCF_SUCCESS,
+    Resource,
+    cluster_yaml,
+    exit_reason,
+    missing_tools,
+    write_wrapper,
+)
 
 pytestmark = pytest.mark.skipif(missing_tools() is not None, reason=missing_tools() or "")
 

@@ -6,7 +6,11 @@ import multiprocessing
 import pytest
 
 from lvsmail.console.outages import (
-    DIRECTOR_TAKEOVER, REALSERVER_REMOVAL, OutageRecorder, outages_path, read_outages,
+    DIRECTOR_TAKEOVER,
+    REALSERVER_REMOVAL,
+    OutageRecorder,
+    outages_path,
+    read_outages,
 )
 
 

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fuzz"))
 
@@ -32,9 +33,9 @@ from lvsmail.ipvs import wire  # noqa: E402
 from lvsmail.ipvs.model import DestKey, DestSettings, ServiceKey, ServiceSettings, SyncDaemon  # noqa: E402
 from lvsmail.net import iproute  # noqa: E402
 from lvsmail.net.backend import NetError  # noqa: E402
+from lvsmail.net.realserver import AddAddress, SetSysctl  # noqa: E402
 from lvsmail.realserver import persist  # noqa: E402
 from lvsmail.realserver.changes import Deregister, NetChange, PostconfSet, Register, WriteFile  # noqa: E402
-from lvsmail.net.realserver import AddAddress, SetSysctl  # noqa: E402
 from lvsmail.registration.protocol import Member, ProtocolError  # noqa: E402
 from lvsmail.vrrp import auth, packet  # noqa: E402
 

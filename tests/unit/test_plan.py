@@ -3,8 +3,18 @@
 import socket
 
 from lvsmail.ipvs.model import (
-    AddDest, AddService, DelDest, DelService, DestEntry, DestKey, DestSettings, EditDest, EditService,
-    ServiceEntry, ServiceKey, ServiceSettings,
+    AddDest,
+    AddService,
+    DelDest,
+    DelService,
+    DestEntry,
+    DestKey,
+    DestSettings,
+    EditDest,
+    EditService,
+    ServiceEntry,
+    ServiceKey,
+    ServiceSettings,
 )
 from lvsmail.ipvs.plan import plan
 

@@ -14,7 +14,14 @@ from lvsmail.net.realserver import NetContext
 from lvsmail.net.sysctl import FakeSysctl, conf_key
 from lvsmail.realserver import join as J
 from lvsmail.realserver.changes import (
-    Change, ChangeError, FakePostconf, JoinContext, JoinError, PostconfSet, Register, change_from_dict,
+    Change,
+    ChangeError,
+    FakePostconf,
+    JoinContext,
+    JoinError,
+    PostconfSet,
+    Register,
+    change_from_dict,
 )
 from lvsmail.realserver.mailstack import MailPaths, edit_shell_vars
 from lvsmail.realserver.storage import MARKER, mount_of, parse_mountinfo

@@ -4,8 +4,20 @@ import pytest
 
 from lvsmail.net.backend import FakeLink, FakeModules, FakeNetBackend, NetError
 from lvsmail.net.realserver import (
-    AddAddress, ApplyError, DelAddress, LoadModule, NetContext, RealServerNetSpec, SetDefaultRoute,
-    SetLinkState, SetSysctl, apply, describe, plan, step_from_dict, undo,
+    AddAddress,
+    ApplyError,
+    DelAddress,
+    LoadModule,
+    NetContext,
+    RealServerNetSpec,
+    SetDefaultRoute,
+    SetLinkState,
+    SetSysctl,
+    apply,
+    describe,
+    plan,
+    step_from_dict,
+    undo,
 )
 from lvsmail.net.sysctl import FakeSysctl, ProcSysctl, SysctlError, conf_key, sysctl_path
 

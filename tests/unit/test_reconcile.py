@@ -6,10 +6,18 @@ import socket
 
 import pytest
 
-from lvsmail.director.reconcile import Reconciler, ReconcileError
+from lvsmail.director.reconcile import ReconcileError, Reconciler
 from lvsmail.ipvs.fake import FakeIPVS
 from lvsmail.ipvs.model import (
-    DelDest, DestEntry, DestKey, DestSettings, EditDest, ServiceEntry, ServiceKey, ServiceSettings, Timeouts,
+    DelDest,
+    DestEntry,
+    DestKey,
+    DestSettings,
+    EditDest,
+    ServiceEntry,
+    ServiceKey,
+    ServiceSettings,
+    Timeouts,
 )
 
 SMTP = ServiceKey(socket.AF_INET, 6, "192.0.2.33", 25)

@@ -4,7 +4,15 @@ import socket
 
 from lvsmail.console.status import as_json, as_text
 from lvsmail.ipvs.model import (
-    F_PERSISTENT, Counters, DestEntry, DestKey, DestSettings, ServiceEntry, ServiceKey, ServiceSettings, Timeouts,
+    F_PERSISTENT,
+    Counters,
+    DestEntry,
+    DestKey,
+    DestSettings,
+    ServiceEntry,
+    ServiceKey,
+    ServiceSettings,
+    Timeouts,
 )
 
 SMTP = ServiceKey(socket.AF_INET, socket.IPPROTO_TCP, "192.0.2.33", 25)

@@ -1,4 +1,5 @@
-"""The IPVS sync daemon: the fake refuses what the kernel refuses, SyncRole swaps roles, the director follows the file."""
+"""The IPVS sync daemon: the fake refuses what the kernel refuses, SyncRole swaps roles,
+the director follows the file."""
 
 import asyncio
 import errno
@@ -13,7 +14,15 @@ from lvsmail.director.daemon import Director
 from lvsmail.director.sync import SyncRole, initial_role
 from lvsmail.ipvs.fake import FakeIPVS
 from lvsmail.ipvs.model import (
-    DestEntry, DestKey, DestSettings, IPVSError, ServiceEntry, ServiceKey, ServiceSettings, SyncDaemon, describe,
+    DestEntry,
+    DestKey,
+    DestSettings,
+    IPVSError,
+    ServiceEntry,
+    ServiceKey,
+    ServiceSettings,
+    SyncDaemon,
+    describe,
 )
 from lvsmail.net.sysctl import FakeSysctl
 from lvsmail.spec import SyncSpec
@@ -64,7 +73,8 @@ def test_fake_refuses_what_start_sync_thread_refuses(daemon, err):
 
 def test_fake_refuses_sync_with_mixed_family_real_servers():
     six = ServiceKey(socket.AF_INET6, socket.IPPROTO_TCP, "2001:db8:f::33", 25)
-    entry = ServiceEntry(ServiceSettings(), {DestKey("198.51.100.20", 25): DestEntry(DestSettings("tun", af=socket.AF_INET))})
+    dest = DestEntry(DestSettings("tun", af=socket.AF_INET))
+    entry = ServiceEntry(ServiceSettings(), {DestKey("198.51.100.20", 25): dest})
     kernel = FakeIPVS({six: entry})
     with pytest.raises(IPVSError) as exc:
         run(kernel.start_daemon(SyncDaemon("master", "eth0")))
@@ -150,7 +160,8 @@ def test_sync_section_reads_and_dumps_back():
 
 
 def test_sync_section_errors_name_line_and_key_all_at_once():
-    text = BASE + "sync:\n  interface: eth0/1\n  syncid: 256\n  group: 192.0.2.9\n  ttl: 0\n  role: primary\n  mode: x\n"
+    text = BASE + ("sync:\n  interface: eth0/1\n  syncid: 256\n  group: 192.0.2.9\n  ttl: 0\n"
+                   "  role: primary\n  mode: x\n")
     with pytest.raises(ConfigError) as exc:
         parse_cluster(text, "c.yaml")
     msg = str(exc.value)

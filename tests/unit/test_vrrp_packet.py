@@ -7,7 +7,14 @@ import pytest
 
 from lvsmail.vrrp import auth
 from lvsmail.vrrp.packet import (
-    Advertisement, PacketError, centiseconds, decode, encode, internet_checksum, ipv4_header, parse_ipv4,
+    Advertisement,
+    PacketError,
+    centiseconds,
+    decode,
+    encode,
+    internet_checksum,
+    ipv4_header,
+    parse_ipv4,
     pseudo_header,
 )
 

@@ -5,8 +5,23 @@ from dataclasses import replace
 import pytest
 
 from lvsmail.vrrp.state import (
-    Advert, ReleaseResources, ResourceFault, Role, RunNotify, SendAdvert, Start, Stop, TakeResources, Tick,
-    Track, VrrpParams, initial, master_down_interval, next_deadline, skew_time, step,
+    Advert,
+    ReleaseResources,
+    ResourceFault,
+    Role,
+    RunNotify,
+    SendAdvert,
+    Start,
+    Stop,
+    TakeResources,
+    Tick,
+    Track,
+    VrrpParams,
+    initial,
+    master_down_interval,
+    next_deadline,
+    skew_time,
+    step,
 )
 
 ME, PEER_LOW, PEER_HIGH = "192.0.2.10", "192.0.2.5", "192.0.2.20"

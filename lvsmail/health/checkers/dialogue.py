@@ -32,7 +32,15 @@ import ssl
 import termios
 
 from lvsmail.health.checkers.replies import (  # noqa: F401 (CheckFailed, clip and the limits are used from here)
-    LINE_LIMIT, MAX_REPLY_BYTES, MAX_REPLY_LINES, CheckFailed, ReplyError, clip, parse_smtp_reply, scan_smtp_reply)
+    LINE_LIMIT,
+    MAX_REPLY_BYTES,
+    MAX_REPLY_LINES,
+    CheckFailed,
+    ReplyError,
+    clip,
+    parse_smtp_reply,
+    scan_smtp_reply,
+)
 from lvsmail.health.driver import PARK, Job, current_job
 
 #: Buffered bytes above which reading from the peer pauses until the checker consumes them

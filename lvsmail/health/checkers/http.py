@@ -16,8 +16,14 @@ from __future__ import annotations
 import re
 
 from lvsmail.health.checkers.dialogue import CheckFailed, Dialogue, clip, hostport
-from lvsmail.health.checkers.replies import (MAX_REPLY_BYTES, ReplyError, http_chunk_size, http_content_length,
-                                             http_header_field, http_status_line)
+from lvsmail.health.checkers.replies import (
+    MAX_REPLY_BYTES,
+    ReplyError,
+    http_chunk_size,
+    http_content_length,
+    http_header_field,
+    http_status_line,
+)
 from lvsmail.health.credentials import Credentials
 from lvsmail.spec import CheckSpec
 

@@ -23,8 +23,13 @@ from __future__ import annotations
 import itertools
 
 from lvsmail.health.checkers.dialogue import CheckFailed, Dialogue, clip
-from lvsmail.health.checkers.replies import (MAX_REPLY_BYTES, imap_capabilities, imap_greeting, imap_literal_size,
-                                             imap_tagged)
+from lvsmail.health.checkers.replies import (
+    MAX_REPLY_BYTES,
+    imap_capabilities,
+    imap_greeting,
+    imap_literal_size,
+    imap_tagged,
+)
 from lvsmail.health.credentials import Credentials
 from lvsmail.spec import CheckSpec
 

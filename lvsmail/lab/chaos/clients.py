@@ -105,7 +105,7 @@ async def send_one(vip: str, m: Message, timeout: float = SMTP_TIMEOUT) -> Sessi
         except aiosmtplib.SMTPException:
             pass  # accepted already: QUIT's fate does not matter (RFC 5321 §4.1.1.10)
         return SessionEvent("smtp", start, time.time(), True, server)
-    except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
         code = getattr(exc, "code", None)
         if dot_sent and isinstance(exc, (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError,
                                          OSError, asyncio.TimeoutError)) and code is None:
@@ -121,7 +121,6 @@ def imap_fetch_ids(vip: str, user: str, password: str, timeout: float = IMAP_TIM
 
     Run it in a thread inside the client's namespace (imapclient makes its own socket).
     """
-    import socket
 
     from imapclient import IMAPClient
 
@@ -139,7 +138,7 @@ def imap_fetch_ids(vip: str, user: str, password: str, timeout: float = IMAP_TIM
                         ids.add(line.split(":", 1)[1].strip().strip("<>"))
         client.logout()
         return ids
-    except (socket.error, OSError):
+    except OSError:
         try:
             client.shutdown()
         except OSError:
@@ -169,7 +168,7 @@ class MtaClients:
 
     # -- life cycle -----------------------------------------------------------------------------
 
-    def start(self) -> "MtaClients":
+    def start(self) -> MtaClients:
         """Start the loop in a thread inside the client namespace."""
         ready = threading.Event()
 
@@ -315,7 +314,7 @@ class HeldSessions:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> "HeldSessions":
+    def start(self) -> HeldSessions:
         """Open the sessions in a thread in the client namespace; each is reopened when it breaks."""
         self._thread = netns.start_in_netns(self.ns, self._run, thread_name="lab-held")
         return self
@@ -354,7 +353,7 @@ class HeldSessions:
             try:
                 reader, writer = await asyncio.wait_for(
                     asyncio.open_connection(self.vip, 25, local_addr=(source, 0)), SMTP_TIMEOUT)
-            except (OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError) as exc:
                 with self.lock:
                     self.failures[f"connect: {type(exc).__name__}"] += 1
                 await asyncio.sleep(1)
@@ -384,7 +383,7 @@ class HeldSessions:
                 with self.lock:
                     if sid in self.sessions:
                         self.sessions[sid][1] = None
-            except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError, ConnectionError) as exc:
                 with self.lock:
                     self.failures[f"session: {type(exc).__name__}"] += 1
                     if sid in self.sessions:
