@@ -3,18 +3,28 @@
 For each case, ``--runs`` times (the seed's heartbeat pair averaged 4.351 s over 8):
 a master (priority 200) and a backup (priority 100) on one bridge, the master
 holding VIP 192.0.2.33; the master is killed with SIGKILL (its whole process
-group: keepalived's VRRP child too, so it cannot send priority 0) and two times
-are taken from the kill:
+group: keepalived's VRRP child too, so it cannot send priority 0) at a random
+phase of its advert period (``--seed``), and three times are taken:
 
-* ``vip``: the backup's kernel announces the VIP on its interface (RTM_NEWADDR,
-  read from an rtnetlink socket in the backup's namespace, no polling);
-* ``connect``: a client on the segment, retrying every 10 ms, gets a new TCP
-  connection to VIP:25 accepted. Only the backup listens, and the killed
-  master's namespace still has the VIP (a killed daemon removes nothing) and
-  answers with RST, so success means the client's ARP entry followed the
-  backup's gratuitous ARP.
+* ``vip``: from the kill until the backup's kernel announces the VIP on its
+  interface (RTM_NEWADDR, read from an rtnetlink socket in the backup's
+  namespace, no polling);
+* ``connect``: from the kill until a client on the segment, retrying every
+  10 ms, gets a new TCP connection to VIP:25 accepted. Only the backup listens,
+  and the killed master's namespace still has the VIP (a killed daemon removes
+  nothing) and answers with RST, so success means the client's ARP entry
+  followed the backup's gratuitous ARP;
+* ``after advert``: from the master's last advert, as a raw socket in the
+  backup's namespace received it, until the VIP. This is what the backup
+  controls (the master-down interval and its takeover); the two times from the
+  kill add where in the advert period the kill fell, which is random.
+
+Without the random phase the kill fell at the same point of the master's period
+in every run (the runs are timed from the daemons' start), so a change in
+start-up time alone moved every run's figure by the same amount.
 
 Run as root: ``python3 bench/failover.py [--runs 8] [--cases lvsmail:1,keepalived:1,...]``.
+A case ``lvsmail@DIR:INTERVAL`` runs the lvsmail of another checkout (a same-run A/B).
 Namespaces are prefixed ``vr-bench-`` and removed afterwards. Times are reported,
 never asserted (the machine is shared).
 """
@@ -24,11 +34,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -36,7 +48,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-from bench.report import Series, ratio_line, write_json  # noqa: E402
+from bench.report import Series, ab_line, ratio_line, write_json  # noqa: E402
 from lvsmail.net import netns  # noqa: E402
 
 PREFIX = f"vr-bench-{os.getpid() % 10000}"
@@ -128,14 +140,15 @@ class Daemon:
     """One VRRP speaker (lvsmail or keepalived) in a host's namespace, in its own process group."""
 
     def __init__(self, tool: str, host: str, priority: int, interval: float, run: int) -> None:
-        self.tool, self.host = tool, host
-        self.dir = WORK / f"{tool}-{interval}-{run}-{host}"
+        self.tool, self.host = tool.split("@")[0], host
+        self.dir = WORK / f"{tool.replace('/', '_')}-{interval}-{run}-{host}"
         self.dir.mkdir(parents=True, exist_ok=True)
-        if tool == "lvsmail":
+        if self.tool == "lvsmail":
             conf = self.dir / "cluster.yaml"
             conf.write_text(LVSMAIL_CLUSTER.format(me=host, vip=VIP, priority=priority, interval=interval))
             node = self.dir / "node.py"
-            node.write_text(LVSMAIL_NODE.format(repo=str(REPO)))
+            tree = tool.split("@", 1)[1] if "@" in tool else str(REPO)  # lvsmail@DIR: that checkout's lvsmail
+            node.write_text(LVSMAIL_NODE.format(repo=tree))
             cmd = [sys.executable, str(node), str(conf), str(self.dir / "state")]
         else:
             notify = self.dir / "notify.sh"
@@ -226,8 +239,38 @@ def listener() -> socket.socket:
     return s
 
 
-def one_run(tool: str, interval: float, run: int) -> tuple[float, float]:
-    """(seconds to VIP on the backup, seconds to a client's connection answered by it) after SIGKILL."""
+class AdvertWatch:
+    """The arrival times of the master's adverts in the backup's namespace (a raw IPPROTO_VRRP socket)."""
+
+    def __init__(self, ns: str, master: str) -> None:
+        self.sock = netns.socket_in_netns(ns, socket.AF_INET, socket.SOCK_RAW, 112)
+        self.sock.settimeout(0.05)
+        self.master, self.times, self.stopped = master, [], False
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        while not self.stopped:
+            try:
+                data, (source, _) = self.sock.recvfrom(2048)
+            except TimeoutError:
+                continue
+            if source == self.master:
+                self.times.append(time.monotonic())
+
+    def last_before(self, t: float) -> float:
+        """The last advert from the master received before ``t`` (monotonic)."""
+        return max(x for x in self.times if x <= t)
+
+    def close(self) -> None:
+        self.stopped = True
+        self.thread.join()
+        self.sock.close()
+
+
+def one_run(tool: str, interval: float, run: int, phase: float) -> tuple[float, float, float]:
+    """(seconds to VIP on the backup, to a client's connection answered by it, both after SIGKILL; and
+    seconds from the master's last advert to the VIP). ``phase`` (0-1) places the kill in the advert period."""
     for host in ("a", "b"):
         ip("addr", "del", f"{VIP}/24", "dev", "eth0", ns=NS[host], check=False)
     master = Daemon(tool, "a", 200, interval, run)
@@ -236,7 +279,8 @@ def one_run(tool: str, interval: float, run: int) -> tuple[float, float]:
         wait(lambda: master.role() == "master" and has_vip("a"), 30, "master up")
         backup = Daemon(tool, "b", 100, interval, run)
         wait(lambda: backup.role() == "backup", 30, "backup up")
-        time.sleep(max(0.5, 4 * interval))  # the backup has heard the master several times
+        adverts = AdvertWatch(NS["b"], ADDR["a"])
+        time.sleep(max(0.5, 4 * interval) + phase * interval)  # the backup has heard the master several times
         # the client's ARP entry points at the master: a first connect is refused by it (nobody listens there)
         netns.run_in_netns(NS["c"], client_connect, time.monotonic() + 0.2, {})
         watch = vip_watch(NS["b"])
@@ -247,10 +291,11 @@ def one_run(tool: str, interval: float, run: int) -> tuple[float, float]:
         client = netns.start_in_netns(NS["c"], client_connect, deadline, box)
         vip_at = wait_new_vip(watch, deadline)
         watch.close()
+        adverts.close()
         client.join()
         if "connect" not in box:
             raise TimeoutError("client never connected")
-        return vip_at - t0, box["connect"] - t0
+        return vip_at - t0, box["connect"] - t0, vip_at - adverts.last_before(t0)
     finally:
         for d in (master, backup):
             if d is not None:
@@ -263,11 +308,12 @@ def main() -> int:
     parser.add_argument("--cases", default="lvsmail:1,keepalived:1,lvsmail:0.1,keepalived:0.1,lvsmail:0.03",
                         help="tool:advert-interval pairs")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--seed", type=int, default=1, help="the kills' phases (the same for every case)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
         return 2
-    cases = [(c.split(":")[0], float(c.split(":")[1])) for c in args.cases.split(",")]
+    cases = [(c.rsplit(":", 1)[0], float(c.rsplit(":", 1)[1])) for c in args.cases.split(",")]
     WORK.mkdir(parents=True, exist_ok=True)
     build()
     series: dict[tuple[str, str, float], Series] = {}
@@ -277,19 +323,28 @@ def main() -> int:
             vip = series.setdefault(("vip", tool, interval), Series(f"VIP on backup, adverts {interval:g} s", tool))
             con = series.setdefault(("connect", tool, interval),
                                     Series(f"client connect, adverts {interval:g} s", tool))
+            adv = series.setdefault(("advert", tool, interval),
+                                    Series(f"VIP after the last advert, adverts {interval:g} s", tool))
+            phases = random.Random(args.seed)  # every case kills at the same sequence of phases
             for run in range(args.runs):
-                v, c = one_run(tool, interval, run)
+                v, c, a = one_run(tool, interval, run, phases.random())
                 vip.samples.append(v)
                 con.samples.append(c)
+                adv.samples.append(a)
                 print(f"{tool:<10} advert {interval:<5g} run {run + 1}: VIP {v * 1000:7.1f} ms, "
-                      f"connect {c * 1000:7.1f} ms", flush=True)
+                      f"connect {c * 1000:7.1f} ms, after the last advert {a * 1000:7.1f} ms", flush=True)
         lis.close()
     finally:
         teardown()
     print()
     verdicts = []
     for (kind, tool, interval), s in series.items():
-        if tool != "lvsmail":
+        if tool.startswith("lvsmail@"):  # an A/B: against this checkout's lvsmail
+            ref = series.get((kind, "lvsmail", interval))
+            if ref is not None:
+                print(ab_line(ref, s))
+            continue
+        if tool != "lvsmail" or kind == "advert":
             continue
         ref = series.get((kind, "keepalived", interval))
         seed = Series(s.case, "seed heartbeat", [SEED_SECONDS])

@@ -44,6 +44,15 @@ def ratio_line(ours: Series, ref: Series, goal: str, met: bool) -> str:
     )
 
 
+def ab_line(new: Series, base: Series) -> str:
+    """One A/B row, no goal: two builds of the same tool, min/median/max each and the ratios new / base."""
+    return (
+        f"{new.case:<34} {new.tool:<18} {_mmm(new)}  vs {base.tool:<20} {_mmm(base)}"
+        f"  ratio {new.median / base.median:6.3f} (min {min(new.samples) / min(base.samples):.3f}"
+        f" max {max(new.samples) / max(base.samples):.3f})"
+    )
+
+
 def _mmm(s: Series) -> str:
     unit, k = ("ms", 1e3) if s.median < 1 else ("s", 1)
     return f"{min(s.samples) * k:8.2f}/{s.median * k:8.2f}/{max(s.samples) * k:8.2f} {unit:<2}"
