@@ -151,10 +151,23 @@ def _cluster(r: Reader, tree: Node | None) -> ClusterSpec | None:
             services.append(service)
             _unique_service(r, service, item, f"services[{index}]", services[:-1], items)
     sections = {key: read(r, top[key]) for key, (read, _dump) in SECTIONS.items() if key in top}
+    if sections.get("sync") is not None:
+        _sync_without_mixed_families(r, top["sync"], services)
     if r.problems:
         return None
     return ClusterSpec(name=name, vips=tuple(vips), services=tuple(services), timeouts=timeouts,
                        maintenance_dir=maintenance, alerts=alerts, source=r.source, **sections)
+
+
+def _sync_without_mixed_families(r: Reader, node: Node, services: list[ServiceSpec]) -> None:
+    """Refuse ``sync:`` beside a tun real server of the other address family: the kernel starts no
+    sync daemon while such a destination exists, and adds none while a daemon runs (EINVAL)."""
+    for svc in services:
+        for rs in svc.realservers:
+            if svc.family and _family(rs.address) != svc.family:
+                r.error(node, "sync", f"service {svc.name} has {rs.address}, an {_FAMILY_NAME[_family(rs.address)]} "
+                                      f"real server in an {_FAMILY_NAME[svc.family]} service; the kernel runs no "
+                                      "connection sync daemon beside real servers of another address family")
 
 
 def _name(r: Reader, node: Node, path: str) -> str | None:

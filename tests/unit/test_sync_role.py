@@ -171,6 +171,21 @@ def test_sync_section_errors_name_line_and_key_all_at_once():
     assert "not a multicast address" in msg and "between 0 and 255" in msg
 
 
+def test_sync_section_beside_a_real_server_of_the_other_family_is_refused_at_load():
+    # The kernel starts no sync daemon while a mixed-family destination exists, and adds none
+    # while a daemon runs (EINVAL either way, as FakeIPVS refuses above): say so at load time.
+    mixed = cluster_yaml(service(forwarding="tun", realservers=["198.51.100.20", "2001:db8::20"]), name="pair",
+                         extra="sync: {interface: eth0}\n")
+    with pytest.raises(ConfigError) as exc:
+        parse_cluster(mixed, "c.yaml")
+    assert str(exc.value) == ("c.yaml:9: sync: service smtp has 2001:db8::20, an IPv6 real server in an IPv4 "
+                              "service; the kernel runs no connection sync daemon beside real servers of another "
+                              "address family")
+    # the same file without sync: is a valid mixed-family tun service
+    assert parse_cluster(mixed.replace("sync: {interface: eth0}\n", "")).services[0].realservers[1].address \
+        == "2001:db8::20"
+
+
 def test_sync_section_needs_an_interface():
     with pytest.raises(ConfigError, match="missing required key 'interface'"):
         parse_cluster(BASE + "sync: {syncid: 1}\n")
