@@ -175,7 +175,8 @@ class NetlinkIPVS:
                 end += 1
             first_seq = self._seq - len(chunk) + 1
             chunk[-1] = _with_ack(chunk[-1])  # the barrier: its ACK means the batch is done
-            cmds = {first_seq + i: _COMMANDS[type(op)] for i, op in enumerate(ops[start:end])}
+            cmds = ({first_seq + i: _COMMANDS[type(op)] for i, op in enumerate(ops[start:end])}
+                    if self.on_reply is not None else {})  # only the reply hook reads it
             for seq, err in self._send_batch(b"".join(chunk), self._seq, cmds):
                 idx = start + (seq - first_seq)
                 if start <= idx < end:
@@ -273,7 +274,8 @@ class NetlinkIPVS:
     def _send_batch(self, data: bytes, barrier_seq: int, cmds: dict[int, int]):
         """Send one datagram and yield (seq, errno) for every error, ending with the barrier's ACK.
 
-        ``cmds`` maps each request's sequence number to its command, for :attr:`on_reply`.
+        ``cmds`` maps each request's sequence number to its command, for :attr:`on_reply`
+        (empty without a hook: nothing else reads it).
         """
         self._sendall(data)
         for buf, kind, _flags, seq, payload, _end in self._replies(cmds):
