@@ -78,7 +78,8 @@ def validate_member(spec: ClusterSpec, member: Member) -> None:
     """Refuse a member the cluster file does not allow; return quietly when it may join.
 
     The address must lie in ``allowed_networks`` (403), must not already be a static real server
-    (409: the file manages it), and each service must exist with a port its forwarding can reach (422).
+    (409: the file manages it), and each service must exist with a port its forwarding can reach and an
+    address family it can carry (422): tun alone mixes families, and not beside ``sync:`` (the loader's rule).
     """
     reg = spec.registration
     networks = reg.allowed_networks if reg else ()
@@ -99,6 +100,10 @@ def validate_member(spec: ClusterSpec, member: Member) -> None:
         if family != svc.family and svc.forwarding != "tun":
             raise Refusal(422, f"{member.address} and service {name!r} are of different address families "
                                "(only tun forwarding mixes them)")
+        if family != svc.family and spec.sync is not None:
+            raise Refusal(422, f"{member.address} would be a real server of another address family in service "
+                               f"{name!r}; the cluster runs a connection sync daemon (sync:), which the kernel "
+                               "runs beside no such real server")
 
 
 def _port(svc: ServiceSpec, member: Member) -> int:

@@ -183,6 +183,23 @@ def test_port_change_under_tun_is_refused(h, caplog):
     assert h.file_untouched()
 
 
+def test_member_of_the_other_family_is_refused_beside_sync(tmp_path, caplog):
+    # tun carries an IPv6 real server in an IPv4 service, but the kernel runs no sync daemon beside
+    # one (EINVAL): the loader refuses such a file, and the API such a join, before the kernel does.
+    caplog.set_level(logging.WARNING)
+    member6 = "2001:db8::21"
+    h = Harness(tmp_path)
+    h.spec = parse_cluster(CLUSTER.replace("[192.0.2.0/24]", "[192.0.2.0/24, 2001:db8::/64]")
+                           + "sync: {interface: eth0}\n")
+    status, body = h.handle(h.request("POST", "/v1/members", registration(member6), member=member6))
+    assert refused(status, body, "connection sync daemon", caplog) == 422
+    assert h.file_untouched()
+    # the same member joins when the cluster runs no sync daemon
+    h.spec = parse_cluster(CLUSTER.replace("[192.0.2.0/24]", "[192.0.2.0/24, 2001:db8::/64]"))
+    status, body = h.handle(h.request("POST", "/v1/members", registration(member6), member=member6))
+    assert status == 200 and h.changes == [{"smtp"}]
+
+
 def test_oversized_body_is_refused_before_it_is_read(h, caplog):
     caplog.set_level(logging.WARNING)
 
