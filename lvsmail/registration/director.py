@@ -17,7 +17,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from lvsmail.registration.members import MemberStore, with_members
+from lvsmail.registration.members import MemberStore, stranded, with_members
 from lvsmail.registration.protocol import TokenError, load_token
 from lvsmail.registration.server import Connections, RegistrationAPI, server_context
 from lvsmail.spec import ClusterSpec, RegistrationSpec
@@ -75,7 +75,12 @@ class Membership:
         """Serve the API as ``spec.registration`` says; a problem is logged and leaves the API off.
 
         The director keeps balancing without the API: a broken key file must not stop mail.
+        Called at start and on every reload, it also names the joined members the new file
+        leaves out of the table for their address family (they stay stored, and come back
+        with a file that carries them).
         """
+        for why in stranded(spec, self.store.members.values()):
+            log.warning("registration: a joined member is left out of the table: %s", why)
         reg = spec.registration
         wanted = _serving(reg)
         self._waiting = None

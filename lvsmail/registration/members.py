@@ -96,14 +96,39 @@ def validate_member(spec: ClusterSpec, member: Member) -> None:
         if svc.forwarding in ("dr", "tun") and svc.port is not None and port != svc.port:
             raise Refusal(422, f"service {name!r} forwards with {svc.forwarding}, which cannot change ports: "
                                f"the member must listen on {svc.port}, not {port}")
-        family = "inet6" if ":" in member.address else "inet"
-        if family != svc.family and svc.forwarding != "tun":
-            raise Refusal(422, f"{member.address} and service {name!r} are of different address families "
-                               "(only tun forwarding mixes them)")
-        if family != svc.family and spec.sync is not None:
-            raise Refusal(422, f"{member.address} would be a real server of another address family in service "
-                               f"{name!r}; the cluster runs a connection sync daemon (sync:), which the kernel "
-                               "runs beside no such real server")
+        why = family_mismatch(spec, svc, member.address)
+        if why:
+            raise Refusal(422, why)
+
+
+def family_mismatch(spec: ClusterSpec, svc: ServiceSpec, address: str) -> str | None:
+    """Why ``svc`` cannot carry a real server at ``address`` for its address family, or None when it can.
+
+    Only tun mixes IPv4 and IPv6, and not in a cluster with ``sync:``: the kernel runs no connection
+    sync daemon beside such a real server (the loader's rule for the file, applied to members).
+    """
+    family = "inet6" if ":" in address else "inet"
+    if family == svc.family:
+        return None
+    if svc.forwarding != "tun":
+        return f"{address} and service {svc.name!r} are of different address families (only tun forwarding mixes them)"
+    if spec.sync is not None:
+        return (f"{address} would be a real server of another address family in service {svc.name!r}; the cluster "
+                "runs a connection sync daemon (sync:), which the kernel runs beside no such real server")
+    return None
+
+
+def stranded(spec: ClusterSpec, members: Iterable[JoinedMember]) -> list[str]:
+    """Why each joined member that ``with_members`` leaves out for its address family is left out.
+
+    A member joined when the file allowed it; a reload (``sync:`` added, forwarding changed) may
+    no longer. The director says so once per reload rather than letting the kernel refuse it.
+    """
+    static = static_addresses(spec)
+    services = {svc.name: svc for svc in spec.services}
+    return [why for jm in members if jm.member.address not in static
+            for name in jm.member.services if name in services
+            for why in [family_mismatch(spec, services[name], jm.member.address)] if why]
 
 
 def _port(svc: ServiceSpec, member: Member) -> int:
@@ -118,8 +143,9 @@ def with_members(spec: ClusterSpec, members: Iterable[JoinedMember]) -> ClusterS
     """The file's spec with every joined member added as a real server of its services.
 
     A member takes its service's forwarding method; a drained member has weight 0 (no new
-    connections, established ones continue). A member whose service is gone, or whose address
-    the file now lists itself (a reload after registration), is left out: the file wins.
+    connections, established ones continue). A member whose service is gone, whose address
+    the file now lists itself (a reload after registration), or whose address family the
+    service can no longer carry (``stranded``), is left out: the file wins.
     """
     members = sorted(members, key=lambda m: ipaddress.ip_address(m.member.address).packed)
     if not members:
@@ -131,7 +157,7 @@ def with_members(spec: ClusterSpec, members: Iterable[JoinedMember]) -> ClusterS
         names = {rs.name for rs in svc.realservers if rs.name}
         for jm in members:
             m = jm.member
-            if svc.name not in m.services or m.address in static:
+            if svc.name not in m.services or m.address in static or family_mismatch(spec, svc, m.address):
                 continue
             name = m.name if m.name and m.name not in names else None
             if name:

@@ -1,6 +1,8 @@
 """Joined members: the merge into the cluster spec, persistence across restarts, drain as weight 0."""
 
+import asyncio
 import json
+import logging
 
 import pytest
 
@@ -8,7 +10,8 @@ from lvsmail.config import ConfigError, parse_cluster
 from lvsmail.config.loader import dump_cluster
 from lvsmail.ipvs.desired import desired_table, service_key
 from lvsmail.ipvs.model import DestKey
-from lvsmail.registration.members import JoinedMember, MemberStore, with_members
+from lvsmail.registration.director import Membership
+from lvsmail.registration.members import JoinedMember, MemberStore, stranded, with_members
 from lvsmail.registration.protocol import Member, ProtocolError, TokenError, member_key_file, parse_token
 
 CLUSTER = """\
@@ -64,6 +67,19 @@ def test_member_of_a_service_removed_from_the_file_is_left_out(spec):
     merged = with_members(spec, [JoinedMember(Member("192.0.2.21", ("pop3", "smtp")))])
     assert [rs.address for rs in merged.services[0].realservers] == ["192.0.2.20", "192.0.2.21"]
     assert [rs.address for rs in merged.services[1].realservers] == ["192.0.2.20"]
+
+
+def test_member_of_the_other_family_is_left_out_once_the_file_adds_sync(spec):
+    # An IPv6 member joined the IPv4 tun service while the file allowed it; a reload adds sync:, which the
+    # kernel runs beside no such real server. The table leaves it out (the file wins) and says why.
+    member = JoinedMember(Member("2001:db8::21", ("smtp",)))
+    assert [rs.address for rs in with_members(spec, [member]).services[0].realservers] == ["192.0.2.20", "2001:db8::21"]
+    assert stranded(spec, [member]) == []
+    with_sync = parse_cluster(CLUSTER + "sync: {interface: eth0}\n")
+    assert [rs.address for rs in with_members(with_sync, [member]).services[0].realservers] == ["192.0.2.20"]
+    assert stranded(with_sync, [member]) == [
+        "2001:db8::21 would be a real server of another address family in service 'smtp'; the cluster runs a "
+        "connection sync daemon (sync:), which the kernel runs beside no such real server"]
 
 
 def test_persistence_round_trip(tmp_path):
@@ -144,3 +160,17 @@ def test_members_file_is_plain_json_an_operator_can_read(tmp_path):
     data = json.loads((tmp_path / "m.json").read_text())
     assert data == {"members": [{"address": "192.0.2.21", "services": [{"name": "smtp"}], "weight": 1,
                                  "drained": False, "since": 5.0}]}
+
+
+def test_a_reload_that_strands_a_member_says_so_and_keeps_it_stored(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="lvsmail.registration")
+    file_spec = parse_cluster(CLUSTER.split("registration:")[0] + "sync: {interface: eth0}\n")  # no API to start
+    membership = Membership(tmp_path / "m.json", lambda: file_spec, None, None)
+    membership.store.put(JoinedMember(Member("2001:db8::21", ("smtp",))))
+    asyncio.run(membership.configure(file_spec))
+    assert [r.getMessage() for r in caplog.records] == [
+        "registration: a joined member is left out of the table: 2001:db8::21 would be a real server of another "
+        "address family in service 'smtp'; the cluster runs a connection sync daemon (sync:), which the kernel "
+        "runs beside no such real server"]
+    assert "2001:db8::21" in MemberStore(tmp_path / "m.json").path.read_text()  # stored, for a file that carries it
+    assert [rs.address for rs in membership.merged(file_spec).services[0].realservers] == ["192.0.2.20"]
