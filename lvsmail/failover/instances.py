@@ -56,6 +56,7 @@ class Failover:
         self._links: dict[str, bool] = {}  # the last reading of the link states
         self._links_read = float("-inf")  # when link states were last read (tracking poll or link_fault)
         self._links_unreadable = False  # link_fault's last read failed (logged once until one succeeds)
+        self._stopped = False  # after stop(): the netlink socket may be closed while checks still run
 
     def context(self) -> RunnerContext:
         """What this failover's instances are given: its network, announcer, clock and hooks."""
@@ -118,6 +119,7 @@ class Failover:
 
     async def stop(self) -> None:
         """Graceful shutdown: every master advertises priority 0 and releases its group."""
+        self._stopped = True
         if self._poller is not None:
             self._poller.cancel()
             try:
@@ -203,8 +205,11 @@ class Failover:
         failback. The answer must not lag the link: a check can fail within
         the first moment of an outage, before the next tracking poll, so the
         link states are read afresh when the last reading is older than
-        ``LINK_FRESH``.
+        ``LINK_FRESH``. Once stopped (the director exits; its checks wind down
+        after failover, whose socket is then closed) it holds nothing.
         """
+        if self._stopped:
+            return None
         if self.clock() - self._links_read > LINK_FRESH:
             try:
                 links = self.net.link_states()

@@ -483,6 +483,31 @@ def test_link_states_that_cannot_be_read_are_reported_once_not_per_failed_check(
     assert "link states can be read again" in caplog.text
 
 
+def test_a_stopped_failover_holds_no_check_and_reads_no_closed_socket(caplog):
+    """The director stops failover first (the peer takes over at once) and its checks after: a check failing
+    in between must neither be held nor make failover read the netlink socket it has just closed."""
+    spec = parse_cluster(TWO)
+    net = FakeNetBackend({name: FakeLink(False, [f"192.0.2.{i}/24"])
+                          for i, name in enumerate(("eth0", "eth1", "eth2"), 1)})
+    f = Failover(spec.failover, spec, options=FailoverOptions(
+        net=net, transport_factory=FakeWire().transport("a"), announcer=lambda *a: None, track_interval=3600))
+
+    def closed():
+        raise OSError(9, "Bad file descriptor")
+
+    async def go():
+        await f.start()
+        await asyncio.sleep(0.06)
+        assert f.link_fault() == "interface eth0 down; interface eth1 down; tracked interface eth0 down"
+        await f.stop()
+        net.link_states = closed
+        await asyncio.sleep(0.06)  # past LINK_FRESH: a running failover would read again
+        assert f.link_fault() is None
+
+    asyncio.run(go())
+    assert "cannot read link states" not in caplog.text
+
+
 # PAIR's instance tracking smtp, and a second one tracking imap with a weight, over two services.
 TRACKED = cluster_yaml(service("smtp", 25), service("imap", 143), vips=("192.0.2.33", "192.0.2.34"),
                        extra=PAIR.split("services: []\n")[1].replace("garp: {{count: 1}}", "track_services: [smtp]")
