@@ -56,11 +56,13 @@ class ProcSysctl:
         self.root = Path(root)
 
     def read(self, key: str) -> str:
-        """Read through /proc/sys."""
+        """Read through /proc/sys (a write-only key, such as ``net.ipv4.route.flush``, cannot be read)."""
         try:
             return sysctl_path(key, self.root).read_text().strip()
         except FileNotFoundError as exc:
             raise SysctlError(exc.errno, f"no sysctl {key}") from exc
+        except OSError as exc:
+            raise SysctlError(exc.errno, f"cannot read {key}: {exc.strerror}") from exc
 
     def write(self, key: str, value: str) -> None:
         """Write through /proc/sys."""
